@@ -1,0 +1,1 @@
+"""MuseChat bot: the application (settings, CLI, conversation service, platform adapters)."""

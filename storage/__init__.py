@@ -1,0 +1,1 @@
+"""MuseChat storage: SQL stores, the Qdrant music catalog and the media store."""

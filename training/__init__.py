@@ -1,0 +1,1 @@
+"""MuseChat training: datasets, feature caches, training loops and evaluation."""
