@@ -90,4 +90,4 @@ def rhythm(audio: np.ndarray, sr: int) -> Rhythm:
     thr = env.mean() + env.std()
     peaks = (env[1:-1] > env[:-2]) & (env[1:-1] >= env[2:]) & (env[1:-1] > thr)
     duration = max(len(audio) / sr, 1e-6)
-    return Rhythm(tempo_bpm=round(tempo, 2), loudness_db=round(loud, 2), onset_rate=round(float(peaks.sum()) / duration, 3))
+    return Rhythm(tempo_bpm=round(tempo, 2), loudness_db=round(float(loud), 2), onset_rate=round(float(peaks.sum()) / duration, 3))
