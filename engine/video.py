@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.encoders.base import ImageEncoder
-from engine.media import MediaLimits, Segment, decode_frames, motion_signals, plan_segments, probe
+from engine.media import CorruptMediaError, MediaLimits, Segment, decode_frames_and_motion, plan_segments, probe
 
 log = logging.getLogger(__name__)
 
@@ -114,26 +114,31 @@ def video_features(
     info = probe(path, limits=limits, require_video=True)
     segments = plan_segments(info.duration_s)
     t_probe = time.perf_counter()
-    per_segment = decode_frames(path, segments=segments, fps=fps, size=image_encoder.input_size, limits=limits, ffmpeg=ffmpeg)
+    # One decode gives both the encoder's frames and the motion/cut signals.
+    per_segment, pace = decode_frames_and_motion(
+        path, segments=segments, fps=fps, size=image_encoder.input_size, limits=limits, ffmpeg=ffmpeg
+    )
     t_decode = time.perf_counter()
+    # A segment that yielded no frame (past a mis-reported end) is dropped from every array alike.
+    keep = [i for i, f in enumerate(per_segment) if len(f)]
+    if not keep:
+        raise CorruptMediaError(f"no frame decoded from {path}")
+    segments = [segments[i] for i in keep]
+    per_segment = [per_segment[i] for i in keep]
 
     frames = np.concatenate(per_segment, axis=0)  # (F, H, W, 3)
     feats = image_encoder.encode(frames)  # (F, D)
     if isinstance(feats, torch.Tensor):
         feats = feats.detach().cpu().float().numpy()
-    bounds = np.cumsum([0] + [len(s) for s in per_segment])
-    seg_vecs = np.stack([feats[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])  # (S, D)
+    bounds = np.cumsum([0] + [len(f) for f in per_segment])
+    seg_vecs = np.stack([feats[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])  # (S, D)
     labels = image_encoder.labels(frames, k=n_labels)
     t_embed = time.perf_counter()
-
-    pace = motion_signals(path, segments=segments, limits=limits, ffmpeg=ffmpeg)
-    t_pace = time.perf_counter()
     timings = {
         "probe": t_probe - t0,
         "decode": t_decode - t_probe,
         "embed": t_embed - t_decode,
-        "pace": t_pace - t_embed,
-        "total": t_pace - t0,
+        "total": t_embed - t0,
     }
     log.info("embedded video %s: %d segments, %d frames in %.2fs", Path(path).name, len(segments), len(frames), timings["total"])
     return VideoFeatures(
@@ -143,8 +148,8 @@ def video_features(
         segments=segments,
         segment_vectors=seg_vecs.astype(np.float32),
         labels=labels,
-        motion=np.asarray(pace.motion, dtype=np.float32),
-        cut_rate=np.asarray(pace.cut_rate, dtype=np.float32),
+        motion=np.asarray(pace.motion, dtype=np.float32)[keep],
+        cut_rate=np.asarray(pace.cut_rate, dtype=np.float32)[keep],
         profile=profile,
         timings=timings,
     )
