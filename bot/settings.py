@@ -21,6 +21,15 @@ class Settings(BaseSettings):
         description="demo music fetched by scripts/fetch_music.sh",
     )
 
+    # --- storage ---------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL, e.g. postgresql://user@host/db; default: SQLite in data_dir"
+    )
+    qdrant_url: str | None = Field(None, description="Qdrant server/cluster URL; default: embedded catalog in data_dir")
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server")
+    media_max_age_days: float = Field(30.0, description="media store: remove files unused this long")
+    media_max_total_mb: float = Field(5 * 1024.0, description="media store: total size cap, MiB")
+
     # --- models --------------------------------------------------------------------------------
     profile: str = Field("lite", description="model profile: paper | lite | tiny (DESIGN.md)")
     image_backbone: str | None = Field(None, description="hub id or local dir; overrides the profile's")
@@ -34,6 +43,20 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(15 * 60.0, description="longest accepted upload, seconds")
     max_upload_bytes: int = Field(200 * MB, description="largest accepted upload, bytes")
     ffmpeg_timeout_s: float = Field(120.0, description="time limit of one ffmpeg call, seconds")
+
+    @property
+    def sql_url(self) -> str:
+        from storage.db import default_sqlite_url
+
+        return self.database_url or default_sqlite_url(self.data_dir)
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.data_dir / "catalog"
 
     @property
     def backbone_overrides(self) -> dict[str, str]:
