@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     music_backbone: str | None = Field(None, description="hub id or local dir; overrides the profile's")
     device: str = Field("cpu", description="torch device for model work")
     query_fps: float = Field(1.0, description="frames per second sampled for a chat query (training uses 5)")
+    fusion_checkpoint: Path | None = Field(
+        None, description="trained MVT-Fusion checkpoint dir; unset: the zero-shot recommender answers"
+    )
+    zeroshot_semantic_weight: float = Field(1.0, description="zero-shot: weight of video labels + words vs track text")
+    zeroshot_pace_weight: float = Field(1.0, description="zero-shot: weight of video pace vs track tempo/loudness")
+    zeroshot_steering_weight: float = Field(4.0, description="zero-shot: weight of feedback steering")
+    steering_drift_penalty: float = Field(0.25, description="steering: penalty for changing tags nobody asked about")
+    fusion_steering_weight: float = Field(1.0, description="steering beside a fusion checkpoint (0: the model alone)")
+    candidate_pool: int = Field(200, description="catalog candidates re-ranked per turn")
 
     # --- media limits --------------------------------------------------------------------------
     ffmpeg_binary: str | None = Field(None, description="ffmpeg executable; default: the one imageio-ffmpeg ships")
@@ -57,6 +66,32 @@ class Settings(BaseSettings):
     @property
     def catalog_dir(self) -> Path:
         return self.data_dir / "catalog"
+
+    def engine_config(self):
+        """The engine's configuration from these settings (engine/ never reads settings itself)."""
+        from engine.engine import EngineConfig
+        from engine.media import MediaLimits
+        from engine.zeroshot import ZeroShotWeights
+
+        return EngineConfig(
+            profile=self.profile,
+            overrides=self.backbone_overrides,
+            device=self.device,
+            query_fps=self.query_fps,
+            limits=MediaLimits(
+                max_seconds=self.max_video_seconds, max_bytes=self.max_upload_bytes, timeout_s=self.ffmpeg_timeout_s
+            ),
+            ffmpeg=self.ffmpeg_binary,
+            fusion_checkpoint=self.fusion_checkpoint,
+            zero_shot=ZeroShotWeights(
+                semantic=self.zeroshot_semantic_weight,
+                pace=self.zeroshot_pace_weight,
+                steering=self.zeroshot_steering_weight,
+                drift_penalty=self.steering_drift_penalty,
+            ),
+            fusion_steering_weight=self.fusion_steering_weight,
+            candidate_pool=self.candidate_pool,
+        )
 
     @property
     def backbone_overrides(self) -> dict[str, str]:
