@@ -79,9 +79,20 @@ class EfficientNetLiteConfig:
 
 
 class SamePadConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride), extra pixel bottom/right."""
+    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride), extra pixel bottom/right.
+
+    With stride 1 and an odd kernel SAME is the symmetric (k - 1) / 2, which the convolution does
+    itself; only the strided convolutions (stem and four depthwise) need the asymmetric F.pad.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, **kwargs) -> None:
+        self.symmetric = stride == 1 and kernel_size % 2 == 1
+        padding = (kernel_size - 1) // 2 if self.symmetric else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.symmetric:
+            return super().forward(x)
         pads: list[int] = []
         for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
@@ -207,7 +218,9 @@ class EfficientNetLiteEncoder(ImageEncoder):
     ):
         path = resolve_weights(weights)
         model = EfficientNetLite.from_checkpoint(path, config)
-        self.model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        # channels_last: oneDNN's native layout, about a third less CPU time per frame than NCHW here
+        model = model.to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
+        self.model = model.eval().requires_grad_(False)
         self.device = torch.device(device)
         self.dim = config.head_channels
         self.input_size = config.image_size
@@ -216,7 +229,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     def _prepare(self, frames: np.ndarray) -> torch.Tensor:
         """RGB uint8 (N, H, W, 3) -> normalised float32 (N, 3, size, size) on the device."""
-        return (frames_to_tensor(frames, self.input_size, self.device) - INPUT_MEAN) / INPUT_STD
+        x = (frames_to_tensor(frames, self.input_size, self.device) - INPUT_MEAN) / INPUT_STD
+        return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
