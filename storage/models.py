@@ -233,3 +233,16 @@ rate_limits = sa.Table(
     sa.Column("tokens", sa.Float(), nullable=False),  # token bucket level after the last refill
     sa.Column("refilled_at", sa.Float(), nullable=False),  # epoch seconds of that refill
 )
+
+# revision 0003: music folders registered by admins (`musechat catalog add`); a refresh indexes
+# every audio file under each of them (bot/catalog_admin.py).
+catalog_sources = sa.Table(
+    "catalog_sources",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("path", sa.String(1024), nullable=False),  # absolute folder path on the indexing machine
+    sa.Column("manifest_path", sa.String(1024), nullable=True),  # admin manifest (CSV or JSON), if any
+    sa.Column("licence", sa.String(128), nullable=False, server_default=""),  # the folder's default licence
+    sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("path"),
+)
