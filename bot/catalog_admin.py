@@ -4,7 +4,8 @@ Admins register music folders (`add_folder`, persisted in SQL `catalog_sources`)
 catalog, now (`musechat catalog refresh`) or on a schedule (bot/scheduler.py). A refresh:
 
 1. scans every registered folder for audio files and hashes them (sha256; a hash index under the
-   data directory, keyed by path, size and mtime, spares re-reading unchanged files);
+   data directory, keyed by path, size and mtime, spares re-reading unchanged files); the same
+   audio found twice is one track, described by the first path (the others are reported);
 2. reads each file's tags (mutagen: title, artist, genre, licence), the folder's admin manifest
    (CSV or JSON: file name -> title, artist, licence, tags) and the licence rules below;
 3. analyses only new or changed audio (`engine.tracks.analyse_tracks`: the paper's centre 120 s

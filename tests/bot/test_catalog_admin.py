@@ -650,3 +650,42 @@ async def test_versions_are_written_in_batches(env: Env, tones: dict[str, Path],
     monkeypatch.setattr(env.catalog, "begin_version", counting_begin)
     report = await env.admin.refresh()
     assert sizes == [2, 1] and report.tracks == 3 and env.catalog.count() == 3
+
+
+@pytest.mark.slow
+async def test_lite_refresh_of_real_music(tmp_path: Path, sqlite_template: Path, music_dir: Path) -> None:
+    """Two real Debian game-music tracks and their copyright file, on the lite profile (musicnn)."""
+    from engine.encoders.musicnn import MSD_LABELS, MTT_LABELS
+
+    lite = load_encoders("lite")
+    env = Env(tmp_path, sqlite_template, Encoders(lite.profile, lite.image, lite.text, CountingMusic(lite.music)))
+    try:
+        package = music_dir / "wesnoth-1.16-music"
+        for name in ("battle-epic.ogg", "copyright"):
+            shutil.copyfile(package / name, env.music / name)
+        shutil.copyfile(music_dir / "supertux-data" / "chipdisko.ogg", env.music / "chipdisko.ogg")
+        await env.admin.add_folder(env.music)
+        report = await env.admin.refresh()
+        assert (report.tracks, report.analysed, report.failures) == (2, 2, [])
+        p = _payloads(env)
+        epic = p[_sha(env.music / "battle-epic.ogg")]
+        disko = p[_sha(env.music / "chipdisko.ogg")]
+        assert (epic.title, epic.artist, epic.licence) == ("Battle Epic", "Doug Kaufman", "GPL")  # the file's tags
+        assert (disko.title, disko.artist) == ("Mortimer's Chipdisko", "Mortimer Twang")
+        assert disko.licence == SEE_COPYRIGHT  # no licence tag: the package's copyright file
+        top_mtt: dict[str, list[str]] = {}
+        for payload in (epic, disko):
+            track = await TrackStore(env.engine).get_by_hash(content_hash=payload.content_hash)
+            assert track is not None
+            mtt = [n for n, _ in track.attributes["top_mtt"]]
+            msd = [n for n, _ in track.attributes["top_msd"]]
+            top_mtt[payload.title] = mtt
+            assert len(mtt) == 5 and set(mtt) <= set(MTT_LABELS)  # paper section 3: top-5 MTT
+            assert len(msd) == 5 and set(msd) <= set(MSD_LABELS)  # and top-5 MSD
+            assert {t.lower() for t in mtt + msd} <= set(payload.tags)
+            assert len(payload.tag_probs) == 100 and payload.tempo_bpm and payload.tempo_bpm > 40
+            excerpt = track.attributes["excerpt"]
+            assert probe(env.media.path_for(excerpt["sha256"])).duration_s == pytest.approx(25.0, abs=0.1)
+        assert "techno" in top_mtt[disko.title] and {"classical", "strings"} & set(top_mtt[epic.title])
+    finally:
+        await env.close()
