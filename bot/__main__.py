@@ -1,0 +1,5 @@
+"""`python -m bot` = `musechat`."""
+
+from bot.cli import main
+
+main()

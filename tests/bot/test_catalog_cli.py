@@ -1,0 +1,109 @@
+"""`musechat catalog ...` and `musechat serve` end to end (tiny profile, synthesised music)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from bot.settings import get_settings
+from tests.conftest import lavfi
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MUSECHAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MUSECHAT_PROFILE", "tiny")
+    monkeypatch.delenv("MUSECHAT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MUSECHAT_QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def music_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "music"
+    folder.mkdir()
+    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
+    lavfi(folder / "high.ogg", "sine=f=880:d=14", args=("-c:a", "libvorbis"))
+    return folder
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def status() -> dict:
+    result = run("catalog", "status", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_add_refresh_status_remove(music_folder: Path) -> None:
+    added = run("catalog", "add", str(music_folder), "--licence", "CC0-1.0", "--refresh")
+    assert added.exit_code == 0, added.output
+    assert "2 tracks (2 added" in added.output
+    st = status()
+    assert st["tracks"] == 2 and st["mode"] == "zero-shot" and st["folders"] == [str(music_folder.resolve())]
+
+    again = run("catalog", "refresh")
+    assert again.exit_code == 0 and "0 embedded, 2 reused" in again.output
+
+    assert run("catalog", "remove", str(music_folder)).exit_code == 0
+    assert run("catalog", "refresh").exit_code == 0
+    assert status()["tracks"] == 0
+
+
+def test_a_corrupt_file_is_reported_and_the_rest_indexed(music_folder: Path) -> None:
+    (music_folder / "broken.ogg").write_bytes(b"OggS" + os.urandom(5000))
+    result = run("catalog", "add", str(music_folder), "--refresh")
+    assert result.exit_code == 0, result.output
+    assert "2 tracks" in result.output and "skipped" in result.output and "broken.ogg" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["catalog", "add", "/no/such/folder"], "not a folder"),
+        (["catalog", "remove", "/no/such/folder"], "is not a catalog folder"),
+        (["catalog", "schedule", "not a cron"], "error"),
+    ],
+)
+def test_admin_mistakes_are_a_message_and_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_schedule_is_stored() -> None:
+    result = run("catalog", "schedule", "0 3 * * *")
+    assert result.exit_code == 0, result.output
+    assert "0 3 * * *" in result.output and "enabled" in result.output
+
+
+def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    env = os.environ | {"MUSECHAT_DATA_DIR": str(tmp_path / "data"), "MUSECHAT_PROFILE": "tiny"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "serve", "--cron", "0 3 * * *"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        first = proc.stdout.readline()
+        assert "catalog refresh scheduled" in first, first
+        assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert "stopped" in rest and proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
