@@ -245,6 +245,12 @@ def media_cleanup() -> None:
     )
 
 
+# The terminal chat and one-shot recommendations (bot/chat_cli.py imports the helpers above).
+from bot.chat_cli import register_chat_commands  # noqa: E402
+
+register_chat_commands(app)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,388 @@
+"""The terminal adapter: `musechat chat` (a conversation at the prompt) and `musechat recommend` (scripts).
+
+DESIGN.md, "Who uses it": the terminal is the first platform; Discord and Slack differ only in
+I/O. Like every adapter this one is thin: it parses the user's input, calls one method of the
+conversation service (bot/conversation.py) and formats the `Reply` (rich). Every user error is
+one line on stderr and an exit code, never a traceback:
+
+- 2 (`EXIT_USER_ERROR`): not a video, truncated, too long, audio only, missing file, unknown
+  conversation, nothing asked;
+- 3 (`EXIT_UNAVAILABLE`): the database, the catalog or the models are unavailable, or the
+  catalog is empty ("the catalog is empty: run musechat catalog add/refresh").
+
+Inside a chat, an error in one message (a filter that matches nothing, a busy conversation) is
+printed and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import shutil
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from bot.cli import EXIT_UNAVAILABLE, EXIT_USER_ERROR, console, out
+from bot.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "terminal"
+PREVIEW_NAME = "musechat-preview-{conversation}-turn{turn}.mp4"  # written into --out-dir
+CHAT_HELP = (
+    "Type what you think of the track (\"more upbeat\", \"no vocals\", \"under 2 minutes\", \"CC-BY only\"), "
+    "or /another, /use (write the preview video), /help, /quit."
+)
+PARTS_SHOWN = ("semantic", "pace", "steering", "fusion", "not like rejected")
+
+
+class _Exit(Exception):
+    """Leave with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# =================================================================================================
+# formatting
+# =================================================================================================
+
+
+def render_reply(reply: Any) -> Panel | Text:
+    """A reply as rich renderables: the track card(s), or the service's sentence."""
+    from bot.conversation import ReplyKind
+
+    if reply.kind is ReplyKind.EXHAUSTED:
+        return Panel(Text(reply.message), title=f"turn {reply.turn_index} · {reply.mode}", border_style="yellow")
+    if reply.kind is ReplyKind.PREVIEW:
+        return Text(reply.message)
+    blocks = []
+    for card in reply.tracks:
+        t = Table.grid(padding=(0, 1))
+        t.add_column(style="bold cyan", no_wrap=True)
+        t.add_column(overflow="fold")
+        head = Text(card.title, style="bold")
+        if card.artist:
+            head.append(f" — {card.artist}", style="")
+        t.add_row("track" if len(reply.tracks) == 1 else f"#{card.rank}", head)
+        if card.mtt_tags:
+            t.add_row("tags MTT", ", ".join(card.mtt_tags))
+        if card.msd_tags:
+            t.add_row("tags MSD", ", ".join(card.msd_tags))
+        facts = [f"{card.duration_s:.0f} s"]
+        if card.tempo_bpm:
+            facts.append(f"{card.tempo_bpm:.0f} BPM")
+        if card.licence:
+            facts.append(f"licence {card.licence}")
+        t.add_row("about", ", ".join(facts))
+        parts = ", ".join(f"{name} {card.parts[name]:+.2f}" for name in PARTS_SHOWN if name in card.parts)
+        t.add_row("score", f"{card.score:.2f} ({parts})" if parts else f"{card.score:.2f}")
+        t.add_row("mode", reply.mode)
+        t.add_row("why", Text(f"[{card.reason_source}] ", style="dim") + Text(card.reason))
+        if card.excerpt_path is None:
+            t.add_row("listen", Text(card.excerpt_note or "excerpt unavailable", style="yellow"))
+        blocks.append(t)
+    footer = []
+    if reply.understood:
+        footer.append(f"understood: {reply.understood}")
+    if reply.unmatched:
+        footer.append(f"not understood: {', '.join(reply.unmatched)}")
+    if reply.filters:
+        footer.append(f"filters: {reply.filters}")
+    if footer:
+        blocks.append(Text(" · ".join(footer), style="dim"))
+    return Panel(Group(*blocks), title=f"turn {reply.turn_index} · {reply.mode}", border_style="green", expand=False)
+
+
+def print_reply(reply: Any) -> None:
+    """Print a reply; file paths go on lines of their own, never wrapped (to copy them whole)."""
+    out.print(render_reply(reply))
+    for card in reply.tracks:
+        if card.excerpt_path is not None:
+            label = "listen" if len(reply.tracks) == 1 else f"listen #{card.rank}"
+            out.print(f"{label}: {card.excerpt_path}", soft_wrap=True, highlight=False)
+
+
+def reply_json(reply: Any) -> dict[str, Any]:
+    """A reply as plain JSON data (for `recommend --json`)."""
+    return {
+        "conversation_id": reply.conversation_id,
+        "turn": reply.turn_index,
+        "kind": reply.kind.value,
+        "mode": reply.mode,
+        "understood": reply.understood,
+        "filters": reply.filters,
+        "message": reply.message,
+        "tracks": [
+            {
+                "rank": c.rank,
+                "track_id": c.track_id,
+                "catalog_id": c.catalog_id,
+                "title": c.title,
+                "artist": c.artist,
+                "mtt_tags": list(c.mtt_tags),
+                "msd_tags": list(c.msd_tags),
+                "tags": list(c.tags),
+                "score": round(c.score, 4),
+                "parts": {k: round(v, 4) for k, v in c.parts.items()},
+                "duration_s": round(c.duration_s, 3),
+                "tempo_bpm": None if c.tempo_bpm is None else round(c.tempo_bpm, 2),
+                "licence": c.licence,
+                "reason": c.reason,
+                "reason_source": c.reason_source,
+                "excerpt": None if c.excerpt_path is None else str(c.excerpt_path),
+                "excerpt_note": c.excerpt_note,
+                "source": c.source,
+            }
+            for c in reply.tracks
+        ],
+        "timings_s": {k: round(v, 4) for k, v in reply.timings.items()},
+    }
+
+
+# =================================================================================================
+# errors and the service's lifetime
+# =================================================================================================
+
+
+def _error(message: str) -> None:
+    """One line on stderr, never wrapped."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map every user-facing failure to one line and an exit code (module docstring)."""
+    from bot.catalog_admin import CatalogAdminError
+    from bot.conversation import ConversationError, EmptyCatalogError, NothingToAskError, UnknownConversationError
+    from engine.checkpoint import CheckpointMismatchError
+    from engine.media import MediaError
+    from storage.catalog import CatalogError
+    from storage.db import StorageError
+
+    try:
+        yield
+    except _Exit as e:
+        _error(str(e))
+        raise typer.Exit(e.code) from None
+    except MediaError as e:
+        _error(e.user_message)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except FileNotFoundError as e:
+        _error(f"file not found: {e.filename or e}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except EmptyCatalogError as e:
+        _error(e.user_message)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except (UnknownConversationError, NothingToAskError) as e:
+        _error(e.user_message)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except ConversationError as e:
+        _error(e.user_message)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except (StorageError, CatalogError, CatalogAdminError, CheckpointMismatchError) as e:
+        _error(getattr(e, "user_message", None) or str(e))
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except (OSError, ValueError) as e:  # e.g. an unknown profile name, an unwritable data directory
+        _error(str(e))
+        raise typer.Exit(EXIT_UNAVAILABLE if isinstance(e, OSError) else EXIT_USER_ERROR) from None
+
+
+@asynccontextmanager
+async def _service(profile: str | None) -> AsyncIterator[Any]:
+    """The conversation service from the settings, with a progress line while it loads."""
+    from bot.conversation import ConversationService
+
+    s = get_settings()
+    with console.status("starting…") as status:
+        svc = await ConversationService.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
+    try:
+        yield svc
+    finally:
+        await svc.close()
+
+
+def _check_video(video: Path | None) -> None:
+    """Refuse a missing or unreadable video before the models load (seconds) rather than after."""
+    if video is None:
+        return
+    if not video.is_file():
+        raise FileNotFoundError(2, "no such file", str(video))
+    from engine.media import probe
+
+    s = get_settings()
+    probe(video, limits=s.engine_config().limits, require_video=True, ffmpeg=s.ffmpeg_binary)
+
+
+async def _with_status(coro_fn: Any, message: str) -> Any:
+    """Run a service call under a rich status line that its progress callbacks update."""
+    with console.status(message) as status:
+        return await coro_fn(lambda m: status.update(f"{m}…"))
+
+
+# =================================================================================================
+# the chat
+# =================================================================================================
+
+
+class _Lines:
+    """stdin lines read by a daemon thread (a blocked read must not keep the process alive at exit)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=self._read, name="musechat-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                line = ""
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line.rstrip("\n") if line else None)
+            if not line:
+                return
+
+    async def next(self) -> str | None:
+        return await self._queue.get()
+
+
+async def _chat(video: Path | None, text: str | None, profile: str | None, resume: int | None, out_dir: Path) -> None:
+    from bot.conversation import ConversationError
+    from engine.media import MediaError
+
+    async with _service(profile) as svc:
+        if resume is not None:
+            state = await svc.state(resume)
+            cid = resume
+            out.print(f"conversation {cid}: {len(state.turns)} turn(s) so far")
+            if text:
+                reply = await _with_status(lambda cb: svc.message(cid, text, on_status=cb), "thinking…")
+                print_reply(reply)
+        else:
+            what = f"decoding and embedding {video.name}…" if video is not None else "searching the catalog…"
+            reply = await _with_status(
+                lambda cb: svc.start(
+                    video=video, text=text or "", platform=PLATFORM, channel_id=f"chat-{uuid.uuid4().hex[:12]}",
+                    user_id=getpass.getuser(), on_status=cb,
+                ),
+                what,
+            )  # fmt: skip
+            cid = reply.conversation_id
+            out.print(f"conversation {cid} (continue it later with: musechat chat --resume {cid})")
+            print_reply(reply)
+        out.print(Text(CHAT_HELP, style="dim"))
+        lines = _Lines()
+        while True:
+            out.print("you> ", end="")
+            line = await lines.next()
+            if line is None:
+                out.print()
+                break
+            line = line.strip()
+            if not line:
+                continue
+            command = line.lower()
+            if command in ("/quit", "/exit", "/q"):
+                break
+            if command in ("/help", "/?"):
+                out.print(CHAT_HELP)
+                continue
+            try:
+                if command in ("/use", "/use this"):
+                    reply = await _with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
+                    print_reply(reply)
+                    if reply.preview_path is not None:
+                        out_dir.mkdir(parents=True, exist_ok=True)
+                        dest = out_dir / PREVIEW_NAME.format(conversation=cid, turn=reply.turn_index)
+                        shutil.copyfile(reply.preview_path, dest)
+                        out.print(f"preview written to {dest.resolve()}", soft_wrap=True, highlight=False)
+                    continue
+                if command.startswith("/another"):
+                    words = line[len("/another") :].strip()
+                    reply = await _with_status(lambda cb: svc.another(cid, text=words, on_status=cb), "looking for another…")
+                elif command.startswith("/"):
+                    out.print(f"unknown command {escape(line.split()[0])}. {CHAT_HELP}")
+                    continue
+                else:
+                    reply = await _with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
+                print_reply(reply)
+            except (ConversationError, MediaError) as e:  # one message failed; the chat goes on
+                _error(e.user_message)
+        out.print(f"bye (conversation {cid})")
+
+
+def chat(
+    video: Path = typer.Argument(None, help="The video to find music for (mp4, mov, webm, mkv...). Optional with --text."),
+    text: str = typer.Option(None, "--text", "-t", help="Words about the music (\"calm piano for a wedding video\"); alone: a text-only start."),
+    resume: int = typer.Option(None, "--resume", help="Continue the conversation with this id."),
+    profile: str = typer.Option(None, help="Model profile: paper | lite | tiny (default: MUSECHAT_PROFILE)."),
+    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where /use writes the preview video."),
+) -> None:
+    """Chat about background music for a video: feedback, /another, /use (writes the preview), /quit."""
+    with _errors():
+        if video is None and not text and resume is None:
+            raise _Exit("give a video, --text \"what you want\", or --resume ID", EXIT_USER_ERROR)
+        if resume is not None and video is not None:
+            raise _Exit("--resume continues a conversation with its own video; leave the video out", EXIT_USER_ERROR)
+        _check_video(video)
+        asyncio.run(_chat(video, text, profile, resume, out_dir))
+
+
+# =================================================================================================
+# one-shot recommendations for scripts
+# =================================================================================================
+
+
+async def _recommend(video: Path | None, text: str | None, profile: str | None, k: int) -> Any:
+    async with _service(profile) as svc:
+        return await _with_status(
+            lambda cb: svc.start(
+                video=video, text=text or "", platform="cli", channel_id=f"recommend-{uuid.uuid4().hex[:12]}",
+                user_id=getpass.getuser(), k=k, on_status=cb,
+            ),
+            "searching…",
+        )  # fmt: skip
+
+
+def recommend(
+    video: Path = typer.Argument(None, help="The video to find music for. Optional with --text."),
+    text: str = typer.Option(None, "--text", "-t", help="Words about the music, filters included (\"under 2 minutes\")."),
+    k: int = typer.Option(1, "--k", min=1, max=50, help="How many tracks to return, best first."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    profile: str = typer.Option(None, help="Model profile: paper | lite | tiny (default: MUSECHAT_PROFILE)."),
+) -> None:
+    """Recommend k tracks for a video (and/or words) in one shot; --json for scripts."""
+    with _errors():
+        if video is None and not text:
+            raise _Exit("give a video and/or --text \"what you want\"", EXIT_USER_ERROR)
+        _check_video(video)
+        reply = asyncio.run(_recommend(video, text, profile, k))
+    if as_json:
+        out.print_json(json.dumps(reply_json(reply)))
+    else:
+        print_reply(reply)
+
+
+def register_chat_commands(app: typer.Typer) -> None:
+    """Add `chat` and `recommend` to the `musechat` command line (bot/cli.py)."""
+    app.command("chat")(chat)
+    app.command("recommend")(recommend)
+
+
+__all__ = ["chat", "print_reply", "recommend", "register_chat_commands", "render_reply", "reply_json"]

