@@ -169,8 +169,15 @@ def _error(message: str) -> None:
 def _errors() -> Iterator[None]:
     """Map every user-facing failure to one line and an exit code (module docstring)."""
     from bot.catalog_admin import CatalogAdminError
-    from bot.conversation import ConversationError, EmptyCatalogError, NothingToAskError, UnknownConversationError
+    from bot.conversation import (
+        CatalogMismatchError,
+        ConversationError,
+        EmptyCatalogError,
+        NothingToAskError,
+        UnknownConversationError,
+    )
     from engine.checkpoint import CheckpointMismatchError
+    from engine.encoders.hf import BackboneUnavailable
     from engine.media import MediaError
     from storage.catalog import CatalogError
     from storage.db import StorageError
@@ -186,7 +193,7 @@ def _errors() -> Iterator[None]:
     except FileNotFoundError as e:
         _error(f"file not found: {e.filename or e}")
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except EmptyCatalogError as e:
+    except (EmptyCatalogError, CatalogMismatchError) as e:
         _error(e.user_message)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except (UnknownConversationError, NothingToAskError) as e:
@@ -195,7 +202,7 @@ def _errors() -> Iterator[None]:
     except ConversationError as e:
         _error(e.user_message)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except (StorageError, CatalogError, CatalogAdminError, CheckpointMismatchError) as e:
+    except (StorageError, CatalogError, CatalogAdminError, CheckpointMismatchError, BackboneUnavailable) as e:
         _error(getattr(e, "user_message", None) or str(e))
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except (OSError, ValueError) as e:  # e.g. an unknown profile name, an unwritable data directory
@@ -208,9 +215,17 @@ async def _service(profile: str | None) -> AsyncIterator[Any]:
     """The conversation service from the settings, with a progress line while it loads."""
     from bot.conversation import ConversationService
 
+    from transformers.utils import logging as hf_logging
+
+    from engine.encoders.hf import BackboneUnavailable
+
+    hf_logging.disable_progress_bar()  # the rich status line says what loads; no tqdm bars under it
     s = get_settings()
     with console.status("starting…") as status:
-        svc = await ConversationService.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
+        try:
+            svc = await ConversationService.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
+        except (FileNotFoundError, BackboneUnavailable) as e:  # model weights missing: not the user's video
+            raise _Exit(str(e), EXIT_UNAVAILABLE) from None
     try:
         yield svc
     finally:

@@ -150,6 +150,10 @@ class VideoGoneError(ConversationError):
     """The conversation's video and its features were both removed by the media store's retention."""
 
 
+class CatalogMismatchError(ConversationError):
+    """The live catalog's vectors do not fit the loaded models (built for another profile)."""
+
+
 class BusyError(ConversationError):
     """The conversation's previous turn is still running after the lock timeout."""
 
@@ -535,8 +539,25 @@ class ConversationService:
         return service
 
     async def warm_up(self) -> None:
-        """Read what the first turn would otherwise pay for: the catalog's licences (filters)."""
+        """Check the catalog fits the models, and read what the first turn would pay for (licences).
+
+        Raises `CatalogMismatchError` when the live catalog was built for another profile (its
+        "text" vectors have another dimension than this text encoder's).
+        """
+        await asyncio.to_thread(self._check_catalog)
         await self._known_licences()
+
+    def _check_catalog(self) -> None:
+        if self.catalog.count() == 0:
+            return
+        dim = int(self.engine.encoders.text.dim)
+        try:
+            self.catalog.search(TEXT_VECTOR, np.ones(dim, dtype=np.float32), limit=1)
+        except SchemaError as exc:
+            raise CatalogMismatchError(
+                f"the catalog was built for another model profile than '{self.engine.config.profile}' "
+                f"({exc}): run musechat catalog refresh with this profile",
+            ) from exc
 
     async def close(self) -> None:
         """Stop the pool; close what `open` opened."""
@@ -1218,6 +1239,7 @@ def tag_summary(
 
 __all__ = [
     "BusyError",
+    "CatalogMismatchError",
     "ConversationError",
     "ConversationExistsError",
     "ConversationService",

@@ -185,6 +185,17 @@ def test_empty_catalog_unknown_conversation_and_nothing_asked(tmp_path: Path, da
     assert (tmp_path / "fresh" / "musechat.sqlite3").is_file()
 
 
+def test_models_missing_or_catalog_of_another_profile_is_exit_3(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mismatch = run("recommend", "--text", "calm piano", "--profile", "lite")
+    assert mismatch.exit_code == EXIT_UNAVAILABLE
+    assert "error: the catalog was built for another model profile than 'lite'" in mismatch.output
+    assert "run musechat catalog refresh" in mismatch.output and "Traceback" not in mismatch.output
+    monkeypatch.setenv("MUSECHAT_TEXT_BACKBONE", str(data_dir / "no-such-minilm"))
+    get_settings.cache_clear()
+    missing = run("recommend", "--text", "calm piano", "--profile", "lite")
+    assert missing.exit_code == EXIT_UNAVAILABLE and "no-such-minilm" in missing.output and "Traceback" not in missing.output
+
+
 def test_dead_database_is_exit_3(data_dir: Path, bikes_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSECHAT_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/test")
     get_settings.cache_clear()
