@@ -9,10 +9,12 @@ on its own copy of the data directory. One slow test runs the `lite` profile end
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.catalog_admin import FEATURES_DIR, CatalogAdmin, FeatureCache, catalog_schema, features_key, track_id_for
+from bot.catalog_admin import (
+    FEATURES_DIR,
+    CatalogAdmin,
+    FeatureCache,
+    catalog_schema,
+    features_key,
+    load_fusion,
+    track_id_for,
+)
 from bot.conversation import (
     ConversationExistsError,
     ConversationService,
@@ -33,11 +43,15 @@ from bot.conversation import (
     TrackAssets,
     UnknownConversationError,
     VideoGoneError,
+    settle_heap,
 )
 from bot.filters import licence_family
+from engine.checkpoint import save_checkpoint
 from engine.engine import Engine, EngineConfig
+from engine.fusion import FusionConfig, MuseChatRecommender
 from engine.media import CorruptMediaError, MediaError, MediaLimits, NoVideoStreamError, NotMediaError, TooLongError, ffmpeg_binary, probe
 from engine.profiles import Encoders, load_encoders
+from storage.catalog.base import FUSION_DIM
 from storage.catalog.edge import EdgeCatalog
 from storage.conversation_store import ConversationStore
 from storage.db import default_sqlite_url, ensure_schema, make_engine
@@ -468,6 +482,76 @@ async def test_one_turn_at_a_time_per_conversation_many_conversations_at_once(en
     assert len(set(state.shown)) == 3 == len(state.shown)
     more = await asyncio.gather(*(svc.another(s.conversation_id) for s in starts))
     assert all(m.turn_index == 2 and m.track.track_id != s.track.track_id for m, s in zip(more, starts))
+
+
+async def test_the_event_loop_stays_free_while_a_video_is_decoded(env: Env, bunny_mp4: Path) -> None:
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    settle_heap()  # as ConversationService.open does: no full collection of the models' objects
+    try:
+        tick = asyncio.create_task(ticker())
+        reply = await env.service.start(video=bunny_mp4, channel_id="lag", user_id="u")
+        await env.service.feedback(reply.conversation_id, "more drums")
+        done.set()
+        await tick
+    finally:
+        gc.unfreeze()
+    assert env.calls == [bunny_mp4] and len(lags) > 20
+    assert max(lags) < 0.5  # decoding and embedding took far longer, on the pool's threads
+
+
+# --- the trained model's path (fusion): the previous track's segment features as x_mc ------------
+
+
+async def test_fusion_mode_feeds_the_previous_track_back_as_candidate_music(data_dir: Path, tiny: Encoders, bikes_mp4: Path, tmp_path: Path) -> None:
+    cfg = FusionConfig(profile="tiny", video_dim=tiny.image.dim, text_dim=tiny.text.dim, music_dim=tiny.music.dim,
+                       target_music_dim=tiny.music.dim, d_model=FUSION_DIM, n_heads=4, n_layers=1)  # fmt: skip
+    ckpt = save_checkpoint(MuseChatRecommender(cfg).eval(), tmp_path / "ckpt")
+    # rebuild the catalog with "fusion" vectors (the features come from the indexer's cache)
+    sql = make_engine(default_sqlite_url(data_dir))
+    catalog = EdgeCatalog(data_dir / "catalog", catalog_schema(tiny.profile, fusion=True))
+    admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data_dir / "media"), data_dir=data_dir,
+                         encoders=tiny, fusion=load_fusion(ckpt, tiny.profile))  # fmt: skip
+    report = await admin.refresh()
+    assert report.analysed == 0 and report.reused == 12
+    catalog.close()
+    await sql.dispose()
+
+    sql = make_engine(default_sqlite_url(data_dir))
+    catalog = EdgeCatalog(data_dir / "catalog", catalog_schema(tiny.profile, fusion=True))
+    engine = Engine(EngineConfig(profile="tiny", fusion_checkpoint=ckpt), encoders=tiny)
+    assets = TrackAssets(TrackStore(sql), FeatureCache(data_dir / FEATURES_DIR / features_key(tiny.profile)))
+    fed: list[tuple[str, tuple[int, ...]]] = []
+    segment_music = assets.segment_music
+
+    def spy(sha: str):  # noqa: ANN202
+        out = segment_music(sha)
+        fed.append((sha, None if out is None else out.shape))
+        return out
+
+    assets.segment_music = spy  # type: ignore[method-assign]
+    svc = ConversationService(engine=engine, catalog=catalog, store=ConversationStore(sql), sql=sql,
+                              media=MediaStore(data_dir / "media"), assets=assets)  # fmt: skip
+    try:
+        r1 = await svc.start(video=bikes_mp4, channel_id="fusion", user_id="u")
+        r2 = await svc.feedback(r1.conversation_id, "more drums")
+        r3 = await svc.another(r1.conversation_id)
+    finally:
+        await svc.close()
+        catalog.close()
+        await sql.dispose()
+    assert (r1.mode, r2.mode, r3.mode) == ("fusion", "fusion", "fusion")
+    assert {"fusion", "steering"} <= set(r2.track.parts)
+    # turn 2's query read turn 1's track as x_mc: its per-segment music features, (S, Dm)
+    assert fed[0][0] == r1.track.track_id and fed[0][1][1] == tiny.music.dim
+    assert len({r1.track.track_id, r2.track.track_id, r3.track.track_id}) == 3
 
 
 # --- the lite profile end to end (slow) ------------------------------------------------------------
