@@ -259,15 +259,15 @@ def serve(
 
     async def go():
         async with open_admin(get_settings()) as admin:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced
+                loop.add_signal_handler(sig, stop.set)
             scheduler = await start_catalog_scheduler(admin, cron=cron)
             if scheduler is None:
                 out.print("no refresh schedule (set one with `musechat catalog schedule CRON`); serving without it")
             else:
                 out.print(f"catalog refresh scheduled; next run at {scheduler.next_run_time}")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             try:
                 await stop.wait()
             finally:

@@ -42,10 +42,14 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the engine's typed errors into a one-line message and an exit code."""
+    from engine.encoders.hf import BackboneUnavailable
     from engine.media import MediaError
 
     try:
         yield
+    except BackboneUnavailable as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
     except MediaError as e:
         console.print(f"[red]error:[/red] {e.user_message}")
         raise typer.Exit(EXIT_USER_ERROR) from None
@@ -250,6 +254,11 @@ from bot.chat_cli import register_chat_commands  # noqa: E402
 
 register_chat_commands(app)
 
+# Catalog administration and the long-lived service (bot/catalog_cli.py).
+from bot.catalog_cli import register_catalog_commands  # noqa: E402
+
+register_catalog_commands(app)
+
 
 def main() -> None:
     try:
@@ -258,6 +267,3 @@ def main() -> None:
         console.print("interrupted")
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()

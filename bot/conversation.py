@@ -495,6 +495,7 @@ class ConversationService:
         from storage.catalog import open_catalog
 
         say = progress or (lambda _: None)
+        config = config or settings.service_config()
         engine_config = settings.engine_config()
         if profile:
             engine_config = dataclasses.replace(engine_config, profile=profile)

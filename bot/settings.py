@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     steering_drift_penalty: float = Field(0.25, description="steering: penalty for changing tags nobody asked about")
     fusion_steering_weight: float = Field(1.0, description="steering beside a fusion checkpoint (0: the model alone)")
     candidate_pool: int = Field(200, description="catalog candidates re-ranked per turn")
+    model_workers: int = Field(2, description="threads doing model work (video decoding, queries) per bot process")
+    preview_mix_original: bool = Field(False, description="previews keep the video's own sound under the track")
 
     # --- media limits --------------------------------------------------------------------------
     ffmpeg_binary: str | None = Field(None, description="ffmpeg executable; default: the one imageio-ffmpeg ships")
@@ -91,6 +93,17 @@ class Settings(BaseSettings):
             ),
             fusion_steering_weight=self.fusion_steering_weight,
             candidate_pool=self.candidate_pool,
+        )
+
+    def service_config(self):
+        """The conversation service's configuration from these settings."""
+        from bot.conversation import ServiceConfig
+
+        return ServiceConfig(
+            workers=self.model_workers,
+            candidate_pool=self.candidate_pool,
+            mix_original_sound=self.preview_mix_original,
+            max_upload_bytes=self.max_upload_bytes,
         )
 
     @property

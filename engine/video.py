@@ -127,12 +127,11 @@ def video_features(
     per_segment = [per_segment[i] for i in keep]
 
     frames = np.concatenate(per_segment, axis=0)  # (F, H, W, 3)
-    feats = image_encoder.encode(frames)  # (F, D)
+    feats, labels = image_encoder.encode_with_labels(frames, k=n_labels)  # (F, D), top labels
     if isinstance(feats, torch.Tensor):
         feats = feats.detach().cpu().float().numpy()
     bounds = np.cumsum([0] + [len(f) for f in per_segment])
     seg_vecs = np.stack([feats[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])  # (S, D)
-    labels = image_encoder.labels(frames, k=n_labels)
     t_embed = time.perf_counter()
     timings = {
         "probe": t_probe - t0,

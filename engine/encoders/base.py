@@ -39,6 +39,11 @@ class ImageEncoder(ABC):
     def labels(self, frames: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """Top-k human-readable labels for the frames (probabilities averaged over frames)."""
 
+    def encode_with_labels(self, frames: np.ndarray, k: int = 5) -> tuple[torch.Tensor, list[tuple[str, float]]]:
+        """`encode` and `labels` together; encoders whose labels come from the same forward pass
+        override this to run the network once (a video query pays for every frame)."""
+        return self.encode(frames), self.labels(frames, k)
+
 
 class TextEncoder(ABC):
     """Frozen text encoder: unpooled token states for fusion, pooled sentence vectors for zero-shot."""

@@ -249,6 +249,15 @@ class EfficientNetLiteEncoder(ImageEncoder):
             return []
         return top_labels(self.probabilities(frames), self.class_names, k)
 
+    @torch.inference_mode()
+    def encode_with_labels(self, frames: np.ndarray, k: int = 5) -> tuple[torch.Tensor, list[tuple[str, float]]]:
+        """Features and top-k labels from ONE pass: the classifier is one linear layer on the features."""
+        if len(frames) == 0:
+            return torch.zeros(0, self.dim), []
+        feats = self.model.features(self._prepare(frames))  # (N, 1280)
+        probs = self.model.fc(feats).softmax(dim=-1).mean(dim=0).float().cpu()  # (1000,)
+        return feats.float().cpu(), top_labels(probs, self.class_names, k)
+
 
 def frames_to_tensor(frames: np.ndarray, size: int, device: torch.device, mode: str = "bilinear") -> torch.Tensor:
     """RGB uint8 frames (N, H, W, 3) -> float32 (N, 3, size, size) in [0, 255] on `device`.

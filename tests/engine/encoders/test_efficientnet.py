@@ -162,3 +162,22 @@ def test_input_normalisation_matches_the_trained_batchnorm_statistics(
     assert ours < variance_mismatch(imagenet_mean, imagenet_std)
     assert ours < variance_mismatch(0.0, 255.0)
     assert rm.shape == (32,)
+
+
+@pytest.mark.slow
+def test_one_pass_features_and_labels_equal_the_two_calls(bikes_mp4) -> None:
+    """encode_with_labels (one forward pass) gives what encode + labels give separately."""
+    import subprocess
+
+    from engine.encoders.efficientnet import EfficientNetLiteEncoder
+    from engine.media import ffmpeg_binary
+
+    raw = subprocess.run(
+        [ffmpeg_binary(), "-v", "error", "-i", str(bikes_mp4), "-vf", "fps=1,scale=224:224", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, 224, 224, 3)[:4]
+    enc = EfficientNetLiteEncoder()
+    feats, labels = enc.encode_with_labels(frames, k=5)
+    torch.testing.assert_close(feats, enc.encode(frames), rtol=1e-5, atol=1e-5)
+    assert [n for n, _ in labels] == [n for n, _ in enc.labels(frames, k=5)]
