@@ -1,0 +1,96 @@
+"""Tests of training/features.py: shards, resume of an extraction, batches, pools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.features import (
+    MANIFEST,
+    FeatureCacheError,
+    FeatureDataset,
+    FeatureItem,
+    FeatureShardWriter,
+    FeatureSpec,
+    iter_pools,
+)
+
+SPEC = FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4, max_segments=3, max_candidate_segments=2, max_text_tokens=4)
+
+
+def _item(i: int, *, video: bool = True, text_tokens: int = 2) -> FeatureItem:
+    f = float(i)
+    return FeatureItem(
+        id=f"q{i}",
+        target=np.full((3, 4), f + 0.5),
+        video=np.arange(9, dtype=np.float32).reshape(3, 3) + f if video else None,
+        candidate=np.full((5, 4), -f),  # longer than max_candidate_segments: cut to 2
+        text=np.full((text_tokens, 2), f) if text_tokens else None,
+    )
+
+
+def test_shards_round_trip_and_resume(tmp_path: Path) -> None:
+    w = FeatureShardWriter(tmp_path, SPEC, shard_size=2)
+    for i in range(3):
+        w.add(_item(i))
+    # interrupted: shard 0 (q0, q1) is written, q2 is pending and lost
+    meta = json.loads((tmp_path / MANIFEST).read_text())
+    assert [s["ids"] for s in meta["shards"]] == [["q0", "q1"]] and meta["complete"] is False
+    with pytest.raises(FeatureCacheError, match="incomplete"):
+        FeatureDataset(tmp_path)
+
+    w2 = FeatureShardWriter(tmp_path, SPEC, shard_size=2)
+    assert w2.done_ids == {"q0", "q1"}
+    for i in range(5):
+        w2.add(_item(i, video=i != 3, text_tokens=0 if i == 4 else 2))
+    w2.close()
+    ds = FeatureDataset(tmp_path)
+    assert ds.ids == ["q0", "q1", "q2", "q3", "q4"]
+    t = ds.tensors
+    assert t["video"].dtype == torch.float16 and t["video"].shape == (5, 3, 3)
+    assert t["video_len"].tolist() == [3, 3, 3, 0, 3]
+    assert t["candidate_len"].tolist() == [2] * 5
+    assert t["text_len"].tolist() == [2, 2, 2, 2, 0]
+    assert t["candidate"][2].float().tolist() == [[-2.0] * 4] * 2
+    assert t["video"][1].float().tolist() == (np.arange(9).reshape(3, 3) + 1).tolist()
+
+
+def test_writer_rejects_another_spec_and_wrong_dims(tmp_path: Path) -> None:
+    FeatureShardWriter(tmp_path, SPEC).close()
+    other = FeatureSpec(profile="lite", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4)
+    with pytest.raises(FeatureCacheError, match="spec"):
+        FeatureShardWriter(tmp_path, other)
+    w = FeatureShardWriter(tmp_path / "b", SPEC)
+    w.add(FeatureItem(id="x", target=np.zeros((3, 5))))
+    with pytest.raises(FeatureCacheError, match="target must be"):
+        w.flush()
+
+
+def test_batch_takes_the_same_segment_of_video_and_target(tmp_path: Path) -> None:
+    w = FeatureShardWriter(tmp_path, SPEC)
+    for i in range(4):
+        item = _item(i, video=i != 3)
+        item.target = np.arange(3, dtype=np.float32)[:, None].repeat(4, 1) + 10 * i  # segment j: 10 i + j
+        w.add(item)
+    w.close()
+    ds = FeatureDataset(tmp_path)
+    seg = ds.segment_choice(123)
+    assert torch.equal(seg, ds.segment_choice(123))
+    assert ((seg >= 0) & (seg < 3)).all()
+    b = ds.batch(torch.tensor([0, 2, 3]), seg)
+    assert b["video"].shape == (3, 3) and b["text"].shape == (3, 4, 2) and b["candidate"].shape == (3, 2, 4)
+    assert b["has_video"].tolist() == [True, True, False]
+    assert b["text_mask"].tolist() == [[True, True, False, False]] * 3
+    for row, i in enumerate([0, 2, 3]):
+        assert b["target_pooled"][row, 0].item() == 10 * i + seg[i].item()
+        if i != 3:
+            assert b["video"][row, 0].item() == 3 * seg[i].item() + i
+
+
+def test_pools_do_not_overlap() -> None:
+    assert [list(p) for p in iter_pools(7, 3)] == [[0, 1, 2], [3, 4, 5]]
+    assert [list(p) for p in iter_pools(2, 500)] == [[0, 1]]

@@ -1,0 +1,79 @@
+"""Tests of training/metrics.py against hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.metrics import (
+    chance_metrics,
+    median_rank,
+    recall_at_k,
+    success_rate,
+    target_ranks,
+    turn_metrics,
+)
+
+RANK_CASES = [
+    # scores (Q, N), targets, expected 1-based ranks
+    ([[0.9, 0.1, 0.5]], [0], [1]),
+    ([[0.9, 0.1, 0.5]], [1], [3]),
+    ([[0.9, 0.1, 0.5]], [2], [2]),
+    ([[0.5, 0.5, 0.1]], [0], [2]),  # a tie with another track counts against the target
+    ([[0.3, 0.3, 0.3, 0.3]], [2], [4]),  # a constant scorer ranks every target last
+    ([[0.1, 0.2], [0.4, 0.3]], [1, 1], [1, 2]),
+]
+
+
+@pytest.mark.parametrize(("scores", "targets", "expected"), RANK_CASES)
+def test_target_ranks(scores: list, targets: list, expected: list) -> None:
+    ranks = target_ranks(torch.tensor(scores), torch.tensor(targets))
+    assert ranks.tolist() == expected
+    assert ranks.dtype == torch.long
+
+
+def test_target_ranks_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        target_ranks(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError):
+        target_ranks(torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_recall_median_success_by_hand() -> None:
+    ranks = np.array([1, 3, 7, 12, 2])
+    assert recall_at_k(ranks, 1) == pytest.approx(20.0)
+    assert recall_at_k(ranks, 5) == pytest.approx(60.0)
+    assert recall_at_k(ranks, 10) == pytest.approx(80.0)
+    assert median_rank(ranks) == 3.0
+    assert median_rank(np.array([1, 2, 4, 10])) == 3.0  # mean of the middle two
+    # conversation 0: first at turn 1; 2: first at turn 2; 1 and 3: never first
+    assert success_rate(np.array([1, 4, 2, 9]), np.array([5, 2, 1, 9])) == pytest.approx(50.0)
+
+
+def test_turn_metrics_row() -> None:
+    t1 = np.array([1, 4, 2, 9])
+    t2 = np.array([5, 2, 1, 11])
+    m = turn_metrics(t2, pool_size=20, turn1_ranks=t1)
+    assert (m.median_rank, m.r1, m.r5, m.r10, m.success_rate) == (3.5, 25.0, 75.0, 75.0, 50.0)
+    assert (m.n_queries, m.pool_size) == (4, 20)
+    assert turn_metrics(t1, pool_size=20).success_rate is None
+
+
+def test_chance_matches_the_papers_random_row() -> None:
+    m = chance_metrics(500)
+    assert m.median_rank == 250
+    assert m.r1 == pytest.approx(0.20)
+    assert m.r5 == pytest.approx(1.00)
+    assert m.r10 == pytest.approx(2.00)
+    assert m.success_rate == pytest.approx(0.40, abs=0.001)  # 1 - (499/500)^2 = 0.3996 %
+
+
+def test_chance_agrees_with_random_rankings() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, q = 50, 20000
+    ranks = target_ranks(torch.rand(q, n, generator=g), torch.zeros(q, dtype=torch.long)).numpy()
+    ch = chance_metrics(n)
+    assert recall_at_k(ranks, 5) == pytest.approx(ch.r5, abs=0.6)
+    assert recall_at_k(ranks, 10) == pytest.approx(ch.r10, abs=0.8)
+    assert median_rank(ranks) == pytest.approx(ch.median_rank, abs=1.0)

@@ -1,0 +1,202 @@
+"""Evaluate recommendation models with the MuseChat protocol (paper section 5, Table 1).
+
+- The test quartets are cut into non-overlapping pools of 500 (`PAPER_POOL_SIZE`); each query
+  ranks the pool's target tracks by cosine.
+- Track vector: the L2-normalised mean of the target's segment vectors (twelve 10 s segments).
+- Query vector, likewise: the normalised mean of the per-segment queries (video segment j with the
+  prompt and the candidate); a quartet without video has one query.
+- Turn 1: video only. Turn 2: video + candidate music + prompt. Metrics (training/metrics.py):
+  R@1/5/10 and MR of turn 2 (Table 1's layout), SR over both turns; turn 1 is reported too.
+- The chance row is the expected value for the pool size; the paper's published rows can be added
+  for reference, marked as such.
+
+    python -m training.evaluate --data FEATURES --checkpoint RUN/model [--checkpoint ...] --holdout N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoint import load_checkpoint
+from engine.fusion import MuseChatRecommender
+from training.features import FeatureDataset, iter_pools
+from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, chance_metrics, target_ranks, turn_metrics
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 256  # queries encoded at once
+
+# paper Table 1 and the ablations (turn 2; pools of 500): MR, R@1, R@5, R@10, SR (None: not given)
+PAPER_ROWS: dict[str, tuple[float, float, float | None, float | None, float | None]] = {
+    "VM-NET (paper)": (28, 5.31, 18.14, 28.78, None),
+    "MVPt (paper)": (7, 20.71, 48.89, 63.14, None),
+    "ViML (paper)": (5, 22.61, 52.43, 66.56, None),
+    "Sum-Fusion (paper)": (17, 10.58, 28.47, 40.19, 21.70),
+    "Self-Attn (paper)": (5, 21.40, 50.83, 65.29, 28.37),
+    "Cross-Attn (paper)": (3, 25.71, 56.97, 71.07, 31.48),
+    "MuseChat (paper)": (2, 32.79, 63.92, 76.53, 40.49),
+    "w/o video (paper)": (19, 8.12, None, None, None),
+    "w/o candidate (paper)": (5, 22.67, None, None, 26.02),
+}
+
+
+@dataclass
+class EvalResult:
+    name: str
+    turn1: RetrievalMetrics
+    turn2: RetrievalMetrics  # carries the success rate over both turns
+    n_pools: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "turn1": self.turn1.to_json(), "turn2": self.turn2.to_json(), "n_pools": self.n_pools}
+
+
+@torch.no_grad()
+def music_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Track vectors of the targets of quartets `idx`: normalised mean of segment vectors.  # (N, d)"""
+    t = data.tensors
+    out = []
+    for chunk in idx.split(EVAL_BATCH):
+        seg = t["target"][chunk].float().to(device)  # (B, S, Dm)
+        b, s, dm = seg.shape
+        v = model.encode_music(pooled=seg.reshape(b * s, dm)).reshape(b, s, -1)  # (B, S, d)
+        mask = (torch.arange(s)[None, :] < t["target_len"][chunk].long()[:, None]).to(device)
+        mean = (v * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        out.append(F.normalize(mean, dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, turn: int, device: torch.device) -> torch.Tensor:
+    """Clip-level queries of quartets `idx` at turn 1 (video only) or 2 (all inputs).  # (N, d)"""
+    if turn not in (1, 2):
+        raise ValueError(f"turn must be 1 or 2, got {turn}")
+    t = data.tensors
+    out = []
+    for chunk in idx.split(max(1, EVAL_BATCH // data.spec.max_segments)):
+        b = len(chunk)
+        vlen = t["video_len"][chunk].long()  # (B,)
+        s = t["video"].shape[1]
+        n_q = vlen.clamp(min=1)  # a quartet without video: one query
+        rows = torch.repeat_interleave(torch.arange(b), s)  # (B*S,)
+        segs = torch.arange(s).repeat(b)  # (B*S,)
+        keep = segs < n_q[rows]
+        rows, segs = rows[keep], segs[keep]
+        gidx = chunk[rows]
+        kwargs: dict[str, torch.Tensor] = {
+            "video": t["video"][gidx, segs].float().to(device),
+            "has_video": (t["video_len"][gidx] > 0).to(device),
+        }
+        if turn == 2:
+            for name in ("text", "candidate"):
+                rows_n = t[name].shape[1]
+                kwargs[name] = t[name][gidx].float().to(device)
+                kwargs[f"{name}_mask"] = (torch.arange(rows_n)[None, :] < t[f"{name}_len"][gidx].long()[:, None]).to(device)
+        q = model.encode_query(**kwargs)  # (B', d)
+        summed = torch.zeros(b, q.shape[1], device=device).index_add_(0, rows.to(device), q)
+        out.append(F.normalize(summed, dim=-1))
+    return torch.cat(out)
+
+
+def evaluate_model(
+    model: MuseChatRecommender,
+    data: FeatureDataset,
+    *,
+    name: str = "model",
+    pool_size: int = PAPER_POOL_SIZE,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """Turn-1 and turn-2 metrics of `model` over non-overlapping pools of `data` (module docstring)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    r1s, r2s, n_pools, size = [], [], 0, 0
+    for pool in iter_pools(len(data), pool_size):
+        idx = torch.tensor(list(pool))
+        music = music_vectors(model, data, idx, device)  # (P, d)
+        targets = torch.arange(len(idx), device=device)
+        for turn, acc in ((1, r1s), (2, r2s)):
+            q = query_vectors(model, data, idx, turn, device)  # (P, d)
+            acc.append(target_ranks(q @ music.T, targets).cpu())
+        n_pools += 1
+        size = len(idx)
+    ranks1, ranks2 = torch.cat(r1s).numpy(), torch.cat(r2s).numpy()
+    log.info("evaluated %s on %d pools of %d", name, n_pools, size)
+    return EvalResult(name=name, turn1=turn_metrics(ranks1, size), turn2=turn_metrics(ranks2, size, turn1_ranks=ranks1), n_pools=n_pools)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(results: list[EvalResult], pool_size: int, *, paper_rows: bool = True) -> str:
+    """Table 1's layout: method, MR, R@1, R@5, R@10 (turn 2), SR; plus turn-1 columns and chance."""
+    lines = [
+        f"| Method | MR ↓ | R@1 | R@5 | R@10 | SR | turn-1 MR | turn-1 R@1 | pools × size |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ch = chance_metrics(pool_size)
+    lines.append(f"| Random (chance) | {ch.median_rank:g} | {_fmt(ch.r1)} | {_fmt(ch.r5)} | {_fmt(ch.r10)} | {_fmt(ch.success_rate)} | {ch.median_rank:g} | {_fmt(ch.r1)} | - |")
+    for r in results:
+        m, t1 = r.turn2, r.turn1
+        lines.append(
+            f"| {r.name} | {m.median_rank:g} | {_fmt(m.r1)} | {_fmt(m.r5)} | {_fmt(m.r10)} | {_fmt(m.success_rate)} "
+            f"| {t1.median_rank:g} | {_fmt(t1.r1)} | {r.n_pools} × {m.pool_size} |"
+        )
+    if paper_rows:
+        for name, (mr, a, b, c, sr) in PAPER_ROWS.items():
+            lines.append(f"| {name} | {mr:g} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {_fmt(sr)} | - | - | 500 |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_checkpoints(
+    data: FeatureDataset, checkpoints: list[tuple[str, str | Path]], *, pool_size: int = PAPER_POOL_SIZE, device: str = "cpu"
+) -> list[EvalResult]:
+    """Load each (name, checkpoint directory) and evaluate it on the same pools."""
+    results = []
+    for name, path in checkpoints:
+        model = load_checkpoint(path, expect_profile=data.spec.profile, device=device)
+        results.append(evaluate_model(model, data, name=name, pool_size=pool_size, device=device))
+    return results
+
+
+def write_report(results: list[EvalResult], pool_size: int, out: str | Path) -> tuple[Path, Path]:
+    """Write `out`.md (the table) and `out`.json; return both paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md, js = out.with_suffix(".md"), out.with_suffix(".json")
+    md.write_text(markdown_table(results, pool_size))
+    payload = {"pool_size": pool_size, "chance": chance_metrics(pool_size).to_json(), "results": [r.to_json() for r in results]}
+    js.write_text(json.dumps(payload, indent=2) + "\n")
+    return md, js
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Evaluate fusion checkpoints with the paper's protocol")
+    p.add_argument("--data", required=True, help="feature cache of the test quartets (or the training cache with --holdout)")
+    p.add_argument("--checkpoint", action="append", required=True, help="NAME=DIR or DIR; repeat for several rows")
+    p.add_argument("--holdout", type=int, default=0, help="evaluate the held-out split of this size (as training's --holdout)")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (training's --seed)")
+    p.add_argument("--pool-size", type=int, default=PAPER_POOL_SIZE)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval/results")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    data = FeatureDataset(a.data)
+    if a.holdout:
+        _, data = data.split(a.holdout, seed=a.seed)
+    pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in a.checkpoint]
+    results = evaluate_checkpoints(data, pairs, pool_size=a.pool_size, device=a.device)  # type: ignore[arg-type]
+    md, _ = write_report(results, min(a.pool_size, len(data)), a.out)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
