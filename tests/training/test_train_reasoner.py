@@ -1,0 +1,144 @@
+"""Tests for training/train_reasoner.py: data, the loss falling, save/load by the app, the Table 3 layout."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from engine import reasoner as R
+from engine.reasoner import MusicReasoner, ReasonerConfig, ReasonInput
+from training.train_reasoner import (
+    ORIGIN_TEMPLATE,
+    VARIANT_BASE,
+    VARIANT_MUSIC,
+    VARIANT_TUNED,
+    EvalRow,
+    ReasonExample,
+    TrainConfig,
+    build_targets,
+    evaluate,
+    format_table,
+    read_examples,
+    train,
+)
+
+MUSIC_DIM = 8
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(MUSIC_DIM).astype(np.float32)
+
+
+def tiny_reasoner() -> MusicReasoner:
+    r = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
+    r.attach_lora(seed=0)
+    return r
+
+
+EXAMPLES = [
+    ReasonExample(ReasonInput("storm", music_vector=vec(1)), "loud drums for a storm"),
+    ReasonExample(ReasonInput("lake", music_vector=vec(2)), "soft piano for a quiet lake"),
+]
+
+
+def test_read_examples_resolves_music_from_the_line_the_cache_or_the_audio(tmp_path):
+    lines = [
+        {"title": "a", "target": "t1", "music_vector": [1.0] * MUSIC_DIM, "tags": ["x"]},
+        {"title": "b", "target": "t2", "track_id": "abc", "feedback": "more drums"},
+        {"title": "c", "target": "t3", "audio": "song.ogg", "video": "a beach"},
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in lines) + "\n\n")
+    seen = []
+    got = read_examples(
+        path,
+        music_for_track=lambda tid: np.full(MUSIC_DIM, 2.0, np.float32) if tid == "abc" else None,
+        music_for_audio=lambda p: seen.append(p) or np.full(MUSIC_DIM, 3.0, np.float32),
+    )
+    assert [e.inp.title for e in got] == ["a", "b", "c"]
+    assert [float(e.inp.music_vector[0]) for e in got] == [1.0, 2.0, 3.0]
+    assert got[0].inp.tags == ("x",) and got[1].inp.feedback == "more drums" and got[2].inp.video == "a beach"
+    assert seen == [tmp_path / "song.ogg"]
+    path.write_text(json.dumps({"title": "d", "target": "t", "track_id": "missing"}) + "\n")
+    with pytest.raises(ValueError, match="train.jsonl:1: no music embedding for 'd'"):
+        read_examples(path, music_for_track=lambda tid: None)
+
+
+@dataclass
+class _Payload:
+    title: str
+    artist: str
+    tags: tuple[str, ...]
+    tempo_bpm: float | None
+    content_hash: str
+
+
+def test_build_targets_from_catalog_metadata_and_tags():
+    lines = build_targets(
+        [
+            _Payload("Night Drive", "Kai", ("synth", "dark", "synth", "electronic"), 140.0, "h1"),
+            _Payload("No Tags", "", (), None, "h2"),
+            _Payload("Lake", "", ("piano",), 70.0, "h3"),
+        ]
+    )
+    assert lines == [
+        {"track_id": "h1", "title": "Night Drive", "tags": ["synth", "dark", "electronic"],
+         "target": '"Night Drive" by Kai is synth, dark and electronic music at a lively pace, so it suits a video whose mood is synth.',
+         "origin": ORIGIN_TEMPLATE},
+        {"track_id": "h3", "title": "Lake", "tags": ["piano"],
+         "target": '"Lake" is piano music at a slow pace, so it suits a video whose mood is piano.', "origin": ORIGIN_TEMPLATE},
+    ]  # fmt: skip
+
+
+def test_loss_falls_and_only_lora_and_f_l_change(tmp_path):
+    r = tiny_reasoner()
+    frozen = {n: p.detach().clone() for n, p in r.named_parameters() if not p.requires_grad}
+    f_l = r.projector.proj.weight.detach().clone()
+    with torch.no_grad():
+        before = float(r.loss([(e.inp, e.target) for e in EXAMPLES]))
+    res = train(r, EXAMPLES * 2, TrainConfig(epochs=3, batch_size=2, lr=2e-2))
+    with torch.no_grad():
+        after = float(r.loss([(e.inp, e.target) for e in EXAMPLES]))
+    assert res.steps == 6 and len(res.losses) == 6
+    assert after < before - 2.0  # nats per target token (measured: 12.1 -> 6.7)
+    assert not torch.equal(r.projector.proj.weight, f_l)
+    assert all(torch.equal(p, frozen[n]) for n, p in r.named_parameters() if n in frozen)
+    # the app loads what training saved: same logits
+    r.save(tmp_path / "ckpt")
+    app = R.load_reasoner(R.RANDOM_TINY, music_dim=MUSIC_DIM, checkpoint=tmp_path / "ckpt")
+    try:
+        assert app.trained
+        torch.testing.assert_close(app.next_token_logits(EXAMPLES[0].inp), r.next_token_logits(EXAMPLES[0].inp))
+    finally:
+        R.clear_cache()
+
+
+def test_train_refuses_a_reasoner_without_lora():
+    r = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
+    with pytest.raises(ValueError, match="attach_lora"):
+        train(r, EXAMPLES)
+
+
+def test_evaluate_has_the_three_rows_of_table_3():
+    base = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
+    tuned = tiny_reasoner()
+
+    def embed(texts: list[str]) -> np.ndarray:  # a bag-of-letters "encoder", normalised
+        out = np.zeros((len(texts), 26), np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    rows = evaluate(base, tuned, EXAMPLES, embed, max_new_tokens=4)
+    assert [r.variant for r in rows] == [VARIANT_BASE, VARIANT_MUSIC, VARIANT_TUNED]
+    assert all(r.n == 2 and -1.0 <= r.similarity <= 1.0 and r.perplexity > 1.0 for r in rows)
+    # LoRA B starts at zero: with the adapter off or on, a fresh LoRA gives the same perplexity
+    assert rows[1].perplexity == pytest.approx(rows[2].perplexity, rel=1e-5)
+    table = format_table([EvalRow("x", 0.5, 12.345, 3)])
+    assert table.splitlines()[-1] == "| x | 0.5000 | 12.35 | 3 |"
