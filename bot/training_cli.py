@@ -1,0 +1,154 @@
+"""`musechat data ...`, `musechat train` and `musechat eval`: build training data, train, evaluate (paper 3-5).
+
+Registered on the main app by `register_training_commands(app)`. Multi-GPU training runs through
+torchrun on `python -m training.train_fusion` (same options); `musechat train` is one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+log = logging.getLogger(__name__)
+
+console = Console(stderr=True)
+out = Console()
+
+EXIT_USER_ERROR = 2  # bad input: a message, never a traceback
+
+data_app = typer.Typer(help="Build MuseChat training data (quartets + cached frozen-encoder features).", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+@data_app.command("from-catalog")
+def data_from_catalog(
+    out_dir: Path = typer.Option(..., "--out", help="Feature cache directory to write (resumable)."),
+    features: Path = typer.Option(None, help="Track-analysis cache to read (default: the live catalog's, in MUSECHAT_DATA_DIR)."),
+    profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
+    seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
+    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    shard_size: int = typer.Option(1024, help="Quartets per shard."),
+) -> None:
+    """Music-only quartets (candidate, feedback from tag differences, target) from the live catalog."""
+    from bot.catalog_admin import FEATURES_DIR, features_key
+    from bot.settings import get_settings
+    from engine.profiles import load_encoders
+    from engine.tracks import TrackAnalysis
+    from training.data import catalog_quartets
+    from training.features import FeatureCacheError, FeatureShardWriter, FeatureSpec
+
+    s = get_settings()
+    enc = load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
+    root = features or Path(s.data_dir) / FEATURES_DIR / features_key(enc.profile)
+    if not root.is_dir():
+        _fail(f"no track analyses at {root}: run `musechat catalog refresh` first (or pass --features)")
+    analyses = []
+    for path in sorted(root.glob("*/*.npz")):
+        try:
+            analyses.append(TrackAnalysis.from_bytes(path.read_bytes()))
+        except Exception as e:  # noqa: BLE001 - a damaged cache file is skipped, as the catalog does
+            log.warning("skipping unreadable analysis %s: %s", path, e)
+    analyses = [a for a in analyses if a.profile == enc.profile.name and len(a.segment_vectors)]
+    if len(analyses) < 2:
+        _fail(f"{root} holds {len(analyses)} usable track analyses for profile {enc.profile.name!r}; need at least 2")
+    spec = FeatureSpec(
+        profile=enc.profile.name,
+        video_dim=int(enc.profile.image_dim),
+        text_dim=int(enc.text.dim),
+        music_dim=int(analyses[0].segment_vectors.shape[1]),
+        target_music_dim=int(analyses[0].segment_vectors.shape[1]),
+    )
+    try:
+        writer = FeatureShardWriter(out_dir, spec, shard_size=shard_size)
+    except FeatureCacheError as e:
+        _fail(str(e))
+    quartets = catalog_quartets(analyses, enc.text, writer, seed=seed, pool_size=pool_size, progress=True)
+    writer.close()
+    jsonl = out_dir / "quartets.jsonl"
+    with jsonl.open("a", encoding="utf-8") as f:
+        for q in quartets:
+            f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
+    out.print(f"{len(writer.done_ids)} music-only quartets in {out_dir} ({len(quartets)} new); quartets: {jsonl}")
+
+
+def train_command(
+    data: Path = typer.Option(..., help="Feature cache (musechat data ...)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: state.pt, model/ (the app's checkpoint), metrics.jsonl."),
+    epochs: int = typer.Option(10),
+    max_steps: int = typer.Option(None),
+    batch_size: int = typer.Option(34, help="Per process (paper: 34 per GPU)."),
+    lr: float = typer.Option(4e-5, help="Paper: 4e-5."),
+    weight_decay: float = typer.Option(5e-4, help="Paper: 5e-4."),
+    warmup_steps: int = typer.Option(100),
+    seed: int = typer.Option(0),
+    holdout: int = typer.Option(0, help="Quartets held out for `musechat eval --holdout`."),
+    variant: str = typer.Option("mvt", help="mvt | sum | self_attn | cross_attn (paper Table 1)."),
+    no_video: bool = typer.Option(False, "--no-video", help="The paper's 'without video' ablation."),
+    no_candidate: bool = typer.Option(False, "--no-candidate", help="The paper's 'without candidate' ablation."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, help="Continue from OUT/state.pt."),
+    save_every: int = typer.Option(500),
+    fusion: str = typer.Option("{}", help="JSON FusionConfig overrides, e.g. '{\"d_model\": 128}'."),
+) -> None:
+    """Train MVT-Fusion (or a baseline) on cached features; one process (use torchrun for DDP)."""
+    from training.features import FeatureCacheError
+    from training.train_fusion import MODEL_DIR, TrainConfig, train
+
+    overrides = {"variant": variant, **json.loads(fusion)}
+    if no_video:
+        overrides["use_video"] = False
+    if no_candidate:
+        overrides["use_candidate"] = False
+    cfg = TrainConfig(
+        data=str(data), out=str(out_dir), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, holdout=holdout, device=device,
+        resume=resume, save_every=save_every, fusion=overrides,
+    )
+    try:
+        result = train(cfg)
+    except (FeatureCacheError, ValueError) as e:
+        _fail(str(e))
+    out.print(f"trained {result.step} steps, last loss {result.last_loss:.4f}; checkpoint: {out_dir / MODEL_DIR}")
+    out.print(f"use it: MUSECHAT_FUSION_CHECKPOINT={out_dir / MODEL_DIR}")
+
+
+def eval_command(
+    data: Path = typer.Option(..., help="Feature cache of the test quartets."),
+    checkpoint: list[str] = typer.Option(..., help="NAME=DIR or DIR; repeat for more rows."),
+    holdout: int = typer.Option(0, help="Evaluate the held-out split of this size (as `train --holdout`)."),
+    seed: int = typer.Option(0, help="The split's seed (as `train --seed`)."),
+    pool_size: int = typer.Option(500, help="Pool size (paper: 500)."),
+    device: str = typer.Option("cpu"),
+    report: Path = typer.Option(Path("eval/results"), help="Writes REPORT.md and REPORT.json."),
+) -> None:
+    """Evaluate checkpoints with the paper's protocol: pools of 500, turn 1 / turn 2, R@k, MR, SR."""
+    from engine.checkpoint import CheckpointError
+    from training.evaluate import evaluate_checkpoints, write_report
+    from training.features import FeatureCacheError, FeatureDataset
+
+    try:
+        ds = FeatureDataset(data)
+        if holdout:
+            _, ds = ds.split(holdout, seed=seed)
+        pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in checkpoint]
+        results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, device=device)  # type: ignore[arg-type]
+    except (FeatureCacheError, CheckpointError, ValueError) as e:
+        _fail(str(e))
+    md, js = write_report(results, min(pool_size, len(ds)), report)
+    out.print(md.read_text())
+    out.print(f"written: {md}, {js}")
+
+
+def register_training_commands(app: typer.Typer) -> None:
+    """Add `data from-catalog`, `train` and `eval` to the `musechat` app."""
+    app.add_typer(data_app, name="data")
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)

@@ -1,0 +1,246 @@
+"""MuseChat quartets as JSONL, feedback turns from tag differences, and music-only quartets (paper 3).
+
+A quartet (paper section 3) is (video, target music, candidate music, two-turn conversation). One
+JSON object per line (see training/examples/quartets.example.jsonl):
+
+    {"id": "yt8m-0001",
+     "video": "videos/0001.mp4" | null,          # null: a music-only quartet ("without video")
+     "clip_start_s": 35.0, "clip_duration_s": 120.0,   # the centre 120 s of the video (paper 3)
+     "target": "music/0001.ogg",                  # the video's own soundtrack, or a catalog track
+     "candidate": "music/0422.ogg" | null,
+     "target_tags": ["piano", "calm"], "candidate_tags": ["drums", "fast"],
+     "turns": [{"user": "...", "recommender": "..."}, {"user": "...", "recommender": "..."}]}
+
+Paths are relative to the JSONL file's folder (or absolute); for catalog quartets `target` and
+`candidate` are content hashes ("sha256:<hex>") of the catalog's feature cache.
+
+Turn texts: the paper had an LLM write the conversations from the tags (section 3). Here
+templates do it, deterministically from a seed: turn 1 asks for music for the video, the
+recommender offers the candidate; turn 2's user asks for what the target has and the candidate
+lacks, and away from what only the candidate has ("more piano and calm, less drums"); the
+recommender answers with the target. Turn 2's user text is the prompt t3 the model reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.encoders.base import TextEncoder
+from engine.tracks import TrackAnalysis
+from training.features import FeatureItem, FeatureShardWriter
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_POOL = 2000  # tracks a candidate is retrieved from, excluding the target (paper section 3)
+MAX_FEEDBACK_TAGS = 3  # tags named per direction in a feedback sentence
+
+TURN1_USER = (
+    "Can you recommend background music for my video?",
+    "What music would fit this clip?",
+    "I need a soundtrack for this video.",
+)
+TURN1_RECOMMENDER = (
+    "How about \"{title}\"? It is {tags}.",
+    "Try \"{title}\": {tags}.",
+)
+MORE_TEMPLATES = ("I'd like something more {more}.", "Could it be more {more}?", "Give me something {more}.")
+LESS_TEMPLATES = ("Less {less}, please.", "Not so {less}.", "Without the {less}.")
+BOTH_TEMPLATES = ("More {more} and less {less}, please.", "Something {more}, not so {less}.", "I want it {more} rather than {less}.")
+NONE_TEMPLATES = ("Something different, please.", "Not this one, show me another.")
+TURN2_RECOMMENDER = ("Then \"{title}\" fits better: it is {tags}.", "Here is \"{title}\", {tags}.")
+
+
+@dataclass
+class Turn:
+    user: str
+    recommender: str
+
+
+@dataclass
+class Quartet:
+    """One MuseChat training example (module docstring)."""
+
+    id: str
+    target: str
+    video: str | None = None
+    candidate: str | None = None
+    clip_start_s: float = 0.0
+    clip_duration_s: float = 120.0
+    target_tags: list[str] = field(default_factory=list)
+    candidate_tags: list[str] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    target_title: str = ""
+    candidate_title: str = ""
+
+    @property
+    def prompt(self) -> str:
+        """The user's turn-2 words: the prompt t3 of the fused query (paper 4.1)."""
+        return self.turns[1].user if len(self.turns) > 1 else ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Quartet:
+        if not isinstance(obj, dict) or "id" not in obj or "target" not in obj:
+            raise ValueError("a quartet needs at least 'id' and 'target'")
+        turns = [Turn(**t) for t in obj.get("turns", [])]
+        known = {k: v for k, v in obj.items() if k in cls.__dataclass_fields__ and k != "turns"}
+        return cls(**known, turns=turns)
+
+
+def read_quartets(path: str | Path) -> Iterator[Quartet]:
+    """Quartets of a JSONL file; a bad line raises ValueError naming its line number."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Quartet.from_json(json.loads(line))
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: not a quartet: {e}") from e
+
+
+def write_quartets(path: str | Path, quartets: Iterable[Quartet]) -> int:
+    """Write quartets as JSONL; returns how many."""
+    n = 0
+    with Path(path).open("w", encoding="utf-8") as f:
+        for q in quartets:
+            f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _join(tags: Sequence[str]) -> str:
+    tags = list(tags)
+    if len(tags) <= 1:
+        return "".join(tags)
+    return ", ".join(tags[:-1]) + " and " + tags[-1]
+
+
+def feedback_text(candidate_tags: Sequence[str], target_tags: Sequence[str], rng: random.Random) -> str:
+    """Turn-2 user words from the tag differences (module docstring)."""
+    cand = list(dict.fromkeys(candidate_tags))
+    targ = list(dict.fromkeys(target_tags))
+    more = [t for t in targ if t not in cand][:MAX_FEEDBACK_TAGS]
+    less = [t for t in cand if t not in targ][:MAX_FEEDBACK_TAGS]
+    if more and less:
+        return rng.choice(BOTH_TEMPLATES).format(more=_join(more), less=_join(less))
+    if more:
+        return rng.choice(MORE_TEMPLATES).format(more=_join(more))
+    if less:
+        return rng.choice(LESS_TEMPLATES).format(less=_join(less))
+    return rng.choice(NONE_TEMPLATES)
+
+
+def conversation(
+    candidate_title: str, candidate_tags: Sequence[str], target_title: str, target_tags: Sequence[str], rng: random.Random
+) -> list[Turn]:
+    """The two turns of a quartet from the titles and tags (module docstring)."""
+    return [
+        Turn(rng.choice(TURN1_USER), rng.choice(TURN1_RECOMMENDER).format(title=candidate_title, tags=_join(candidate_tags[:4]) or "a track")),
+        Turn(feedback_text(candidate_tags, target_tags, rng), rng.choice(TURN2_RECOMMENDER).format(title=target_title, tags=_join(target_tags[:4]) or "a track")),
+    ]
+
+
+def retrieve_candidate(query: np.ndarray, pool_vectors: np.ndarray, pool_ids: Sequence[int], exclude: int) -> int:
+    """The pool member (an id from `pool_ids`, never `exclude`) whose vector is most cosine-similar to `query`."""
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    m = pool_vectors / np.maximum(np.linalg.norm(pool_vectors, axis=1, keepdims=True), 1e-12)
+    sims = m @ q  # (P,)
+    order = np.argsort(-sims, kind="stable")
+    for j in order:
+        if pool_ids[j] != exclude:
+            return int(pool_ids[j])
+    raise ValueError("the candidate pool holds nothing but the target")
+
+
+def sample_pool(n: int, exclude: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `size` distinct indices of range(n) without `exclude`, sorted."""
+    others = np.delete(np.arange(n), exclude)
+    if len(others) <= size:
+        return others
+    return np.sort(rng.choice(others, size=size, replace=False))
+
+
+def _title(analysis: TrackAnalysis) -> str:
+    """A display title from the track sentence ("title by artist: tags"), else the hash's start."""
+    head = analysis.sentence.split(":", 1)[0].strip() if analysis.sentence else ""
+    return head or analysis.content_hash[:12]
+
+
+def text_token_features(text_encoder: TextEncoder, texts: Sequence[str], batch: int = 64) -> list[np.ndarray]:
+    """Unpooled token states of each text, cut to its real tokens: [(T_i, Dt)] (paper 4.1)."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(texts), batch):
+        tok = text_encoder.encode_tokens(list(texts[start : start + batch]))
+        states, mask = tok.states.float().cpu().numpy(), tok.mask.cpu().numpy().astype(bool)
+        out.extend(states[i][mask[i]] for i in range(len(states)))
+    return out
+
+
+def catalog_quartets(
+    analyses: Sequence[TrackAnalysis],
+    text_encoder: TextEncoder,
+    writer: FeatureShardWriter,
+    *,
+    seed: int = 0,
+    pool_size: int = CANDIDATE_POOL,
+    progress: bool = False,
+) -> list[Quartet]:
+    """Music-only quartets from catalog analyses into `writer`; returns the quartets (no video).
+
+    Each track is a target once; its candidate is the track most similar to it by music vector
+    among a seeded random pool of `pool_size` others (a plausible but wrong first pick, as the
+    paper's retriever gives); turn 2's words come from the tag differences. Targets already in
+    the cache (resume) are skipped. The writer is flushed but not closed.
+    """
+    if len(analyses) < 2:
+        raise ValueError(f"a catalog quartet needs two tracks, the catalog has {len(analyses)}")
+    rng = np.random.default_rng(seed)
+    text_rng = random.Random(seed)
+    vectors = np.stack([a.music_vector for a in analyses])  # (N, Dm)
+    todo: list[Quartet] = []
+    items: list[tuple[int, int]] = []
+    for i, target in enumerate(analyses):
+        pool = sample_pool(len(analyses), i, pool_size, rng)
+        j = retrieve_candidate(vectors[i], vectors[pool], pool.tolist(), exclude=i)
+        cand = analyses[j]
+        qid = f"catalog-{target.content_hash}"
+        turns = conversation(_title(cand), cand.auto_tags, _title(target), target.auto_tags, text_rng)
+        if qid in writer.done_ids:
+            continue
+        todo.append(
+            Quartet(
+                id=qid, target=f"sha256:{target.content_hash}", candidate=f"sha256:{cand.content_hash}",
+                target_tags=target.auto_tags, candidate_tags=cand.auto_tags, turns=turns,
+                target_title=_title(target), candidate_title=_title(cand), clip_duration_s=float(sum(s.end_s - s.start_s for s in target.segments)),
+            )
+        )
+        items.append((i, j))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="catalog quartets", unit="quartet")
+    step = 256
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
+        tokens = text_token_features(text_encoder, [q.prompt for q in chunk])
+        for q, (i, j), text in zip(chunk, items[start : start + step], tokens, strict=True):
+            writer.add(FeatureItem(id=q.id, target=analyses[i].segment_vectors, candidate=analyses[j].segment_vectors, text=text))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    writer.flush()
+    log.info("catalog quartets: %d written, %d already cached", len(todo), len(analyses) - len(todo))
+    return todo
