@@ -142,3 +142,36 @@ def test_evaluate_has_the_three_rows_of_table_3():
     assert rows[1].perplexity == pytest.approx(rows[2].perplexity, rel=1e-5)
     table = format_table([EvalRow("x", 0.5, 12.345, 3)])
     assert table.splitlines()[-1] == "| x | 0.5000 | 12.35 | 3 |"
+
+
+def test_cli_trains_saves_and_says(tmp_path, monkeypatch):
+    """`musechat reasoner train` then `say`, on the tiny profile (its music_dim is 32)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from bot.reasoner_cli import register_reasoner_commands
+    from bot.settings import get_settings
+
+    monkeypatch.setenv("MUSECHAT_PROFILE", "tiny")
+    monkeypatch.setenv("MUSECHAT_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """musechat"""
+
+    register_reasoner_commands(app)
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"title": "storm", "target": "loud drums", "music_vector": [0.5] * 32}) + "\n")
+    runner = CliRunner()
+    try:
+        res = runner.invoke(app, ["reasoner", "train", str(data), "--out", str(tmp_path / "ckpt"), "--epochs", "1"])
+        assert res.exit_code == 0, res.output
+        assert "trained 1 steps" in res.output and (tmp_path / "ckpt" / R.PROJECTOR_FILE).is_file()
+        res = runner.invoke(app, ["reasoner", "say", "Night Drive", "--tag", "synth", "--max-new-tokens", "3"])
+        assert res.exit_code == 0, res.output
+        assert res.output.rstrip().endswith(f"[{R.REASON_SOURCE_TITLE_TAGS}]")
+    finally:
+        get_settings.cache_clear()
+        R.clear_cache()

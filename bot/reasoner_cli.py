@@ -1,0 +1,145 @@
+"""`musechat reasoner ...`: build training targets, train, evaluate and try the reasoning module (paper 4.2).
+
+    musechat reasoner targets OUT.jsonl          # lines from the catalog's metadata and tags
+    musechat reasoner train DATA.jsonl --out DIR # f_l + LoRA on the profile's LLM
+    musechat reasoner eval DATA.jsonl [--checkpoint DIR]   # Table 3 layout
+    musechat reasoner say TITLE [--tag T ...] [--checkpoint DIR]  # stream one justification
+
+The LLM is the profile's (`ProfileConfig.reasoner`: Vicuna-7B for paper, SmolLM2-135M for lite,
+a random tiny Llama for tiny). Music embeddings of training lines come from the catalog's feature
+cache (the `track_id` of a line) or from an analysis of its `audio` file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from bot.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+reasoner_app = typer.Typer(help="The reasoning module (paper 4.2): targets, training, evaluation.", no_args_is_help=True)
+
+
+def _profile(settings: Settings):
+    from engine.profiles import resolve_profile
+
+    return resolve_profile(settings.profile, settings.backbone_overrides)
+
+
+def _feature_lookup(settings: Settings):
+    from bot.catalog_admin import FEATURES_DIR, FeatureCache, features_key
+
+    cache = FeatureCache(Path(settings.data_dir) / FEATURES_DIR / features_key(_profile(settings)))
+
+    def music_for_track(sha: str) -> np.ndarray | None:
+        analysis = cache.get(sha)
+        return None if analysis is None else analysis.music_vector
+
+    return music_for_track
+
+
+def _audio_lookup(settings: Settings):
+    from engine.profiles import load_encoders
+    from engine.tracks import analyse_track
+
+    def music_for_audio(path: Path) -> np.ndarray:
+        enc = load_encoders(_profile(settings), device=settings.device)
+        return analyse_track(path, enc, ffmpeg=settings.ffmpeg_binary).music_vector
+
+    return music_for_audio
+
+
+def _reasoner(settings: Settings, checkpoint: Path | None):
+    from engine.reasoner import load_reasoner
+
+    p = _profile(settings)
+    return load_reasoner(p.reasoner, music_dim=p.music_dim, checkpoint=checkpoint, device=settings.device)
+
+
+@reasoner_app.command("targets")
+def targets(out: Annotated[Path, typer.Argument(help="JSONL file to write")]) -> None:
+    """Write training lines built from the catalog's titles, artists, tags and tempo."""
+    from storage.catalog import open_catalog
+    from training.train_reasoner import build_targets
+
+    settings = get_settings()
+    catalog = open_catalog(url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir)
+    try:
+        lines = build_targets(rec.payload for rec in catalog.scroll_payloads())
+    finally:
+        catalog.close()
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    typer.echo(f"wrote {len(lines)} training lines to {out}")
+
+
+@reasoner_app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Argument(help="JSONL: title, target, track_id | audio | music_vector")],
+    out: Annotated[Path, typer.Option(help="checkpoint folder (LoRA + f_l)")],
+    epochs: int = 3,
+    lr: float = 5e-4,
+    batch_size: int = 4,
+) -> None:
+    """Train f_l and the LoRA on the profile's frozen LLM, and save them for the app."""
+    from engine.reasoner import MusicReasoner, ReasonerConfig, load_llm
+    from training.train_reasoner import TrainConfig, read_examples, train
+
+    settings = get_settings()
+    examples = read_examples(data, music_for_track=_feature_lookup(settings), music_for_audio=_audio_lookup(settings))
+    p = _profile(settings)
+    model, tok = load_llm(p.reasoner, device=settings.device)
+    r = MusicReasoner(model, tok, ReasonerConfig(llm=p.reasoner), p.music_dim)
+    r.attach_lora()
+    res = train(r, examples, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size))
+    r.save(out)
+    typer.echo(f"trained {res.steps} steps in {res.seconds:.1f} s: loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}; saved to {out}")
+
+
+@reasoner_app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Argument(help="JSONL with reference justifications")],
+    checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
+    max_new_tokens: int = 64,
+) -> None:
+    """Print the paper's Table 3 layout: MiniLM cosine to the references and their perplexity."""
+    from engine.encoders.minilm import MiniLMTextEncoder
+    from training.train_reasoner import evaluate, format_table, read_examples
+
+    settings = get_settings()
+    examples = read_examples(data, music_for_track=_feature_lookup(settings), music_for_audio=_audio_lookup(settings))
+    base = _reasoner(settings, None)
+    tuned = _reasoner(settings, checkpoint) if checkpoint else None
+    minilm = MiniLMTextEncoder(device=settings.device)
+    rows = evaluate(base, tuned, examples, lambda t: minilm.encode_sentences(t).numpy(), max_new_tokens=max_new_tokens)
+    typer.echo(format_table(rows))
+
+
+@reasoner_app.command("say")
+def say(
+    title: str,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag of the track (repeatable)")] = None,
+    video: str = "",
+    feedback: str = "",
+    checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
+    max_new_tokens: int = 64,
+) -> None:
+    """Stream one justification for a title (and tags) to the terminal."""
+    from engine.reasoner import ReasonInput
+
+    r = _reasoner(get_settings(), checkpoint)
+    inp = ReasonInput(title, tags=tuple(tag or ()), video=video, feedback=feedback)
+    for piece in r.stream(inp, max_new_tokens=max_new_tokens):
+        typer.echo(piece, nl=False)
+    typer.echo(f"\n[{r.source(inp)}]")
+
+
+def register_reasoner_commands(app: typer.Typer) -> None:
+    """Add `musechat reasoner ...` to the main CLI."""
+    app.add_typer(reasoner_app, name="reasoner")
