@@ -109,6 +109,17 @@ def render_reply(reply: Any) -> Panel | Text:
     return Panel(Group(*blocks), title=f"turn {reply.turn_index} · {reply.mode}", border_style="green", expand=False)
 
 
+def save_preview(reply: Any, out_dir: Path) -> Path | None:
+    """Copy a "use this" reply's preview out of the media store under a readable name."""
+    if reply.preview_path is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / PREVIEW_NAME.format(conversation=reply.conversation_id, turn=reply.turn_index)
+    shutil.copyfile(reply.preview_path, dest)
+    out.print(f"preview written to {dest.resolve()}", soft_wrap=True, highlight=False)
+    return dest
+
+
 def print_reply(reply: Any) -> None:
     """Print a reply; file paths go on lines of their own, never wrapped (to copy them whole)."""
     out.print(render_reply(reply))
@@ -322,11 +333,7 @@ async def _chat(video: Path | None, text: str | None, profile: str | None, resum
                 if command in ("/use", "/use this"):
                     reply = await _with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
                     print_reply(reply)
-                    if reply.preview_path is not None:
-                        out_dir.mkdir(parents=True, exist_ok=True)
-                        dest = out_dir / PREVIEW_NAME.format(conversation=cid, turn=reply.turn_index)
-                        shutil.copyfile(reply.preview_path, dest)
-                        out.print(f"preview written to {dest.resolve()}", soft_wrap=True, highlight=False)
+                    save_preview(reply, out_dir)
                     continue
                 if command.startswith("/another"):
                     words = line[len("/another") :].strip()

@@ -90,7 +90,7 @@ async def prepare_catalog(settings: Settings) -> None:
 
 async def scripted_chat(video: Path, profile: str | None, out_dir: Path) -> None:
     """The conversation a person would have, played without a terminal."""
-    from bot.chat_cli import PREVIEW_NAME, _service, _with_status, print_reply
+    from bot.chat_cli import _service, _with_status, print_reply, save_preview
     from bot.cli import out
 
     async with _service(profile) as svc:
@@ -109,11 +109,7 @@ async def scripted_chat(video: Path, profile: str | None, out_dir: Path) -> None
             else:
                 reply = await _with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
             print_reply(reply)
-            if reply.preview_path is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                dest = out_dir / PREVIEW_NAME.format(conversation=cid, turn=reply.turn_index)
-                shutil.copyfile(reply.preview_path, dest)
-                out.print(f"preview written to {dest.resolve()}", soft_wrap=True, highlight=False)
+            save_preview(reply, out_dir)
         out.print(f"continue this conversation with: musechat chat --resume {cid}")
 
 
