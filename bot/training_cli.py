@@ -15,8 +15,8 @@ from rich.console import Console
 
 log = logging.getLogger(__name__)
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)  # paths stay on one line
 
 EXIT_USER_ERROR = 2  # bad input: a message, never a traceback
 

@@ -23,6 +23,15 @@ SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 1}
 NO_RANDOMNESS = {**SMALL, "dropout": 0.0, "p_drop_video": 0.0, "p_drop_text": 0.0, "p_drop_candidate": 0.0}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: 2 intra-op threads spin against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> FeatureDataset:
     return write_synthetic_features(tmp_path_factory.mktemp("features") / "cache", 600, SPEC, seed=0, shard_size=256)
