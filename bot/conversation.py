@@ -40,8 +40,12 @@ search, re-ranking, ffmpeg renders) runs off the event loop in a bounded pool (`
 thread pool of N workers behind an asyncio semaphore of N); a request that has to wait for a
 worker is told how many requests are ahead of it through its `on_status` callback.
 
-Until the reasoner (paper 4.2) lands, a reply's reason is a plain summary of the track's tags and
-the score breakdown, labelled `reason_source = "tag summary"`.
+A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
+`reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
+reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within
+`reasoner_timeout_s`, labelled by what its prompt held ("llm (title + tags, untrained soft token
+left out)" or "llm + music token"); when it fails or times out, the tag summary is given with a
+note that the model's reason is unavailable.
 """
 
 from __future__ import annotations
@@ -87,7 +91,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-REASON_SOURCE_TAGS = "tag summary"  # until the reasoner (paper 4.2) lands
+REASON_SOURCE_TAGS = "tag summary"  # the reasoner is off, failed or timed out
+REASONER_OFF = "off"  # ServiceConfig.reasoner: the tag summary is the reason
+REASONER_LOCAL = "local"  # the profile's LLM in this process (engine/reasoner.py, paper 4.2)
+REASONER_MODES = (REASONER_OFF, REASONER_LOCAL)
+REASONER_TIMEOUT_S = 3.0  # seconds a reply waits for the LLM's reason (lite: ~2.5 s for 40 tokens on 2 cores)
+REASONER_MAX_NEW_TOKENS = 48  # tokens of an LLM reason in a reply
 DEFAULT_WORKERS = 2  # model threads (one per core of the 2-core reference machine)
 EXCERPT_BUDGET_S = 0.3  # seconds a reply waits for an excerpt cut on the spot
 VIDEO_CACHE_SIZE = 64  # VideoFeatures kept in memory (a few hundred KB each)
@@ -198,7 +207,7 @@ class TrackCard:
     licence: str
     tempo_bpm: float | None
     reason: str
-    reason_source: str  # "tag summary" until the reasoner lands
+    reason_source: str  # "tag summary", or the reasoner's REASON_SOURCE_* (ServiceConfig.reasoner)
     excerpt_path: Path | None  # a short audio file to listen to, None when unavailable
     excerpt_note: str = ""  # why there is no excerpt
     source: str = ""  # the track's audio file
@@ -407,6 +416,10 @@ class ServiceConfig:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # seconds a turn waits for its conversation's previous turn
     mix_original_sound: bool = False  # previews keep the video's own sound under the track
     max_upload_bytes: int | None = None  # None: the media store's limit
+    reasoner: str = REASONER_OFF  # "off" | "local": who writes the best track's reason (paper 4.2)
+    reasoner_timeout_s: float = REASONER_TIMEOUT_S  # after this, the reply falls back to the tag summary
+    reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token
+    reasoner_max_new_tokens: int = REASONER_MAX_NEW_TOKENS
 
 
 # =================================================================================================
@@ -472,6 +485,11 @@ class ConversationService:
         self._owned: list[Callable[[], Awaitable[None] | None]] = []
         self._keys_dir = media.root / KEYS_DIR / VIDEO_FEATURES_KEYS
         self._keys_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.reasoner not in REASONER_MODES:
+            raise ValueError(f"unknown reasoner {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
+        self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded on first use (or warm_up)
+        self._reasoner_lock = threading.Lock()
+        self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
 
     # --- construction from settings -------------------------------------------------------------
 
@@ -547,6 +565,11 @@ class ConversationService:
         """
         await asyncio.to_thread(self._check_catalog)
         await self._known_licences()
+        if self.config.reasoner == REASONER_LOCAL:
+            try:
+                await asyncio.to_thread(self._get_reasoner)
+            except Exception:  # noqa: BLE001 - replies fall back to the tag summary
+                log.exception("the reasoner did not load; replies give the tag summary")
 
     def _check_catalog(self) -> None:
         if self.catalog.count() == 0:
@@ -563,6 +586,8 @@ class ConversationService:
     async def close(self) -> None:
         """Stop the pool; close what `open` opened."""
         await asyncio.to_thread(self.pool.shutdown)
+        if self._reasoner_executor is not None:
+            self._reasoner_executor.shutdown(wait=False, cancel_futures=True)
         for close in self._owned:
             result = close()
             if inspect.isawaitable(result):
@@ -1045,18 +1070,65 @@ class ConversationService:
         parts = ranking.explain(i)
         ex = extras.get(sha)
         excerpt, note = await self._excerpt(sha, p.source, ex, on_status)
+        tags = list(dict.fromkeys(mtt_names + msd_names)) or list(p.tags)
         reason = tag_summary(
-            title=p.title, tags=list(dict.fromkeys(mtt_names + msd_names)) or list(p.tags),
-            parts=parts, video=plan.video, understood=understood, tempo_bpm=p.tempo_bpm,
-            rejected=bool(plan.negative_shas),
+            title=p.title, tags=tags, parts=parts, video=plan.video, understood=understood,
+            tempo_bpm=p.tempo_bpm, rejected=bool(plan.negative_shas),
         )  # fmt: skip
+        reason_source = REASON_SOURCE_TAGS
+        if self.config.reasoner != REASONER_OFF and rank == 1:  # one LLM call per reply bounds its latency
+            reason, reason_source = await self._llm_reason(p.title, sha, tags, plan, reason)
         return TrackCard(
             track_id=sha, catalog_id=rec.track_id, rank=rank, title=p.title, artist=p.artist,
             mtt_tags=mtt_names, msd_tags=msd_names, tags=tuple(p.tags), score=float(ranking.scores[i]),
             search_score=float(row.search_score), parts=parts, duration_s=p.duration_s, licence=p.licence,
-            tempo_bpm=p.tempo_bpm, reason=reason, reason_source=REASON_SOURCE_TAGS, excerpt_path=excerpt,
+            tempo_bpm=p.tempo_bpm, reason=reason, reason_source=reason_source, excerpt_path=excerpt,
             excerpt_note=note, source=p.source,
         )  # fmt: skip
+
+    def _get_reasoner(self) -> Any:
+        """The profile's reasoner (engine/reasoner.py), loaded once (worker thread)."""
+        with self._reasoner_lock:
+            if self._reasoner is None:
+                from engine.reasoner import load_reasoner
+
+                profile = self.engine.encoders.profile
+                self._reasoner = load_reasoner(
+                    profile.reasoner, music_dim=profile.music_dim, checkpoint=self.config.reasoner_checkpoint,
+                    device=self.engine.config.device,
+                )  # fmt: skip
+            return self._reasoner
+
+    async def _llm_reason(self, title: str, sha: str, tags: Sequence[str], plan: _TurnPlan, fallback: str) -> tuple[str, str]:
+        """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why."""
+        from engine.reasoner import Justification, ReasonInput, justify, reason_or_fallback
+
+        if self._reasoner_executor is None:
+            self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        reasoner = self._reasoner
+        if reasoner is None:  # not warmed up: load it, but never wait past the limit for it
+            loading = loop.run_in_executor(self._reasoner_executor, self._get_reasoner)
+            try:
+                reasoner = await asyncio.wait_for(asyncio.shield(loading), self.config.reasoner_timeout_s)
+            except Exception as e:  # noqa: BLE001 - the reply still gives the track
+                error = "the model is still loading" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+                log.warning("no reasoner for this reply: %s", error)
+                j = Justification(None, REASON_SOURCE_TAGS, time.perf_counter() - t0, error=error)
+                return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+        music = None
+        if reasoner.trained:  # the soft token needs the track's mean music embedding (feature cache)
+            segments = await loop.run_in_executor(self._reasoner_executor, self.assets.segment_music, sha)
+            music = None if segments is None else np.asarray(segments, dtype=np.float32).mean(axis=0)  # (Dm,)
+        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
+        inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=plan.text, video=video)
+        remaining = max(0.0, self.config.reasoner_timeout_s - (time.perf_counter() - t0))
+        j = await justify(
+            reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
+            max_new_tokens=self.config.reasoner_max_new_tokens,
+        )  # fmt: skip
+        return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
     async def _excerpt(
         self, sha: str, source: str, ex: TrackExtras | None, on_status: StatusCallback | None

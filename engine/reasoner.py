@@ -569,6 +569,14 @@ __all__ = [
     "justify",
     "load_llm",
     "load_reasoner",
+    "reason_or_fallback",
     "smollm2_gguf",
     "tiny_llm",
 ]
+
+
+def reason_or_fallback(j: Justification, fallback: str, fallback_source: str) -> tuple[str, str]:
+    """(reason, reason_source) for a reply: the LLM's text, else the fallback saying why the LLM's is missing."""
+    if j.text:
+        return j.text, j.source
+    return f"{fallback} (The model's reason is unavailable: {j.error or 'no text'}.)", fallback_source

@@ -244,3 +244,18 @@ def test_load_reasoner_is_cached_per_process(monkeypatch):
 
 def test_paths_are_plain():
     assert isinstance(R.cache_root(), Path)
+
+
+REASON_CASES = [
+    (R.Justification("Fits the storm.", REASON_SOURCE_MUSIC, 1.0), ("Fits the storm.", REASON_SOURCE_MUSIC)),
+    (
+        R.Justification(None, REASON_SOURCE_TITLE_TAGS, 3.0, error="timed out after 3 s"),
+        ("Storm: drums. (The model's reason is unavailable: timed out after 3 s.)", "tag summary"),
+    ),
+    (R.Justification("", REASON_SOURCE_TITLE_TAGS, 1.0), ("Storm: drums. (The model's reason is unavailable: no text.)", "tag summary")),
+]
+
+
+@pytest.mark.parametrize(("j", "expected"), REASON_CASES)
+def test_reason_or_fallback_keeps_the_source_honest(j, expected):
+    assert R.reason_or_fallback(j, "Storm: drums.", "tag summary") == expected
