@@ -79,6 +79,56 @@ def data_from_catalog(
     out.print(f"{len(writer.done_ids)} music-only quartets in {out_dir} ({len(quartets)} new); quartets: {jsonl}")
 
 
+@data_app.command("build")
+def data_build(
+    folder: Path = typer.Argument(..., help="A folder of music videos (their own soundtracks are the targets)."),
+    out_dir: Path = typer.Option(..., "--out", help="Feature cache directory to write (resumable)."),
+    checkpoint: Path = typer.Option(None, help="Fusion checkpoint that retrieves the candidates (default: MUSECHAT_FUSION_CHECKPOINT; none: random from the pool)."),
+    profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
+    seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
+    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    shard_size: int = typer.Option(1024, help="Quartets per shard."),
+) -> None:
+    """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target."""
+    from bot.settings import get_settings
+    from engine.checkpoint import CheckpointError, load_checkpoint
+    from engine.media import MediaLimits
+    from engine.profiles import load_encoders
+    from training.data import build_from_videos
+    from training.features import FeatureCacheError, FeatureShardWriter, FeatureSpec
+
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder")
+    s = get_settings()
+    enc = load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
+    model = None
+    ckpt = checkpoint or s.fusion_checkpoint
+    if ckpt is not None:
+        try:
+            model = load_checkpoint(ckpt, expect_profile=enc.profile.name, device=s.device)
+        except CheckpointError as e:
+            _fail(str(e))
+    spec = FeatureSpec(
+        profile=enc.profile.name, video_dim=int(enc.image.dim), text_dim=int(enc.text.dim),
+        music_dim=int(enc.music.dim), target_music_dim=int(enc.music.dim),
+    )
+    try:
+        writer = FeatureShardWriter(out_dir, spec, shard_size=shard_size)
+        limits = MediaLimits(max_seconds=24 * 3600.0, max_bytes=2**34, timeout_s=s.ffmpeg_timeout_s)
+        report = build_from_videos(folder, writer, enc, model=model, seed=seed, pool_size=pool_size, limits=limits, ffmpeg=s.ffmpeg_binary, progress=True)
+    except (FeatureCacheError, ValueError) as e:
+        _fail(str(e))
+    writer.close()
+    jsonl = out_dir / "quartets.jsonl"
+    with jsonl.open("a", encoding="utf-8") as f:
+        for q in report.quartets:
+            f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
+    how = f"retrieved by {ckpt}" if model is not None else "random from the pool (no fusion checkpoint yet)"
+    out.print(f"{len(writer.done_ids)} quartets in {out_dir} ({len(report.quartets)} new, candidates {how}); {len(report.failures)} videos skipped")
+    for path, why in report.failures.items():
+        out.print(f"  skipped {path}: {why}")
+
+
 def train_command(
     data: Path = typer.Option(..., help="Feature cache (musechat data ...)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory: state.pt, model/ (the app's checkpoint), metrics.jsonl."),

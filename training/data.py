@@ -31,9 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from engine.encoders.base import TextEncoder
-from engine.tracks import TrackAnalysis
+from engine.fusion import MuseChatRecommender, track_vector
+from engine.media import CorruptMediaError, MediaError, MediaLimits
+from engine.profiles import Encoders
+from engine.tracks import TrackAnalysis, analyse_track
+from engine.video import VideoFeatures, content_hash, video_features
 from training.features import FeatureItem, FeatureShardWriter
 
 log = logging.getLogger(__name__)
@@ -244,3 +249,136 @@ def catalog_quartets(
     writer.flush()
     log.info("catalog quartets: %d written, %d already cached", len(todo), len(analyses) - len(todo))
     return todo
+
+
+# ------------------------------------------------------------------------------------------------
+# `musechat data build`: quartets from one's own music videos, the paper's way (section 3)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
+MEDIA_CACHE = "media"  # per-video analyses under the output folder, so a rerun decodes nothing twice
+
+
+@dataclass
+class BuildReport:
+    quartets: list[Quartet]
+    failures: dict[str, str]  # file -> why it was skipped
+    n_videos: int
+
+
+def _aligned(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """Video and music segment vectors of the segments both kept (the same 10 s each).  # (S, Dv), (S, Dm)"""
+    vi = {s.index: k for k, s in enumerate(vf.segments)}
+    mi = {s.index: k for k, s in enumerate(ta.segments)}
+    common = sorted(set(vi) & set(mi))
+    return vf.segment_vectors[[vi[i] for i in common]], ta.segment_vectors[[mi[i] for i in common]]
+
+
+def _analyse_video(path: Path, cache: Path, encoders: Encoders, limits: MediaLimits | None, ffmpeg: str | None) -> tuple[VideoFeatures, TrackAnalysis]:
+    sha = content_hash(path)
+    vpath, mpath = cache / f"{sha}.video.npz", cache / f"{sha}.music.npz"
+    if vpath.is_file() and mpath.is_file():
+        return VideoFeatures.from_bytes(vpath.read_bytes()), TrackAnalysis.from_bytes(mpath.read_bytes())
+    vf = video_features(path, encoders.image, profile=encoders.profile.name, limits=limits, ffmpeg=ffmpeg)
+    ta = analyse_track(path, encoders, limits=limits or MediaLimits(), ffmpeg=ffmpeg, title=path.stem, content_hash=sha)
+    for p, data in ((vpath, vf.to_bytes()), (mpath, ta.to_bytes())):
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(p)
+    return vf, ta
+
+
+@torch.no_grad()
+def _model_candidates(model: MuseChatRecommender, videos: list[np.ndarray], musics: list[np.ndarray], pools: list[np.ndarray]) -> list[int]:
+    """The fusion model's turn-1 pick (video only) for each clip among its pool (target excluded)."""
+    model = model.eval()
+    dev = next(model.parameters()).device
+    tracks = torch.stack([track_vector(model.encode_music(pooled=torch.as_tensor(m, dtype=torch.float32, device=dev))) for m in musics])
+    out = []
+    for i, v in enumerate(videos):
+        q = track_vector(model.encode_query(video=torch.as_tensor(v, dtype=torch.float32, device=dev)))  # (d,)
+        pool = pools[i]
+        scores = tracks[torch.as_tensor(pool, device=dev)] @ q
+        out.append(int(pool[int(scores.argmax())]))
+    return out
+
+
+def build_from_videos(
+    folder: str | Path,
+    writer: FeatureShardWriter,
+    encoders: Encoders,
+    *,
+    model: MuseChatRecommender | None = None,
+    seed: int = 0,
+    pool_size: int = CANDIDATE_POOL,
+    limits: MediaLimits | None = None,
+    ffmpeg: str | None = None,
+    progress: bool = False,
+) -> BuildReport:
+    """Quartets from a folder of music videos (paper section 3), features into `writer` (flushed, not closed).
+
+    Each video's centre 120 s gives its twelve 10 s segments of image features (5 fps) and of its
+    own soundtrack's music features, which is the target. The candidate comes from a seeded pool
+    of `pool_size` other clips of the folder (the target excluded): the fusion `model`'s turn-1
+    pick (video only) when one is given (the paper used a pretrained retriever), else a seeded
+    random member of the pool. Turn texts come from the tag differences (module docstring).
+    Per-video analyses are cached under the writer's folder, so an interrupted build resumes.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    cache = writer.root / MEDIA_CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="analysing videos", unit="video")
+    names, videos, musics, analyses, failures = [], [], [], [], {}
+    for path in files:
+        try:
+            vf, ta = _analyse_video(path, cache, encoders, limits, ffmpeg)
+            v, m = _aligned(vf, ta)
+            if len(v) == 0:
+                raise CorruptMediaError("no segment with both frames and sound")
+            names.append(path)
+            videos.append(v)
+            musics.append(m)
+            analyses.append(ta)
+        except MediaError as e:
+            failures[str(path)] = str(e)
+            log.warning("data build: skipping %s: %s", path, e)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if len(names) < 2:
+        raise ValueError(f"{folder}: {len(names)} usable music videos; a quartet needs at least 2 (skipped: {failures})")
+    rng = np.random.default_rng(seed)
+    pools = [sample_pool(len(names), i, pool_size, rng) for i in range(len(names))]
+    if model is not None:
+        cands = _model_candidates(model, videos, musics, pools)
+    else:
+        cands = [int(rng.choice(p)) for p in pools]
+    text_rng = random.Random(seed)
+    quartets, texts, rows = [], [], []
+    for i, path in enumerate(names):
+        j = cands[i]
+        ta, tc = analyses[i], analyses[j]
+        qid = f"video-{ta.content_hash}"
+        turns = conversation(names[j].stem, tc.auto_tags, path.stem, ta.auto_tags, text_rng)
+        if qid in writer.done_ids:
+            continue
+        start = min(s.start_s for s in ta.segments)
+        quartets.append(
+            Quartet(
+                id=qid, video=str(path), target=str(path), candidate=str(names[j]), clip_start_s=start,
+                clip_duration_s=float(sum(s.end_s - s.start_s for s in ta.segments)), target_tags=ta.auto_tags,
+                candidate_tags=tc.auto_tags, turns=turns, target_title=path.stem, candidate_title=names[j].stem,
+            )
+        )
+        texts.append(turns[1].user)
+        rows.append((i, j))
+    for q, (i, j), text in zip(quartets, rows, text_token_features(encoders.text, texts), strict=True):
+        writer.add(FeatureItem(id=q.id, video=videos[i], target=musics[i], candidate=musics[j], text=text))
+    writer.flush()
+    log.info("data build: %d quartets from %d videos (%d skipped)", len(quartets), len(files), len(failures))
+    return BuildReport(quartets=quartets, failures=failures, n_videos=len(files))
