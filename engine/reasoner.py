@@ -39,6 +39,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -204,8 +205,10 @@ def _load_gguf(cache_dir: Path) -> tuple[nn.Module, Any]:
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if not folder.exists():  # another process may have cached it meanwhile
+        if not folder.exists():
             tmp.replace(folder)
+        else:  # another process cached it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
         log.info("cached the de-quantised reasoner weights in %s", folder)
     except OSError:
         log.warning("could not cache the reasoner weights in %s", folder, exc_info=True)
@@ -296,11 +299,12 @@ class MusicReasoner(nn.Module):
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
 
-    def _prompt_text(self, inp: ReasonInput, with_music: bool) -> str:
+    def _prompt_text(self, inp: ReasonInput, with_music: bool, prefill: bool = True) -> str:
         text = build_prompt(inp, self.cfg, with_music=with_music)
         if self.cfg.chat_template and getattr(self.tokenizer, "chat_template", None):
             msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{text}\n{INSTRUCTION}"}]
-            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + self._prefill(inp)
+            chat = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            return chat + (self._prefill(inp) if prefill else "")
         bos = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else ""
         return bos + text
 
@@ -324,10 +328,13 @@ class MusicReasoner(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_embeds(self, inp: ReasonInput) -> torch.Tensor:
-        """(1, T, H) input embeddings of the prompt, the soft token spliced in when trained."""
+    def prompt_embeds(self, inp: ReasonInput, *, prefill: bool = True) -> torch.Tensor:
+        """(1, T, H) input embeddings of the prompt, the soft token spliced in when trained.
+
+        `prefill=False` leaves the answer's prefilled title out (a loss scores the whole target).
+        """
         with_music = self.uses_music(inp)
-        before, _, after = self._prompt_text(inp, with_music).partition(MUSIC_SLOT)
+        before, _, after = self._prompt_text(inp, with_music, prefill).partition(MUSIC_SLOT)
         emb = self.llm.get_input_embeddings()
         dev = self.device
         parts = [emb(torch.tensor([self._ids(before)], device=dev))]  # (1, T1, H)
@@ -354,7 +361,7 @@ class MusicReasoner(nn.Module):
         eos = self.tokenizer.eos_token_id
         rows, labels = [], []
         for inp, target in batch:
-            prompt = self.prompt_embeds(inp)[0]  # (Tp, H)
+            prompt = self.prompt_embeds(inp, prefill=False)[0]  # (Tp, H)
             room = max(1, self.cfg.max_length - prompt.shape[0])
             tgt = (self._ids(" " + target.strip()) + [eos])[:room]
             tgt_emb = emb(torch.tensor(tgt, device=prompt.device))  # (Tt, H)
