@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import CheckpointMismatchError, load_checkpoint
 from engine.fusion import MuseChatRecommender
 from training.features import FeatureDataset, iter_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, chance_metrics, target_ranks, turn_metrics
@@ -163,6 +163,13 @@ def evaluate_checkpoints(
     results = []
     for name, path in checkpoints:
         model = load_checkpoint(path, expect_profile=data.spec.profile, device=device)
+        c, sp = model.config, data.spec
+        found = (c.video_dim, c.text_dim, c.music_dim, c.target_music_dim)
+        if found != (sp.video_dim, sp.text_dim, sp.music_dim, sp.target_music_dim):
+            raise CheckpointMismatchError(
+                f"fusion checkpoint {path} takes features of sizes (video, text, music, target) {found}; "
+                f"the feature cache has {(sp.video_dim, sp.text_dim, sp.music_dim, sp.target_music_dim)}"
+            )
         results.append(evaluate_model(model, data, name=name, pool_size=pool_size, device=device))
     return results
 

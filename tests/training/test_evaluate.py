@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import CheckpointMismatchError, save_checkpoint
 from engine.fusion import MuseChatRecommender, track_vector
 from training.evaluate import evaluate_checkpoints, evaluate_model, markdown_table, music_vectors, query_vectors, write_report
 from training.features import FeatureDataset, FeatureSpec, write_synthetic_features
@@ -77,3 +77,10 @@ def test_report_has_table1_layout_chance_and_json(data: FeatureDataset, model: M
     assert payload["pool_size"] == 70 and payload["chance"]["r1"] == pytest.approx(100 / 70)
     assert payload["results"][0]["turn2"]["r1"] == results[0].turn2.r1
     assert md.read_text().splitlines()[2].startswith("| Random (chance) | 35 | 1.43 |")
+
+
+def test_a_checkpoint_for_other_feature_sizes_is_refused(data: FeatureDataset, tmp_path: Path) -> None:
+    other = FeatureSpec(profile="tiny", video_dim=7, text_dim=8, music_dim=10, target_music_dim=10)
+    save_checkpoint(MuseChatRecommender(fusion_config_for(other, SMALL)), tmp_path / "other")
+    with pytest.raises(CheckpointMismatchError, match=r"\(7, 8, 10, 10\)"):
+        evaluate_checkpoints(data, [("x", tmp_path / "other")])
