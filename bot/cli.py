@@ -237,6 +237,13 @@ from bot.catalog_cli import register_catalog_commands  # noqa: E402
 
 register_catalog_commands(app)
 
+# Training data, fusion training and evaluation (bot/training_cli.py); the reasoner (bot/reasoner_cli.py).
+from bot.reasoner_cli import register_reasoner_commands  # noqa: E402
+from bot.training_cli import register_training_commands  # noqa: E402
+
+register_training_commands(app)
+register_reasoner_commands(app)
+
 # The first-run demo (bot/demo.py).
 from bot.demo import demo  # noqa: E402
 
