@@ -172,12 +172,13 @@ def train_command(
 
 def eval_command(
     data: Path = typer.Option(..., help="Feature cache of the test quartets."),
-    checkpoint: list[str] = typer.Option(..., help="NAME=DIR or DIR; repeat for more rows."),
+    checkpoint: list[str] = typer.Option([], help="NAME=DIR or DIR; repeat for more rows."),
     holdout: int = typer.Option(0, help="Evaluate the held-out split of this size (as `train --holdout`)."),
     seed: int = typer.Option(0, help="The split's seed (as `train --seed`)."),
     pool_size: int = typer.Option(500, help="Pool size (paper: 500)."),
     device: str = typer.Option("cpu"),
     report: Path = typer.Option(Path("eval/results"), help="Writes REPORT.md and REPORT.json."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Add the zero-shot scorer's row (caches from `data build`)."),
 ) -> None:
     """Evaluate checkpoints with the paper's protocol: pools of 500, turn 1 / turn 2, R@k, MR, SR."""
     from engine.checkpoint import CheckpointError
@@ -190,7 +191,15 @@ def eval_command(
             _, ds = ds.split(holdout, seed=seed)
         pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in checkpoint]
         results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, device=device)  # type: ignore[arg-type]
-    except (FeatureCacheError, CheckpointError, ValueError) as e:
+        if zero_shot:
+            from bot.settings import get_settings
+            from engine.profiles import load_encoders
+            from training.evaluate import evaluate_zero_shot
+
+            s = get_settings()
+            enc = load_encoders(ds.spec.profile, overrides=s.backbone_overrides, device=s.device)
+            results.append(evaluate_zero_shot(data, enc.text, pool_size=pool_size, ids=ds.ids))
+    except (FeatureCacheError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     md, js = write_report(results, min(pool_size, len(ds)), report)
     out.print(md.read_text())

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import CheckpointMismatchError, load_checkpoint
+from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender
 from training.features import FeatureDataset, iter_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, chance_metrics, target_ranks, turn_metrics
@@ -207,3 +208,73 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def evaluate_zero_shot(
+    feature_dir: str | Path,
+    text_encoder: TextEncoder,
+    *,
+    pool_size: int = PAPER_POOL_SIZE,
+    ids: list[str] | None = None,
+    name: str = "zero-shot scorer",
+) -> EvalResult:
+    """The zero-shot scorer (engine/zeroshot.py) on the same pools, for caches built by `data build`.
+
+    It needs what the fusion features do not hold: each video's image labels, motion and cut rate,
+    and each track's sentence vector, tags and rhythm; `data build` keeps them in its media cache
+    (`FEATURES/media`). Turn 1: the video alone; turn 2: the video, the prompt as the user's words,
+    and the candidate as the previous track (steering moves from it). `ids`: the quartets to use,
+    in pool order (default: the cache's order, as `evaluate_model` sees them).
+    """
+    from engine.tracks import TrackAnalysis
+    from engine.video import VideoFeatures
+    from engine.zeroshot import Candidates, TrackFeatures, ZeroShotScorer
+    from training.data import MEDIA_CACHE, read_quartets
+    from training.features import read_manifest
+
+    root = Path(feature_dir)
+    media = root / MEDIA_CACHE
+    jsonl = root / "quartets.jsonl"
+    if not media.is_dir() or not jsonl.is_file():
+        raise FileNotFoundError(f"{root} has no {MEDIA_CACHE}/ or quartets.jsonl: the zero-shot row needs a `data build` cache")
+    by_id = {q.id: q for q in read_quartets(jsonl)}
+    order = ids if ids is not None else [i for s in read_manifest(root)["shards"] for i in s["ids"]]
+    quartets = [by_id[i] for i in order]
+    scorer = ZeroShotScorer(text_encoder)
+    vocab = scorer.vocabulary
+
+    def sha(quartet_id: str) -> str:
+        return quartet_id.removeprefix("video-")
+
+    path_to_sha = {q.target: sha(q.id) for q in by_id.values()}  # every clip of the build, held out or not
+    analyses: dict[str, TrackAnalysis] = {}
+
+    def analysis(h: str) -> TrackAnalysis:
+        if h not in analyses:
+            analyses[h] = TrackAnalysis.from_bytes((media / f"{h}.music.npz").read_bytes())
+        return analyses[h]
+
+    r1s, r2s, n_pools, size = [], [], 0, 0
+    for pool in iter_pools(len(quartets), pool_size):
+        qs = [quartets[i] for i in pool]
+        tracks = [analysis(sha(q.id)) for q in qs]
+        cands = Candidates(
+            text=np.stack([np.asarray(t.text_vector, dtype=np.float32) for t in tracks]),
+            tags=vocab.matrix([t.tag_probs for t in tracks]),
+            rhythm=np.stack([t.rhythm_array for t in tracks]),
+        )
+        for k, q in enumerate(qs):
+            vf = VideoFeatures.from_bytes((media / f"{sha(q.id)}.video.npz").read_bytes())
+            s1 = scorer.score(video=vf, candidates=cands)
+            prev_sha = path_to_sha.get(q.candidate or "")
+            prev_t = analysis(prev_sha) if prev_sha else None
+            previous = None
+            if prev_t is not None:
+                previous = TrackFeatures(text=prev_t.text_vector, tags=vocab.vector(prev_t.tag_probs), rhythm=prev_t.rhythm_array)
+            s2 = scorer.score(video=vf, text=q.prompt or None, candidates=cands, previous=previous)
+            for s, acc in ((s1, r1s), (s2, r2s)):
+                acc.append(int(target_ranks(torch.from_numpy(np.asarray(s, dtype=np.float64))[None], torch.tensor([k]))[0]))
+        n_pools += 1
+        size = len(qs)
+    ranks1, ranks2 = np.asarray(r1s), np.asarray(r2s)
+    return EvalResult(name=name, turn1=turn_metrics(ranks1, size), turn2=turn_metrics(ranks2, size, turn1_ranks=ranks1), n_pools=n_pools)

@@ -113,3 +113,17 @@ def test_build_with_a_checkpoint_retrieves_candidates(app: typer.Typer, videos: 
     assert f"retrieved by {ckpt}" in r.output
     bad = CliRunner().invoke(app, ["data", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g")])
     assert bad.exit_code == 2 and "is not a folder" in bad.output
+
+
+def test_zero_shot_row_on_the_same_pools(app: typer.Typer, built: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = built
+    report = tmp_path / "eval" / "t"
+    r = CliRunner().invoke(app, ["eval", "--data", str(out), "--zero-shot", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(report.with_suffix(".json").read_text())["results"][0]
+    assert row["name"] == "zero-shot scorer" and row["n_pools"] == 1
+    for turn in ("turn1", "turn2"):
+        assert row[turn]["n_queries"] == 3 and row[turn]["pool_size"] == 3 and 1 <= row[turn]["median_rank"] <= 3
+    assert "| zero-shot scorer |" in report.with_suffix(".md").read_text()
+    no_media = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "nothing"), "--zero-shot"])
+    assert no_media.exit_code == 2
