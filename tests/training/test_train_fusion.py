@@ -16,7 +16,7 @@ from engine.fusion import MuseChatRecommender
 from training.evaluate import evaluate_model
 from training.features import FeatureDataset, FeatureSpec, write_synthetic_features
 from training.metrics import chance_metrics
-from training.train_fusion import METRICS_FILE, MODEL_DIR, STATE_FILE, TrainConfig, fusion_config_for, param_groups, train
+from training.train_fusion import METRICS_FILE, MODEL_DIR, STATE_FILE, TrainConfig, fusion_config_for, param_groups, parse_args, train
 
 SPEC = FeatureSpec(profile="tiny", video_dim=24, text_dim=16, music_dim=20, target_music_dim=20, max_segments=4, max_candidate_segments=4, max_text_tokens=8)
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 1}
@@ -125,3 +125,12 @@ def test_ddp_two_gloo_ranks_match_one_process(synthetic: FeatureDataset, tmp_pat
     init = MuseChatRecommender(fusion_config_for(SPEC, NO_RANDOMNESS)).state_dict()
     moved = max(float((one[k] - init[k]).abs().max()) for k in one if k in init and one[k].dtype.is_floating_point)
     assert moved > 1e-3  # the runs did train
+
+
+def test_command_line_flags_map_to_the_config() -> None:
+    cfg = parse_args(["--data", "f", "--out", "r", "--variant", "cross_attn", "--no-candidate", "--gather-negatives", "--fusion", '{"d_model": 128}'])
+    assert cfg.fusion == {"variant": "cross_attn", "d_model": 128, "use_candidate": False}
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.gather_negatives, cfg.amp) == (4e-5, 5e-4, 34, True, True)
+    assert fusion_config_for(SPEC, cfg.fusion).use_candidate is False
+    with pytest.raises(ValueError, match="unknown fusion config fields"):
+        fusion_config_for(SPEC, {"d_modle": 1})
