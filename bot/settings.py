@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     candidate_pool: int = Field(200, description="catalog candidates re-ranked per turn")
     model_workers: int = Field(2, description="threads doing model work (video decoding, queries) per bot process")
     preview_mix_original: bool = Field(False, description="previews keep the video's own sound under the track")
+    reasoner: str = Field("off", description="who writes the best track's reason: off (tag summary) | local (the profile's LLM)")
+    reasoner_timeout_s: float = Field(3.0, description="after this the reply falls back to the labelled tag summary")
+    reasoner_checkpoint: Path | None = Field(None, description="trained LoRA + music projection (musechat reasoner train)")
+    reasoner_max_new_tokens: int = Field(48, description="longest generated reason, tokens")
 
     # --- media limits --------------------------------------------------------------------------
     ffmpeg_binary: str | None = Field(None, description="ffmpeg executable; default: the one imageio-ffmpeg ships")
@@ -104,6 +108,10 @@ class Settings(BaseSettings):
             candidate_pool=self.candidate_pool,
             mix_original_sound=self.preview_mix_original,
             max_upload_bytes=self.max_upload_bytes,
+            reasoner=self.reasoner,
+            reasoner_timeout_s=self.reasoner_timeout_s,
+            reasoner_checkpoint=self.reasoner_checkpoint,
+            reasoner_max_new_tokens=self.reasoner_max_new_tokens,
         )
 
     @property

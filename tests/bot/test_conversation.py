@@ -579,3 +579,23 @@ async def test_lite_profile_end_to_end_on_real_music(tmp_path: Path, music_dir: 
         assert r3.track.track_id not in (r1.track.track_id, r2.track.track_id)
         assert probe(r4.preview_path).audio is not None
     assert np.isfinite(r2.track.score)
+
+
+async def test_the_reasoner_writes_the_reason_and_says_what_its_prompt_held(data_dir: Path, tiny: Encoders) -> None:
+    from engine.reasoner import REASON_SOURCE_TITLE_TAGS
+
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60)) as e:
+        r = await e.service.start(text="happy tune", channel_id="llm", user_id="u")
+    assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS
+    assert r.track.reason and "unavailable" not in r.track.reason
+
+
+async def test_a_reasoner_timeout_falls_back_to_the_labelled_tag_summary(data_dir: Path, tiny: Encoders) -> None:
+    from engine.reasoner import clear_cache
+
+    clear_cache()
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=0.0)) as e:
+        r = await e.service.start(text="happy tune", channel_id="llm0", user_id="u")
+    assert r.kind is ReplyKind.RECOMMENDATION and r.track is not None  # the track still comes
+    assert r.track.reason_source == "tag summary"
+    assert "The model's reason is unavailable" in r.track.reason
