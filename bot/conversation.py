@@ -44,8 +44,10 @@ A reply's reason is a plain summary of the track's tags and the score breakdown,
 `reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
 reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within
 `reasoner_timeout_s`, labelled by what its prompt held ("llm (title + tags, untrained soft token
-left out)" or "llm + music token"); when it fails or times out, the tag summary is given with a
-note that the model's reason is unavailable.
+left out)" or "llm + music token"). `ServiceConfig.reasoner = "http"` asks an OpenAI-compatible
+server instead (bot/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
+text only, labelled "llm via http (title + tags)". When either fails or times out, the tag summary is
+given with a note that the model's reason is unavailable.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ T = TypeVar("T")
 REASON_SOURCE_TAGS = "tag summary"  # the reasoner is off, failed or timed out
 REASONER_OFF = "off"  # ServiceConfig.reasoner: the tag summary is the reason
 REASONER_LOCAL = "local"  # the profile's LLM in this process (engine/reasoner.py, paper 4.2)
-REASONER_MODES = (REASONER_OFF, REASONER_LOCAL)
+REASONER_HTTP = "http"  # an OpenAI-compatible server (Ollama, vLLM), text only (bot/reasoner_http.py)
+REASONER_MODES = (REASONER_OFF, REASONER_LOCAL, REASONER_HTTP)
 REASONER_TIMEOUT_S = 3.0  # seconds a reply waits for the LLM's reason (lite: ~2.5 s for 40 tokens on 2 cores)
 REASONER_MAX_NEW_TOKENS = 48  # tokens of an LLM reason in a reply
 DEFAULT_WORKERS = 2  # model threads (one per core of the 2-core reference machine)
@@ -416,10 +419,13 @@ class ServiceConfig:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # seconds a turn waits for its conversation's previous turn
     mix_original_sound: bool = False  # previews keep the video's own sound under the track
     max_upload_bytes: int | None = None  # None: the media store's limit
-    reasoner: str = REASONER_OFF  # "off" | "local": who writes the best track's reason (paper 4.2)
+    reasoner: str = REASONER_OFF  # "off" | "local" | "http": who writes the best track's reason (paper 4.2)
     reasoner_timeout_s: float = REASONER_TIMEOUT_S  # after this, the reply falls back to the tag summary
     reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token
     reasoner_max_new_tokens: int = REASONER_MAX_NEW_TOKENS
+    reasoner_url: str | None = None  # reasoner="http": the server's base URL (/v1/chat/completions is added)
+    reasoner_model: str | None = None  # reasoner="http": the server's model name
+    reasoner_api_key: str | None = field(default=None, repr=False)  # reasoner="http": bearer key, never logged
 
 
 # =================================================================================================
@@ -487,6 +493,8 @@ class ConversationService:
         self._keys_dir.mkdir(parents=True, exist_ok=True)
         if self.config.reasoner not in REASONER_MODES:
             raise ValueError(f"unknown reasoner {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
+        if self.config.reasoner == REASONER_HTTP and not (self.config.reasoner_url and self.config.reasoner_model):
+            raise ValueError("reasoner='http' needs reasoner_url and reasoner_model (MUSECHAT_REASONER_URL / _MODEL)")
         self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded on first use (or warm_up)
         self._reasoner_lock = threading.Lock()
         self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
@@ -1103,6 +1111,8 @@ class ConversationService:
         """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why."""
         from engine.reasoner import Justification, ReasonInput, justify, reason_or_fallback
 
+        if self.config.reasoner == REASONER_HTTP:
+            return await self._http_reason(title, tags, plan, fallback)
         if self._reasoner_executor is None:
             self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
         t0 = time.perf_counter()
@@ -1128,6 +1138,20 @@ class ConversationService:
             reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
             max_new_tokens=self.config.reasoner_max_new_tokens,
         )  # fmt: skip
+        return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+
+    async def _http_reason(self, title: str, tags: Sequence[str], plan: _TurnPlan, fallback: str) -> tuple[str, str]:
+        """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why."""
+        from bot.reasoner_http import HttpReasonerConfig, justify_http
+        from engine.reasoner import ReasonInput, reason_or_fallback
+
+        cfg = HttpReasonerConfig(
+            base_url=self.config.reasoner_url or "", model=self.config.reasoner_model or "",
+            api_key=self.config.reasoner_api_key, max_tokens=self.config.reasoner_max_new_tokens,
+        )  # fmt: skip
+        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
+        inp = ReasonInput(title, tags=tuple(tags), feedback=plan.text, video=video)
+        j = await justify_http(inp, cfg, timeout_s=self.config.reasoner_timeout_s)
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
     async def _excerpt(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 2**20  # bytes
@@ -48,10 +48,13 @@ class Settings(BaseSettings):
     candidate_pool: int = Field(200, description="catalog candidates re-ranked per turn")
     model_workers: int = Field(2, description="threads doing model work (video decoding, queries) per bot process")
     preview_mix_original: bool = Field(False, description="previews keep the video's own sound under the track")
-    reasoner: str = Field("off", description="who writes the best track's reason: off (tag summary) | local (the profile's LLM)")
+    reasoner: str = Field("off", description="who writes the best track's reason: off (tag summary) | local (the profile's LLM) | http (a server)")
     reasoner_timeout_s: float = Field(3.0, description="after this the reply falls back to the labelled tag summary")
     reasoner_checkpoint: Path | None = Field(None, description="trained LoRA + music projection (musechat reasoner train)")
     reasoner_max_new_tokens: int = Field(48, description="longest generated reason, tokens")
+    reasoner_url: str | None = Field(None, description="reasoner=http: OpenAI-compatible server base URL (Ollama, vLLM)")
+    reasoner_model: str | None = Field(None, description="reasoner=http: the server's model name")
+    reasoner_api_key: SecretStr | None = Field(None, description="reasoner=http: bearer API key (optional, never logged)")
 
     # --- media limits --------------------------------------------------------------------------
     ffmpeg_binary: str | None = Field(None, description="ffmpeg executable; default: the one imageio-ffmpeg ships")
@@ -112,6 +115,9 @@ class Settings(BaseSettings):
             reasoner_timeout_s=self.reasoner_timeout_s,
             reasoner_checkpoint=self.reasoner_checkpoint,
             reasoner_max_new_tokens=self.reasoner_max_new_tokens,
+            reasoner_url=self.reasoner_url,
+            reasoner_model=self.reasoner_model,
+            reasoner_api_key=self.reasoner_api_key.get_secret_value() if self.reasoner_api_key else None,
         )
 
     @property
