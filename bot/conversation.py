@@ -117,6 +117,7 @@ NEUTRAL_LOUDNESS_DB = float(np.mean(LOUDNESS_RANGE_DB))
 NEUTRAL_ONSET_RATE = float(np.sqrt(ONSET_RANGE[0] * ONSET_RANGE[1]))
 
 StatusCallback = Callable[[str], Awaitable[None] | None]
+ReasonTokenCallback = Callable[[str], Awaitable[None] | None]  # each piece of the LLM's reason as it is written
 
 # "another", "next", "skip": a rejection (with words after it, the words are feedback)
 ANOTHER_RE = re.compile(
@@ -617,6 +618,7 @@ class ConversationService:
         user_name: str = "",
         k: int = 1,
         on_status: StatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None,
     ) -> Reply:
         """Open a conversation with a video (and optional words) or with words only; answer turn 1.
 
@@ -657,25 +659,34 @@ class ConversationService:
             )  # fmt: skip
             return await self._turn(
                 conv, plan, user_text=text, video_sha=vf.content_hash if vf else None, video_ref=video_ref,
-                on_status=on_status, t0=t0,
+                on_status=on_status, on_reason_token=on_reason_token, t0=t0,
             )  # fmt: skip
 
-    async def message(self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None) -> Reply:
+    async def message(
+        self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> Reply:  # fmt: skip
         """Answer a free-form message: "use this", "another (one)", or feedback words."""
         if USE_RE.match(text or ""):
             return await self.use_this(conversation_id, on_status=on_status)
         m = ANOTHER_RE.match(text or "")
         if m:
-            return await self.another(conversation_id, text=text[m.end() :], k=k, on_status=on_status)
-        return await self.feedback(conversation_id, text, k=k, on_status=on_status)
+            return await self.another(conversation_id, text=text[m.end() :], k=k, on_status=on_status, on_reason_token=on_reason_token)
+        return await self.feedback(conversation_id, text, k=k, on_status=on_status, on_reason_token=on_reason_token)
 
-    async def feedback(self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None) -> Reply:
+    async def feedback(
+        self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> Reply:  # fmt: skip
         """A turn k >= 2: the video + the previous track + these words (paper section 4.1)."""
-        return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, k=k, on_status=on_status)
+        return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, k=k, on_status=on_status, on_reason_token=on_reason_token)
 
-    async def another(self, conversation_id: int, *, text: str = "", k: int = 1, on_status: StatusCallback | None = None) -> Reply:
+    async def another(
+        self, conversation_id: int, *, text: str = "", k: int = 1, on_status: StatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> Reply:  # fmt: skip
         """"Another one": without other words the previous track becomes a negative example."""
-        return await self._next_turn(conversation_id, text, FeedbackKind.ANOTHER, k=k, on_status=on_status)
+        return await self._next_turn(conversation_id, text, FeedbackKind.ANOTHER, k=k, on_status=on_status, on_reason_token=on_reason_token)
 
     async def use_this(self, conversation_id: int, *, on_status: StatusCallback | None = None) -> Reply:
         """"Use this": record the choice and render the preview (the video with the track under it)."""
@@ -732,8 +743,9 @@ class ConversationService:
     # --- turns ----------------------------------------------------------------------------------
 
     async def _next_turn(
-        self, conversation_id: int, text: str, kind: FeedbackKind, *, k: int, on_status: StatusCallback | None
-    ) -> Reply:
+        self, conversation_id: int, text: str, kind: FeedbackKind, *, k: int, on_status: StatusCallback | None,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> Reply:  # fmt: skip
         t0 = time.perf_counter()
         parsed = parse_filters(text or "")
         words = parsed.text.strip()
@@ -763,7 +775,7 @@ class ConversationService:
             )  # fmt: skip
             return await self._turn(
                 state.conversation, plan, user_text=text or "", video_sha=state.video_sha256,
-                video_ref=state.turns[0].video_ref, on_status=on_status, t0=t0,
+                video_ref=state.turns[0].video_ref, on_status=on_status, on_reason_token=on_reason_token, t0=t0,
             )  # fmt: skip
 
     async def _turn(
@@ -776,6 +788,7 @@ class ConversationService:
         video_ref: str | None,
         on_status: StatusCallback | None,
         t0: float,
+        on_reason_token: ReasonTokenCallback | None = None,
     ) -> Reply:
         """Query, retrieve, re-rank, persist, answer (module docstring). Runs under the conversation lock."""
         licences = await self._known_licences()
@@ -808,7 +821,7 @@ class ConversationService:
         t_cards = time.perf_counter()
         cards = []
         for rank, i in enumerate(picks, start=1):
-            cards.append(await self._card(rank, retrieved.records[i], rows[i], ranking, i, plan, understood, extras, on_status))
+            cards.append(await self._card(rank, retrieved.records[i], rows[i], ranking, i, plan, understood, extras, on_status, on_reason_token))
         timings["cards"] = time.perf_counter() - t_cards
         timings["total"] = time.perf_counter() - t0
         turn = await self.store.add_turn(
@@ -1066,6 +1079,7 @@ class ConversationService:
         understood: str,
         extras: Mapping[str, TrackExtras],
         on_status: StatusCallback | None,
+        on_reason_token: ReasonTokenCallback | None = None,
     ) -> TrackCard:
         p = rec.payload
         sha = p.content_hash
@@ -1085,7 +1099,7 @@ class ConversationService:
         )  # fmt: skip
         reason_source = REASON_SOURCE_TAGS
         if self.config.reasoner != REASONER_OFF and rank == 1:  # one LLM call per reply bounds its latency
-            reason, reason_source = await self._llm_reason(p.title, sha, tags, plan, reason)
+            reason, reason_source = await self._llm_reason(p.title, sha, tags, plan, reason, on_reason_token)
         return TrackCard(
             track_id=sha, catalog_id=rec.track_id, rank=rank, title=p.title, artist=p.artist,
             mtt_tags=mtt_names, msd_tags=msd_names, tags=tuple(p.tags), score=float(ranking.scores[i]),
@@ -1107,12 +1121,19 @@ class ConversationService:
                 )  # fmt: skip
             return self._reasoner
 
-    async def _llm_reason(self, title: str, sha: str, tags: Sequence[str], plan: _TurnPlan, fallback: str) -> tuple[str, str]:
-        """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why."""
+    async def _llm_reason(
+        self, title: str, sha: str, tags: Sequence[str], plan: _TurnPlan, fallback: str,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why.
+
+        With `on_reason_token`, each piece the local LLM writes is handed to it (in order, on the event
+        loop) as it comes; all of them arrive before this returns.
+        """
         from engine.reasoner import Justification, ReasonInput, justify, reason_or_fallback
 
         if self.config.reasoner == REASONER_HTTP:
-            return await self._http_reason(title, tags, plan, fallback)
+            return await self._http_reason(title, tags, plan, fallback, on_reason_token)
         if self._reasoner_executor is None:
             self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
         t0 = time.perf_counter()
@@ -1134,14 +1155,24 @@ class ConversationService:
         video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
         inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=plan.text, video=video)
         remaining = max(0.0, self.config.reasoner_timeout_s - (time.perf_counter() - t0))
-        j = await justify(
-            reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
-            max_new_tokens=self.config.reasoner_max_new_tokens,
-        )  # fmt: skip
+        relay = _TokenRelay(on_reason_token, loop) if on_reason_token is not None else None
+        try:
+            j = await justify(
+                reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
+                max_new_tokens=self.config.reasoner_max_new_tokens, on_token=relay.put if relay is not None else None,
+            )  # fmt: skip
+        finally:
+            if relay is not None:
+                await relay.close()
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
-    async def _http_reason(self, title: str, tags: Sequence[str], plan: _TurnPlan, fallback: str) -> tuple[str, str]:
-        """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why."""
+    async def _http_reason(
+        self, title: str, tags: Sequence[str], plan: _TurnPlan, fallback: str, on_reason_token: ReasonTokenCallback | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
+
+        The server answers in one piece (no streaming request): `on_reason_token` gets the whole text once.
+        """
         from bot.reasoner_http import HttpReasonerConfig, justify_http
         from engine.reasoner import ReasonInput, reason_or_fallback
 
@@ -1152,6 +1183,10 @@ class ConversationService:
         video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
         inp = ReasonInput(title, tags=tuple(tags), feedback=plan.text, video=video)
         j = await justify_http(inp, cfg, timeout_s=self.config.reasoner_timeout_s)
+        if j.text and on_reason_token is not None:
+            relay = _TokenRelay(on_reason_token, asyncio.get_running_loop())
+            relay.put(j.text)
+            await relay.close()
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
     async def _excerpt(
@@ -1244,6 +1279,44 @@ class ConversationService:
 
     def _locked(self, conversation_id: int):
         return _TurnLock(self, conversation_id)
+
+
+class _TokenRelay:
+    """Pieces of text from the reasoner's thread to an (async) callback on the event loop, in order.
+
+    `put` may be called from any thread; `close` (on the loop) waits until every piece put before
+    it has been handed over, then ignores later ones (a timed-out generation still finishing). A
+    callback that raises is logged and not called again: a display problem never fails the reply.
+    """
+
+    def __init__(self, callback: ReasonTokenCallback, loop: asyncio.AbstractEventLoop) -> None:
+        self._callback = callback
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._closed = False
+        self._task = loop.create_task(self._deliver())
+
+    def put(self, piece: str) -> None:
+        if not self._closed and piece:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
+
+    async def _deliver(self) -> None:
+        broken = False
+        while (piece := await self._queue.get()) is not None:
+            if broken:
+                continue
+            try:
+                result = self._callback(piece)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001 - the reply must still come
+                log.warning("the reason-token callback failed; no more pieces go to it", exc_info=True)
+                broken = True
+
+    async def close(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)  # after every piece already scheduled
+        await self._task
 
 
 class _TurnLock:
@@ -1345,6 +1418,7 @@ __all__ = [
     "ModelPool",
     "NothingToAskError",
     "Reply",
+    "ReasonTokenCallback",
     "ReplyKind",
     "ScoredTrack",
     "ServiceConfig",

@@ -163,9 +163,11 @@ def test_settings_map_to_the_service_config(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_service_reason_comes_from_the_server_then_falls_back(server: FakeServer, data_dir: Path, tiny: Encoders) -> None:  # noqa: F811
     cfg = ServiceConfig(reasoner="http", reasoner_url=server.url, reasoner_model="m", reasoner_timeout_s=5.0, reasoner_api_key=SECRET)
     async with open_service(data_dir, tiny, config=cfg) as e:
-        r = await e.service.start(text="happy tune", channel_id="http", user_id="u")
+        pieces: list[str] = []
+        r = await e.service.start(text="happy tune", channel_id="http", user_id="u", on_reason_token=pieces.append)
         assert r.kind is ReplyKind.RECOMMENDATION and r.track is not None
         assert r.track.reason == ANSWER and r.track.reason_source == REASON_SOURCE_HTTP
+        assert pieces == [ANSWER]  # the server answers in one piece
         [(body, headers)] = server.requests
         assert body["model"] == "m" and body["max_tokens"] == cfg.reasoner_max_new_tokens
         assert f"Music title: {r.track.title};" in body["messages"][1]["content"]
