@@ -19,7 +19,8 @@ cached in ~/.cache/musechat/bench/catalog_training/):
        - zero-shot engine: `Engine` without a checkpoint, the phrase as the user's words;
        - fusion alone: `Engine` with the trained model, fusion_steering_weight 0 (the paper's
          model: query = f(candidate music, feedback tokens), cosine to the tracks' fusion vectors);
-       - fusion + steering: the same with the default fusion_steering_weight.
+       - fusion + steering: the same with the default fusion_steering_weight;
+     and, for scale, the expected rate of a uniformly random next pick.
 
 Usage: .venv/bin/python benchmarks/bench_catalog_training.py [--json out.json] [--tracks 40]
        [--holdout 10] [--steps 150] [--batch-size 32] [--seeds 8]
@@ -133,8 +134,9 @@ def context(i: int, a: TrackAnalysis) -> TrackContext:
 
 def evaluate(
     analyses: list[TrackAnalysis], starts: list[int], encoders: Encoders, model: MuseChatRecommender
-) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per method and phrase kind: (right, eligible) over the held-out (start, phrase) pairs."""
+) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per method and phrase kind: (right, eligible) over the held-out (start, phrase) pairs; the
+    "random pick (expected)" row's `right` is the expected count of a uniformly random next pick."""
     model = model.eval()
     zs = Engine(EngineConfig(profile=PROFILE), encoders=encoders)
     vocab = zs.scorer.vocabulary
@@ -155,7 +157,7 @@ def evaluate(
         for i, a in enumerate(analyses)
     ]
     n = len(analyses)
-    out: dict[str, dict[str, list[int]]] = {m: {} for m in ("zero-shot steering", "zero-shot engine", *engines)}
+    out: dict[str, dict[str, list[float]]] = {m: {} for m in ("random pick (expected)", "zero-shot steering", "zero-shot engine", *engines)}
     for kind, items in PHRASES.items():
         for phrase, check in items:
             vals = checked_values(check, arr, vocab)  # (N,)
@@ -177,11 +179,14 @@ def evaluate(
                     cos = fusion_vecs[others] @ qv  # (N-1,)
                     scored = [CandidateRow(r.track_id, r.text, r.tag_probs, r.rhythm, float(c)) for r, c in zip(cand_rows, cos, strict=True)]
                     picks[name] = int(others[int(q.rerank(scored).order[0])])
+                chance = out["random pick (expected)"].setdefault(kind, [0.0, 0])
+                chance[0] += float(np.mean(sign * (vals[others] - vals[i]) > 0))  # a uniformly random other track
+                chance[1] += 1
                 for name, pick in picks.items():
                     r = out[name].setdefault(kind, [0, 0])
                     r[0] += int(sign * (vals[pick] - vals[i]) > 0)
                     r[1] += 1
-    return {m: {k: (v[0], v[1]) for k, v in res.items()} for m, res in out.items()}
+    return {m: {k: (v[0], int(v[1])) for k, v in res.items()} for m, res in out.items()}
 
 
 def main() -> None:
@@ -211,7 +216,7 @@ def main() -> None:
         data = build_dataset([analyses[i] for i in train_idx], encoders, Path(tmp) / "features", args.seeds, args.pool)
         t_data = time.perf_counter() - t0
         print(f"quartets: {len(data)} from {len(train_idx)} training tracks ({args.seeds} seeds, pool {args.pool}; {t_data:.0f}s)")
-        epochs = -(-args.steps * args.batch_size // len(data)) + 1
+        epochs = -(-args.steps // max(1, len(data) // args.batch_size))  # enough epochs for args.steps (last partial batch dropped)
         cfg = TrainConfig(
             data=str(Path(tmp) / "features"), out=str(Path(tmp) / "run"), epochs=epochs, max_steps=args.steps,
             batch_size=args.batch_size, lr=args.lr, warmup_steps=WARMUP_STEPS, device="cpu", progress=False,
