@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
+from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
@@ -48,6 +50,7 @@ CHAT_HELP = (
     "or /another, /use (write the preview video), /help, /quit."
 )
 PARTS_SHOWN = ("semantic", "pace", "steering", "fusion", "not like rejected")
+LIVE_REFRESH_HZ = 12.0  # redraws per second of the status line and the growing reason
 
 
 class _Exit(Exception):
@@ -261,6 +264,38 @@ async def _with_status(coro_fn: Any, message: str) -> Any:
         return await coro_fn(lambda m: status.update(f"{m}…"))
 
 
+class _ReasonView:
+    """The status line and, once the LLM writes (MUSECHAT_REASONER=local|http), its reason growing under it."""
+
+    def __init__(self, message: str) -> None:
+        self.spinner = Spinner("dots", text=message)
+        self.reason = Text(style="italic")
+
+    def status(self, message: str) -> None:
+        self.spinner.update(text=f"{message}…")
+
+    def token(self, piece: str) -> None:
+        if not self.reason.plain:
+            self.spinner.update(text="writing the reason…")
+        self.reason.append(piece)
+
+    def __rich__(self) -> RenderableType:
+        if not self.reason.plain:
+            return self.spinner
+        return Group(self.spinner, Text.assemble(("why ", "bold cyan"), self.reason))
+
+
+async def _with_reason_stream(coro_fn: Any, message: str) -> Any:
+    """Like `_with_status`, and the reason grows on screen as the reasoner writes it.
+
+    `coro_fn(on_status, on_reason_token)` is a service call. The view is transient (rich Live): once
+    the reply is back, `print_reply` prints the whole card in its place.
+    """
+    view = _ReasonView(message)
+    with Live(view, console=console, transient=True, refresh_per_second=LIVE_REFRESH_HZ):
+        return await coro_fn(view.status, view.token)
+
+
 # =================================================================================================
 # the chat
 # =================================================================================================
@@ -298,14 +333,14 @@ async def _chat(video: Path | None, text: str | None, profile: str | None, resum
             cid = resume
             out.print(f"conversation {cid}: {len(state.turns)} turn(s) so far")
             if text:
-                reply = await _with_status(lambda cb: svc.message(cid, text, on_status=cb), "thinking…")
+                reply = await _with_reason_stream(lambda cb, tok: svc.message(cid, text, on_status=cb, on_reason_token=tok), "thinking…")
                 print_reply(reply)
         else:
             what = f"decoding and embedding {video.name}…" if video is not None else "searching the catalog…"
-            reply = await _with_status(
-                lambda cb: svc.start(
+            reply = await _with_reason_stream(
+                lambda cb, tok: svc.start(
                     video=video, text=text or "", platform=PLATFORM, channel_id=f"chat-{uuid.uuid4().hex[:12]}",
-                    user_id=getpass.getuser(), on_status=cb,
+                    user_id=getpass.getuser(), on_status=cb, on_reason_token=tok,
                 ),
                 what,
             )  # fmt: skip
@@ -337,12 +372,14 @@ async def _chat(video: Path | None, text: str | None, profile: str | None, resum
                     continue
                 if command.startswith("/another"):
                     words = line[len("/another") :].strip()
-                    reply = await _with_status(lambda cb: svc.another(cid, text=words, on_status=cb), "looking for another…")
+                    reply = await _with_reason_stream(
+                        lambda cb, tok: svc.another(cid, text=words, on_status=cb, on_reason_token=tok), "looking for another…"
+                    )
                 elif command.startswith("/"):
                     out.print(f"unknown command {escape(line.split()[0])}. {CHAT_HELP}")
                     continue
                 else:
-                    reply = await _with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
+                    reply = await _with_reason_stream(lambda cb, tok: svc.message(cid, line, on_status=cb, on_reason_token=tok), "thinking…")
                 print_reply(reply)
             except (ConversationError, MediaError) as e:  # one message failed; the chat goes on
                 _error(e.user_message)

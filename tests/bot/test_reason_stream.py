@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
+
+import pytest
+from rich.console import Console
 
 from bot.conversation import ReplyKind, ServiceConfig
 from engine.profiles import Encoders
@@ -11,6 +15,7 @@ from engine.reasoner import REASON_SOURCE_TITLE_TAGS
 from tests.bot.test_conversation import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
 
 LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
+WATCHED_PIECES = 3  # pieces after which the Live test looks at the screen
 
 
 async def test_tokens_arrive_before_the_reply_and_add_up_to_the_reason(data_dir: Path, tiny: Encoders) -> None:  # noqa: F811
@@ -54,3 +59,38 @@ async def test_without_a_callback_or_with_a_broken_one_the_reply_still_has_the_l
     for r in (plain, hurt):  # the LLM's reason either way (it samples at temperature 0.1: texts differ)
         assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS
         assert r.track.reason and "unavailable" not in r.track.reason
+
+
+async def test_the_chat_shows_the_reason_growing_then_the_card(
+    data_dir: Path, tiny: Encoders, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """bot/chat_cli.py: a rich Live on a terminal console redraws as pieces come; the result is the reply."""
+    import bot.cli  # noqa: F401 - bot.chat_cli is imported through it (circular otherwise)
+    import bot.chat_cli as chat_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(chat_cli, "console", Console(file=screen, force_terminal=True, width=2000, color_system=None))
+    frames: list[str] = []  # the screen after each of the first pieces
+    pieces: list[str] = []
+    async with open_service(data_dir, tiny, config=LOCAL) as e:
+
+        async def call(on_status, on_reason_token):  # noqa: ANN001, ANN202
+            async def tok(piece: str) -> None:
+                on_reason_token(piece)
+                pieces.append(piece)
+                if len(pieces) <= WATCHED_PIECES:
+                    await asyncio.sleep(2.5 / chat_cli.LIVE_REFRESH_HZ)  # let the Live redraw between pieces
+                    frames.append(screen.getvalue())
+
+            return await e.service.start(text="happy tune", channel_id="live", user_id="u", on_status=on_status, on_reason_token=tok)
+
+        reply = await chat_cli._with_reason_stream(call, "thinking…")
+    assert reply.kind is ReplyKind.RECOMMENDATION and reply.track.reason_source == REASON_SOURCE_TITLE_TAGS
+    shown = screen.getvalue()
+    assert "writing the reason…" in shown and "why " in shown
+    # the reason grew: the screen held a partial reason before the whole one
+    assert len(pieces) > WATCHED_PIECES
+    for n, frame in enumerate(frames, start=1):
+        assert "why " + "".join(pieces[:n]) in frame  # the first n pieces were on screen
+    assert reply.track.reason not in frames[0]
+    assert reply.track.reason in shown
