@@ -35,15 +35,13 @@ def _consoles():
 def admin_errors() -> Iterator[None]:
     """Storage, catalog and admin errors as one line and an exit code (no tracebacks)."""
     from bot.catalog_admin import CatalogAdminError
+    from bot.cli import storage_errors
     from storage.catalog import CatalogError
-    from storage.db import StorageError
 
     console, _ = _consoles()
     try:
-        yield
-    except StorageError as e:
-        console.print(f"[red]error:[/red] {getattr(e, 'user_message', None) or e}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
+        with storage_errors():  # a dead or outdated database: exit 3, as every command
+            yield
     except CatalogError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(EXIT_UNAVAILABLE) from None

@@ -107,3 +107,11 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_dead_database_is_exit_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSECHAT_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/test")
+    get_settings.cache_clear()
+    result = run("catalog", "status")
+    assert result.exit_code == 3, result.output
+    assert "unavailable" in result.output and "Traceback" not in result.output
