@@ -92,6 +92,7 @@ from storage.catalog import (
 )
 from storage.catalog.base import FUSION_DIM
 from storage.db import as_utc, read_only, upsert_insert, utcnow
+from storage.files import write_atomic
 from storage.job_store import JobRun, JobSchedule, JobStore
 from storage.media_store import MediaStore
 from storage.models import CatalogStatus as VersionStatus
@@ -478,16 +479,6 @@ def _source(row: RowMapping) -> CatalogSource:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def features_key(profile: ProfileConfig) -> str:
     """Folder name of a profile's feature cache: the profile plus a digest of what shapes the features."""
     ident = {
@@ -523,7 +514,7 @@ class FeatureCache:
         return analysis
 
     def put(self, analysis: TrackAnalysis) -> None:
-        _write_atomic(self._path(analysis.content_hash), analysis.to_bytes())
+        write_atomic(self._path(analysis.content_hash), analysis.to_bytes())
 
     def get_excerpt(self, sha: str) -> dict[str, Any] | None:
         try:
@@ -532,7 +523,7 @@ class FeatureCache:
             return None
 
     def put_excerpt(self, sha: str, ref: Mapping[str, Any]) -> None:
-        _write_atomic(self._path(sha, EXCERPT_SIDECAR), json.dumps(dict(ref)).encode())
+        write_atomic(self._path(sha, EXCERPT_SIDECAR), json.dumps(dict(ref)).encode())
 
     def __contains__(self, sha: str) -> bool:
         return self._path(sha).is_file()
@@ -564,7 +555,7 @@ class HashIndex:
     def save(self) -> None:
         """Write the entries of files seen in this run (files no longer present are forgotten)."""
         kept = {k: v for k, v in self._entries.items() if k in self._seen}
-        _write_atomic(self.path, json.dumps(kept).encode())
+        write_atomic(self.path, json.dumps(kept).encode())
 
 
 # =================================================================================================

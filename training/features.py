@@ -28,13 +28,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from storage.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,6 @@ class FeatureCacheError(Exception):
     """A feature cache is missing, damaged, or does not fit what the caller expects."""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_manifest(root: str | Path) -> dict:
     path = Path(root) / MANIFEST
     if not path.is_file():
@@ -128,7 +120,7 @@ class FeatureShardWriter:
 
     def _write_manifest(self, complete: bool) -> None:
         meta = {"format_version": FORMAT_VERSION, "spec": asdict(self.spec), "shards": self.shards, "complete": complete}
-        _write_atomic(self.root / MANIFEST, (json.dumps(meta) + "\n").encode())
+        write_atomic(self.root / MANIFEST, (json.dumps(meta) + "\n").encode())
 
     def add(self, item: FeatureItem) -> None:
         if item.id in self.done_ids or item.id in self._pending_ids:
@@ -166,7 +158,7 @@ class FeatureShardWriter:
         name = f"shard-{len(self.shards):05d}.npz"
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _write_atomic(self.root / name, buf.getvalue())
+        write_atomic(self.root / name, buf.getvalue())
         ids = [it.id for it in items]
         self.shards.append({"file": name, "n": n, "ids": ids})
         self.done_ids.update(ids)
