@@ -1,0 +1,1 @@
+"""The platform-neutral conversation service (DESIGN.md, "Layout"): one module per concern."""
