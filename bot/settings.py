@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     reasoner_model: str | None = Field(None, description="reasoner=http: the server's model name")
     reasoner_api_key: SecretStr | None = Field(None, description="reasoner=http: bearer API key (optional, never logged)")
 
+    # --- platforms (DESIGN.md, "The adapter contract"; README "Platform set-up") -------------
+    discord_token: SecretStr | None = Field(None, description="Discord bot token; set: `serve` runs the Discord adapter")
+    discord_message_content: bool = Field(False, description="Discord: the privileged message-content intent is on in the portal")
+    slack_bot_token: SecretStr | None = Field(None, description="Slack bot token (xoxb-...); set: `serve` runs the Slack adapter")
+    slack_app_token: SecretStr | None = Field(None, description="Slack app-level token (xapp-...) for Socket Mode")
+    slack_signing_secret: SecretStr | None = Field(None, description="Slack signing secret (HTTP mode)")
+    slack_mode: str = Field("socket", description="Slack: socket (default, no public URL) | http")
+    slack_http_port: int = Field(3000, description="Slack HTTP mode: port of /slack/events")
+    health_host: str = Field("127.0.0.1", description="`serve`: address of /healthz and /readyz")
+    health_port: int = Field(8081, description="`serve`: port of /healthz and /readyz (0: none)")
+    redis_url: str | None = Field(None, description="Redis URL: Slack event de-duplication, the job queue")
+    allow_random_weights: bool = Field(False, description="let `serve`/`chat` run the tiny profile (random weights; tests only)")
+    log_json: bool = Field(False, description="`serve`: one JSON object per log line")
+
     # --- media limits --------------------------------------------------------------------------
     ffmpeg_binary: str | None = Field(None, description="ffmpeg executable; default: the one imageio-ffmpeg ships")
     max_video_seconds: float = Field(15 * 60.0, description="longest accepted upload, seconds")

@@ -1,0 +1,1 @@
+"""Thin I/O over the conversation service: terminal, Discord, Slack (DESIGN.md, "The adapter contract")."""
