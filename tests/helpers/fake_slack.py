@@ -320,6 +320,10 @@ class FakeSlack:
         message["edits"] = message.get("edits", 0) + 1
         return {"channel": channel, "ts": ts, "text": message.get("text", "")}
 
+    def _m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.messages.pop((str(args.get("channel", "")), str(args.get("ts", ""))), None)
+        return {"channel": args.get("channel"), "ts": args.get("ts")}
+
     def _m_chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
         out = self._post({**args, "text": _chunk_text(args)}, streaming=True)
         return {"channel": out["channel"], "ts": out["ts"]}
