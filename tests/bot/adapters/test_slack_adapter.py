@@ -334,6 +334,24 @@ async def test_mention_without_a_video_gets_a_hint_once(fake: FakeSlack, adapter
     assert service.calls == []
 
 
+async def test_a_dm_without_a_video_gets_a_hint(fake: FakeSlack, adapter: SlackAdapter, service: ScriptedService) -> None:
+    body = event_body({"type": "message", "user": USER, "text": "hi", "ts": "1.6", "channel": "D0DM", "channel_type": "im"})
+    await dispatch(adapter, body)
+    (hint,) = fake.calls("chat.postMessage")
+    assert (hint.args["channel"], hint.args["thread_ts"]) == ("D0DM", "1.6")
+    assert service.calls == []
+
+
+async def test_a_mention_with_a_video_starts_once(fake: FakeSlack, adapter: SlackAdapter, service: ScriptedService) -> None:
+    f = fake.add_file(VIDEO_BYTES)
+    event = {"user": USER, "text": f"<@{BOT_USER_ID}> upbeat please", "ts": "1.8", "channel": CHANNEL, "team": TEAM_ID,
+             "files": [f.as_event_file()]}  # fmt: skip
+    await dispatch(adapter, event_body({"type": "app_mention", **event}, event_id="EvM1"))
+    await dispatch(adapter, event_body({"type": "message", "subtype": "file_share", **event}, event_id="EvM2"))
+    ((kind_, start),) = service.calls
+    assert (kind_, start.text, start.keys.thread_id) == ("start", "upbeat please", "1.8")
+
+
 async def test_bot_messages_are_ignored(fake: FakeSlack, adapter: SlackAdapter, service: ScriptedService) -> None:
     f = fake.add_file(VIDEO_BYTES)
     for event in (
