@@ -46,7 +46,7 @@ from bot.adapters.slack import dedup, render
 from bot.adapters.slack.files import SLACK_FILE_HOSTS, fetch_file, resolve_file
 from bot.adapters.slack.streaming import UPDATE_INTERVAL_S, ThreadReply
 from bot.service.contract import Action, ActionKind, EventSink, PlatformKeys, ReplyOptions
-from bot.service.errors import DuplicateActionError, NotOwnerError, OutdatedActionError
+from bot.service.errors import BusyError, DuplicateActionError, NotOwnerError, OutdatedActionError
 
 if TYPE_CHECKING:
     from bot.service import Reply
@@ -60,7 +60,7 @@ FILE_LIMIT_BYTES = 2**30  # Slack's per-file upload limit (files_upload_v2): pre
 DRAIN_TIMEOUT_S = 20.0  # seconds `close` waits for turns in flight
 APOLOGY = "Sorry, something went wrong on my side; nothing was lost. Please try again."
 HINT = "Send me a video (mp4, mov or webm) and I will suggest background music for it."
-EPHEMERAL_ERRORS = (NotOwnerError, OutdatedActionError, DuplicateActionError)
+EPHEMERAL_ERRORS = (NotOwnerError, OutdatedActionError, DuplicateActionError, BusyError)  # told to the clicker only
 USER_SUBTYPES = (None, "file_share", "thread_broadcast")  # message subtypes a user writes
 BUTTON_ACTIONS = re.compile(r"^mc_(use|another|restart)$")
 

@@ -60,7 +60,7 @@ VIDEO_BYTES = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
 # =================================================================================================
 
 
-def _reply(tmp: Path, cid: int, turn: int, *, title: str = "Battle Epic", pending: bool = True, **kw: Any):  # noqa: ANN202
+def _reply(tmp: Path, cid: int, turn: int, *, title: str = "Battle Epic", pending: bool = True, **kw: Any):
     excerpt = tmp / f"excerpt-{cid}-{turn}.mp3"
     excerpt.write_bytes(b"ID3" + title.encode() * 50)
     card = SimpleNamespace(
@@ -76,14 +76,14 @@ def _reply(tmp: Path, cid: int, turn: int, *, title: str = "Battle Epic", pendin
     return reply
 
 
-def _final(reply):  # noqa: ANN001, ANN202
+def _final(reply):
     card = SimpleNamespace(**{**vars(reply.track), "reason": "".join(REASON_TOKENS)})
     out = SimpleNamespace(**{**vars(reply), "tracks": (card,), "reason_pending": False})
     out.track = card
     return out
 
 
-async def _emit(sink, event) -> None:  # noqa: ANN001
+async def _emit(sink, event) -> None:
     result = sink(event)
     if asyncio.iscoroutine(result):
         await result
@@ -102,7 +102,7 @@ class ScriptedService:
         assert platform == "slack"
         return self.threads.get((channel_id, thread_id))
 
-    async def _turn(self, cid: int, events, *, title: str = "Battle Epic"):  # noqa: ANN001, ANN202
+    async def _turn(self, cid: int, events, *, title: str = "Battle Epic"):
         if self.error is not None:
             raise self.error
         self.turns[cid] = self.turns.get(cid, 0) + 1
@@ -116,17 +116,17 @@ class ScriptedService:
         await _emit(events, FinalEvent(final))
         return final
 
-    async def start(self, keys: PlatformKeys, *, video=None, text="", video_name="", events=None, options=None):  # noqa: ANN001, ANN201
+    async def start(self, keys: PlatformKeys, *, video=None, text="", video_name="", events=None, options=None):
         self.calls.append(("start", SimpleNamespace(keys=keys, video=video, text=text, video_name=video_name, options=options)))
         cid = len(self.threads) + 1
         self.threads[(keys.channel_id, keys.thread_id)] = cid
         return await self._turn(cid, events)
 
-    async def message(self, conversation_id: int, text: str, *, user_id=None, events=None, options=None):  # noqa: ANN001, ANN201
+    async def message(self, conversation_id: int, text: str, *, user_id=None, events=None, options=None):
         self.calls.append(("message", SimpleNamespace(conversation_id=conversation_id, text=text, user_id=user_id)))
         return await self._turn(conversation_id, events, title="Rock")
 
-    async def act(self, action: Action, *, user_id: str, events=None, options=None):  # noqa: ANN001, ANN201
+    async def act(self, action: Action, *, user_id: str, events=None, options=None):
         self.calls.append(("act", SimpleNamespace(action=action, user_id=user_id)))
         if self.error is not None:
             raise self.error
@@ -182,7 +182,7 @@ async def adapter(fake: FakeSlack, service: ScriptedService):
     await a.close()
 
 
-async def dispatch(adapter: SlackAdapter, body: str, *, form: bool = False, headers: dict[str, str] | None = None):  # noqa: ANN201
+async def dispatch(adapter: SlackAdapter, body: str, *, form: bool = False, headers: dict[str, str] | None = None):
     ctype = "application/x-www-form-urlencoded" if form else "application/json"
     resp = await adapter.app.async_dispatch(
         AsyncBoltRequest(body=body, headers={**signed_headers(body, content_type=ctype), **(headers or {})})
@@ -641,7 +641,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+async def _until(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"

@@ -85,7 +85,7 @@ def uploads_in_thread(fake: FakeSlack) -> list[Any]:
     return [u for u in fake.uploads.values() if u.thread_ts == THREAD and u.data is not None]
 
 
-async def test_a_full_conversation_in_a_slack_thread(fake: FakeSlack, env, bikes_mp4: Path) -> None:  # noqa: ANN001, F811
+async def test_a_full_conversation_in_a_slack_thread(fake: FakeSlack, env, bikes_mp4: Path) -> None:  # noqa: F811
     adapter = SlackAdapter(env.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,))
     try:
         # 1. a video in the channel: placeholder, then the card, then the excerpt, all in its thread
@@ -138,7 +138,7 @@ async def test_a_full_conversation_in_a_slack_thread(fake: FakeSlack, env, bikes
 
 
 @pytest.fixture(params=["redis", "sql"])
-async def claims(request: pytest.FixtureRequest, env):  # noqa: ANN001, F811
+async def claims(request: pytest.FixtureRequest, env):  # noqa: F811
     if request.param == "redis":
         store: dedup.Claims = dedup.RedisClaims("redis://127.0.0.1:6379/0", prefix=f"musechat-test:{uuid.uuid4().hex}:")
     else:
@@ -147,7 +147,7 @@ async def claims(request: pytest.FixtureRequest, env):  # noqa: ANN001, F811
     await store.close()
 
 
-async def test_a_repeated_delivery_makes_exactly_one_reply(fake: FakeSlack, env, claims: dedup.Claims, bikes_mp4: Path) -> None:  # noqa: ANN001, F811
+async def test_a_repeated_delivery_makes_exactly_one_reply(fake: FakeSlack, env, claims: dedup.Claims, bikes_mp4: Path) -> None:  # noqa: F811
     adapter = SlackAdapter(env.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,), claims=claims)
     try:
         body = share_video(fake, bikes_mp4, event_id="EvTwice")
@@ -162,7 +162,7 @@ async def test_a_repeated_delivery_makes_exactly_one_reply(fake: FakeSlack, env,
     assert len(env.calls) == 1
 
 
-async def test_the_sql_event_store_is_the_default_without_redis(fake: FakeSlack, env, bikes_mp4: Path) -> None:  # noqa: ANN001, F811
+async def test_the_sql_event_store_is_the_default_without_redis(fake: FakeSlack, env, bikes_mp4: Path) -> None:  # noqa: F811
     adapter = SlackAdapter(env.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,))
     assert isinstance(adapter.claims, dedup.SqlClaims)
     try:

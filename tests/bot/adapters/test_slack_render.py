@@ -14,7 +14,7 @@ from bot.service.contract import Action, ActionKind, MediaFile
 ALL_ACTIONS = (ActionKind.USE, ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)
 
 
-def _card(**kw):  # noqa: ANN003, ANN202
+def _card(**kw):
     base = dict(
         title="Battle Epic", artist="Wesnoth <team>", mtt_tags=("orchestral", "epic"), msd_tags=("soundtrack", "epic"),
         tags=("battle",), duration_s=125.4, licence="GPL-2.0+", tempo_bpm=128.2, score=0.8, parts={},
@@ -25,7 +25,7 @@ def _card(**kw):  # noqa: ANN003, ANN202
     return SimpleNamespace(**base)
 
 
-def _reply(tracks=None, **kw):  # noqa: ANN001, ANN003, ANN202
+def _reply(tracks=None, **kw):
     tracks = (_card(),) if tracks is None else tracks
     base = dict(
         kind="recommendation", conversation_id=12, turn_index=3, mode="zero-shot", tracks=tracks,

@@ -126,7 +126,7 @@ async def test_signed_event_dispatch_runs_the_listener(fake: FakeSlack, client: 
     seen: asyncio.Queue = asyncio.Queue()
 
     @app.event("app_mention")
-    async def mention(event, say):  # noqa: ANN001 - bolt injects by name
+    async def mention(event, say):
         await say(text="heard you", thread_ts=event["ts"])
         seen.put_nowait(event["text"])
 
@@ -143,7 +143,7 @@ async def test_block_action_acks_and_the_listener_sees_the_value(fake: FakeSlack
     values: asyncio.Queue = asyncio.Queue()
 
     @app.action("mc_use")
-    async def use(ack, action):  # noqa: ANN001
+    async def use(ack, action):
         await ack()
         values.put_nowait(action["value"])
 
@@ -169,7 +169,7 @@ async def served_app(fake: FakeSlack, client: AsyncWebClient):
     heard: list[str] = []
 
     @app.event("app_mention")
-    async def mention(event, say):  # noqa: ANN001
+    async def mention(event, say):
         heard.append(event["text"])
         await say(text="ok", thread_ts=event["ts"])
 
@@ -186,7 +186,7 @@ async def served_app(fake: FakeSlack, client: AsyncWebClient):
 MENTION = {"type": "app_mention", "user": "U1", "text": "<@U0BOT> hi", "ts": "1.5", "channel": "C1"}
 
 
-async def test_http_mode_url_verification_answers_the_challenge(served_app) -> None:  # noqa: ANN001
+async def test_http_mode_url_verification_answers_the_challenge(served_app) -> None:
     session, url, _ = served_app
     body = json.dumps({"token": "t", "challenge": "c-123", "type": "url_verification"})
     async with session.post(url, data=body, headers=signed_headers(body)) as resp:
@@ -199,7 +199,7 @@ async def test_http_mode_url_verification_answers_the_challenge(served_app) -> N
     ["bad_signature", "stale_timestamp", "unsigned"],
 )
 async def test_http_mode_rejects_bad_and_stale_signatures_and_does_nothing(
-    served_app, fake: FakeSlack, case: str  # noqa: ANN001
+    served_app, fake: FakeSlack, case: str
 ) -> None:
     session, url, heard = served_app
     body = event_body(MENTION)
@@ -216,7 +216,7 @@ async def test_http_mode_rejects_bad_and_stale_signatures_and_does_nothing(
     assert fake.calls("chat.postMessage") == []
 
 
-async def test_http_mode_valid_signature_runs_the_listener(served_app, fake: FakeSlack) -> None:  # noqa: ANN001
+async def test_http_mode_valid_signature_runs_the_listener(served_app, fake: FakeSlack) -> None:
     session, url, heard = served_app
     body = event_body(MENTION)
     async with session.post(url, data=body, headers=signed_headers(body)) as resp:
@@ -236,7 +236,7 @@ async def test_socket_mode_connects_receives_an_envelope_and_acks_it(fake: FakeS
     retries: asyncio.Queue = asyncio.Queue()
 
     @app.event("app_mention")
-    async def mention(event, say, context, request):  # noqa: ANN001
+    async def mention(event, say, context, request):
         retries.put_nowait(request.headers.get("x-slack-retry-num"))
         await say(text="socket ok", thread_ts=event["ts"])
 
