@@ -101,6 +101,8 @@ class ThreadReply:
         if self._task is not None:
             self._queue.put_nowait(_DONE)
             await self._task
+        if self._stream_started and self._stream is not None:
+            await self._land_stream("")  # close the half-written reason; the note follows
         text = f"⚠️ {message}"
         if self.message_ts is not None and self.reply is None:
             await self._call("chat.update", channel=self.channel, ts=self.message_ts, text=text, blocks=render.note_blocks(text))
@@ -227,11 +229,13 @@ class ThreadReply:
         """Stop the stream; make its message read the final reason. True when that message holds it."""
         assert self._stream is not None
         rest, self._pending = self._pending, ""
+        stopped, self._stream_started = self._stream_started, False  # stop once
         try:
-            if not self._stream_failed:
+            if stopped and not self._stream_failed:
                 await self._stream.stop(markdown_text=rest or None)
         except (SlackApiError, SlackClientError) as exc:
             log.info("stopping the reason stream failed (%s); editing its message instead", _error(exc))
+            self._stream_failed = True
         ts = self._stream.ts
         if ts is None:
             return False

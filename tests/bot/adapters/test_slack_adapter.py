@@ -287,6 +287,16 @@ async def test_reason_grows_in_the_card_when_streaming_is_refused(fake: FakeSlac
     assert fake.calls("chat.appendStream") == []
 
 
+async def test_a_stream_that_breaks_midway_still_ends_with_the_final_reason(fake: FakeSlack, adapter: SlackAdapter,
+                                                                              service: ScriptedService) -> None:  # fmt: skip
+    fake.fail("chat.appendStream", "message_not_in_streaming_state")
+    service.token_delay_s = 0.08
+    await dispatch(adapter, file_share(fake))
+    card, streamed = fake.thread_messages(CHANNEL, "1700000100.000100")
+    assert streamed["text"] == "".join(REASON_TOKENS)  # corrected by chat.update
+    assert next(b for b in card["blocks"] if b.get("block_id") == "reason")["text"]["text"] == render.STREAMED_REASON
+
+
 async def test_edits_are_throttled_to_the_update_interval(fake: FakeSlack, service: ScriptedService) -> None:
     adapter = _adapter(fake, service, update_interval_s=10.0, streaming=False)
     try:
