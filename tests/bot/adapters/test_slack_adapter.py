@@ -10,6 +10,7 @@ through Socket Mode on the fake's websocket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -35,6 +36,7 @@ from bot.service.contract import (
     StatusEvent,
 )
 from bot.service.errors import NotOwnerError, OutdatedActionError
+from bot.service.replies import Reply, ReplyKind, TrackCard
 from bot.settings import Settings
 from tests.helpers.fake_slack import (
     APP_TOKEN,
@@ -60,27 +62,21 @@ VIDEO_BYTES = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
 # =================================================================================================
 
 
-def _reply(tmp: Path, cid: int, turn: int, *, title: str = "Battle Epic", pending: bool = True, **kw: Any):
+def _reply(tmp: Path, cid: int, turn: int, *, title: str = "Battle Epic", pending: bool = True) -> Reply:
     excerpt = tmp / f"excerpt-{cid}-{turn}.mp3"
     excerpt.write_bytes(b"ID3" + title.encode() * 50)
-    card = SimpleNamespace(
-        title=title, artist="Wesnoth", mtt_tags=("orchestral",), msd_tags=("epic",), tags=(), duration_s=90.0,
-        licence="CC-BY-4.0", tempo_bpm=120.0, score=0.5, parts={}, reason="Tag summary." if pending else "".join(REASON_TOKENS),
-        reason_source="llm", excerpt=MediaFile.of(excerpt, "battle-epic.mp3"), excerpt_note="",
+    card = TrackCard(
+        track_id=f"{cid}{turn}" * 8, catalog_id="c", rank=1, title=title, artist="Wesnoth", mtt_tags=("orchestral",),
+        msd_tags=("epic",), tags=(), score=0.5, search_score=0.5, parts={}, duration_s=90.0, licence="CC-BY-4.0",
+        tempo_bpm=120.0, reason="Tag summary." if pending else "".join(REASON_TOKENS), reason_source="llm",
+        excerpt=MediaFile.of(excerpt, "battle-epic.mp3"),
     )  # fmt: skip
-    base = dict(kind="recommendation", conversation_id=cid, turn_index=turn, mode="zero-shot", tracks=(card,), message="",
-                preview=None, actions=ALL_ACTIONS, reason_pending=pending, understood="", filters="")  # fmt: skip
-    base.update(kw)
-    reply = SimpleNamespace(**base)
-    reply.track = reply.tracks[0] if reply.tracks else None
-    return reply
+    return Reply(ReplyKind.RECOMMENDATION, cid, turn, "zero-shot", tracks=(card,), actions=ALL_ACTIONS, reason_pending=pending)
 
 
-def _final(reply):
-    card = SimpleNamespace(**{**vars(reply.track), "reason": "".join(REASON_TOKENS)})
-    out = SimpleNamespace(**{**vars(reply), "tracks": (card,), "reason_pending": False})
-    out.track = card
-    return out
+def _final(reply: Reply) -> Reply:
+    card = dataclasses.replace(reply.tracks[0], reason="".join(REASON_TOKENS))
+    return dataclasses.replace(reply, tracks=(card,), reason_pending=False)
 
 
 async def _emit(sink, event) -> None:
@@ -133,10 +129,9 @@ class ScriptedService:
         if action.kind is ActionKind.USE:
             preview = self.tmp / "preview.mp4"
             preview.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"preview" * 100)
-            reply = SimpleNamespace(kind="preview", conversation_id=action.conversation_id, turn_index=action.turn_index,
-                                    mode="zero-shot", tracks=(), track=None, message="Here is your video with Battle Epic.",
-                                    preview=MediaFile.of(preview, "musechat-preview.mp4"), actions=(ActionKind.START_OVER,),
-                                    reason_pending=False, understood="", filters="")  # fmt: skip
+            reply = Reply(ReplyKind.PREVIEW, action.conversation_id, action.turn_index, "zero-shot",
+                          message="Here is your video with Battle Epic.", preview=MediaFile.of(preview, "musechat-preview.mp4"),
+                          actions=(ActionKind.START_OVER,))  # fmt: skip
             await _emit(events, FinalEvent(reply))
             return reply
         return await self._turn(action.conversation_id, events, title="Chipdisko")

@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from bot.adapters.slack import render
 from bot.service.contract import Action, ActionKind, MediaFile
+from bot.service.replies import Reply, ReplyKind, TrackCard
 
 ALL_ACTIONS = (ActionKind.USE, ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)
 
 
-def _card(**kw):
+def _card(**kw) -> TrackCard:
     base = dict(
-        title="Battle Epic", artist="Wesnoth <team>", mtt_tags=("orchestral", "epic"), msd_tags=("soundtrack", "epic"),
-        tags=("battle",), duration_s=125.4, licence="GPL-2.0+", tempo_bpm=128.2, score=0.8, parts={},
-        reason="Big drums for a big chase.", reason_source="tag summary",
-        excerpt=MediaFile(Path("/tmp/x.mp3"), "battle-epic.mp3", "audio/mpeg", 1000), excerpt_note="",
+        track_id="ab" * 32, catalog_id="c1", rank=1, title="Battle Epic", artist="Wesnoth <team>",
+        mtt_tags=("orchestral", "epic"), msd_tags=("soundtrack", "epic"), tags=("battle",), score=0.8, search_score=0.7,
+        parts={}, duration_s=125.4, licence="GPL-2.0+", tempo_bpm=128.2, reason="Big drums for a big chase.",
+        reason_source="tag summary", excerpt=MediaFile(Path("/tmp/x.mp3"), "battle-epic.mp3", "audio/mpeg", 1000),
     )  # fmt: skip
     base.update(kw)
-    return SimpleNamespace(**base)
+    return TrackCard(**base)
 
 
-def _reply(tracks=None, **kw):
+def _reply(tracks=None, **kw) -> Reply:
     tracks = (_card(),) if tracks is None else tracks
-    base = dict(
-        kind="recommendation", conversation_id=12, turn_index=3, mode="zero-shot", tracks=tracks,
-        message="", preview=None, actions=ALL_ACTIONS, reason_pending=False, understood="", filters="",
-    )  # fmt: skip
+    base = dict(kind=ReplyKind.RECOMMENDATION, conversation_id=12, turn_index=3, mode="zero-shot", tracks=tracks,
+                actions=ALL_ACTIONS)  # fmt: skip
     base.update(kw)
-    reply = SimpleNamespace(**base)
-    reply.track = tracks[0] if tracks else None
-    return reply
+    return Reply(**base)
 
 
 def test_card_has_title_artist_facts_reason_and_four_buttons() -> None:
@@ -93,7 +89,7 @@ def test_filters_understood_and_missing_excerpt_are_shown() -> None:
 
 
 def test_exhausted_reply_shows_its_message_and_only_its_buttons() -> None:
-    reply = _reply(tracks=(), kind="exhausted", message="No track left under 1 minute.", actions=(ActionKind.START_OVER,))
+    reply = _reply(tracks=(), kind=ReplyKind.EXHAUSTED, message="No track left under 1 minute.", actions=(ActionKind.START_OVER,))
     blocks = render.card_blocks(reply)
     assert blocks[0] == {"type": "section", "text": {"type": "mrkdwn", "text": "No track left under 1 minute."}}
     assert [b["value"] for b in blocks[-1]["elements"]] == ["mc1:restart:12:3"]
