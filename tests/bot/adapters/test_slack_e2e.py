@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from bot.adapters.slack import SlackAdapter, dedup
+from bot.adapters.slack import SlackAdapter, dedup, render
+from bot.service.conversation import ServiceConfig
 from bot.settings import Settings
 from tests.helpers.fake_slack import (
     APP_TOKEN,
@@ -27,7 +28,7 @@ from tests.helpers.fake_slack import (
     interactive_body,
     signed_headers,
 )
-from tests.helpers.service import built, data_dir, env, tiny  # noqa: F401 - fixtures
+from tests.helpers.service import built, data_dir, env, open_service, tiny  # noqa: F401 - fixtures
 
 CHANNEL, OWNER, OTHER = "C0EDIT", "U0EDITOR", "U0OTHER"
 THREAD = "1700000100.000100"
@@ -175,3 +176,31 @@ async def test_the_sql_event_store_is_the_default_without_redis(fake: FakeSlack,
     from storage.event_store import EventStore
 
     assert await EventStore(env.sql).was_processed(platform="slack", event_id="evt:EvDefault")
+
+
+async def test_the_llm_reason_streams_into_the_thread(fake: FakeSlack, data_dir: Path, tiny, bikes_mp4: Path) -> None:  # noqa: F811
+    """The tiny profile's local LLM writes the reason piece by piece: chat.startStream / appendStream / stopStream."""
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)) as e:
+        replies = []
+        start = e.service.start
+
+        async def recording_start(*args, **kw):
+            replies.append(await start(*args, **kw))
+            return replies[-1]
+
+        e.service.start = recording_start
+        adapter = SlackAdapter(e.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,), update_interval_s=0.01)
+        try:
+            await dispatch(adapter, share_video(fake, bikes_mp4))
+        finally:
+            await adapter.close()
+    (reply,) = replies
+    assert reply.track is not None and reply.track.reason
+    started = fake.calls("chat.startStream")
+    assert len(started) == 1 and started[0].args["recipient_user_id"] == OWNER
+    assert fake.calls("chat.appendStream")  # it grew in pieces
+    (stream_message,) = [m for m in fake.thread_messages(CHANNEL, THREAD) if "streaming" in m]
+    assert stream_message["text"].strip() == reply.track.reason.strip()
+    assert len(cards(fake)) == 1
+    card = next(m for m in fake.thread_messages(CHANNEL, THREAD) if m.get("blocks") and m["blocks"][0]["type"] == "header")
+    assert next(b for b in card["blocks"] if b.get("block_id") == "reason")["text"]["text"] == render.STREAMED_REASON
