@@ -42,7 +42,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack import dedup, render
+from bot.adapters.slack import admin, dedup, render
 from bot.adapters.slack.files import SLACK_FILE_HOSTS, fetch_file, resolve_file
 from bot.adapters.slack.streaming import UPDATE_INTERVAL_S, ThreadReply
 from bot.service.contract import Action, ActionKind, EventSink, PlatformKeys, ReplyOptions
@@ -81,6 +81,8 @@ class SlackAdapter:
         streaming: bool = True,  # stream reasons with chat.startStream (else chat.update only)
         update_interval_s: float = UPDATE_INTERVAL_S,
         http_host: str = "0.0.0.0",
+        catalog_admin: Any = None,  # bot.service.catalog_admin.CatalogAdmin: enables /music-admin
+        admin_user_ids: Collection[str] = (),  # Slack user ids allowed to use /music-admin
     ) -> None:
         if settings.slack_bot_token is None:
             raise ValueError("Slack needs a bot token: set MUSECHAT_SLACK_BOT_TOKEN (xoxb-...)")
@@ -108,6 +110,8 @@ class SlackAdapter:
         self.streaming = streaming
         self.update_interval_s = update_interval_s
         self.http_host = http_host
+        self.catalog_admin = catalog_admin
+        self.admin_user_ids = frozenset(admin_user_ids)
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._handler: Any = None  # AsyncSocketModeHandler
@@ -217,6 +221,7 @@ class SlackAdapter:
         app.event("app_mention")(self._on_message)
         app.shortcut(render.SHORTCUT_CALLBACK)(self._on_shortcut)
         app.command("/music")(self._on_command)
+        app.command("/music-admin")(self._on_admin)
         app.view(render.MUSIC_VIEW)(self._on_music_view)
         app.action("mc_refine")(self._on_refine_button)
         app.view(render.REFINE_VIEW)(self._on_refine_view)
@@ -291,6 +296,41 @@ class SlackAdapter:
             )
         except (SlackApiError, SlackClientError) as exc:
             log.warning("views.open for /music failed: %s", _error(exc))
+
+    async def _on_admin(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        """/music-admin status|refresh: for configured admins; answers only they see."""
+        await ack()
+        channel, user = command.get("channel_id", ""), command.get("user_id", "")
+        words = (command.get("text") or "").split()
+        sub = words[0].lower() if words else "status"
+        if self.catalog_admin is None:
+            note = admin.NOT_ENABLED
+        elif user not in self.admin_user_ids:
+            log.warning("user %s tried /music-admin %s without being an admin", user, sub)
+            note = admin.NOT_ADMIN
+        elif sub in ("status", "refresh"):
+            self._spawn(self._admin(sub, channel, user), f"admin:{sub}")
+            return
+        else:
+            note = admin.USAGE
+        self._spawn(self._ephemeral(channel, user, note), "admin")
+
+    async def _admin(self, sub: str, channel: str, user: str) -> None:
+        from bot.service.catalog_admin import CatalogAdminError
+
+        try:
+            if sub == "status":
+                note = admin.status_text(await self.catalog_admin.status())
+            else:
+                log.info("user %s started a catalog refresh from Slack", user)
+                await self._ephemeral(channel, user, "Refreshing the catalog; the current one keeps serving meanwhile…")
+                note = admin.report_text(await self.catalog_admin.refresh(trigger=f"slack:{user}"))
+        except CatalogAdminError as exc:
+            note = f"⚠️ {exc}"
+        except Exception:  # noqa: BLE001 - an admin gets a short note; the traceback goes to the log
+            log.exception("/music-admin %s failed", sub)
+            note = f"⚠️ /music-admin {sub} failed; see the bot's log."
+        await self._ephemeral(channel, user, note)
 
     async def _on_music_view(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], view: dict[str, Any]) -> None:
         """The /music modal was submitted: post a message in the channel and start in its thread."""

@@ -698,3 +698,8 @@ async def test_socket_mode_receives_events_and_acks_them(fake: FakeSlack, servic
         await adapter.close()
         await runner
     assert not adapter.ready
+
+
+async def test_music_admin_is_off_without_a_catalog_admin(fake: FakeSlack, adapter: SlackAdapter) -> None:
+    await dispatch(adapter, command_body("/music-admin", "refresh", channel_id=CHANNEL, user_id=USER), form=True)
+    assert fake.calls("chat.postEphemeral")[0].args["text"].startswith("Catalog administration is not enabled")

@@ -204,3 +204,33 @@ async def test_the_llm_reason_streams_into_the_thread(fake: FakeSlack, data_dir:
     assert len(cards(fake)) == 1
     card = next(m for m in fake.thread_messages(CHANNEL, THREAD) if m.get("blocks") and m["blocks"][0]["type"] == "header")
     assert next(b for b in card["blocks"] if b.get("block_id") == "reason")["text"]["text"] == render.STREAMED_REASON
+
+
+async def test_music_admin_status_and_refresh_for_admins_only(fake: FakeSlack, data_dir: Path, tiny) -> None:  # noqa: F811
+    from bot.service.catalog_admin import CatalogAdmin, catalog_schema
+    from storage.catalog.edge import EdgeCatalog
+    from storage.db import default_sqlite_url, make_engine
+    from storage.media_store import MediaStore
+
+    from tests.helpers.fake_slack import command_body
+
+    sql = make_engine(default_sqlite_url(data_dir))
+    catalog = EdgeCatalog(data_dir / "catalog", catalog_schema(tiny.profile, fusion=False))
+    catalog_admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data_dir / "media"),
+                                 data_dir=data_dir, encoders=tiny)  # fmt: skip
+    adapter = SlackAdapter(object(), _settings(), api_url=fake.api_url, claims=dedup.MemoryClaims(),
+                           catalog_admin=catalog_admin, admin_user_ids={OWNER})  # fmt: skip
+    try:
+        await dispatch(adapter, command_body("/music-admin", "refresh", channel_id=CHANNEL, user_id=OTHER), form=True)
+        await dispatch(adapter, command_body("/music-admin", "status", channel_id=CHANNEL, user_id=OWNER), form=True)
+        await dispatch(adapter, command_body("/music-admin", "refresh", channel_id=CHANNEL, user_id=OWNER), form=True)
+    finally:
+        await adapter.close()
+        catalog.close()
+        await sql.dispose()
+    notes = [(c.args["user"], c.args["text"]) for c in fake.calls("chat.postEphemeral")]
+    assert notes[0] == (OTHER, "Only the bot's admins can manage the catalog.")
+    assert notes[1][0] == OWNER and notes[1][1].startswith("*Catalog:* 12 tracks live")
+    assert notes[2] == (OWNER, "Refreshing the catalog; the current one keeps serving meanwhile…")
+    assert notes[3][0] == OWNER and notes[3][1].startswith("Catalog refreshed: 12 tracks (added 0, changed 0, removed 0;")
+    assert len(notes) == 4
