@@ -234,3 +234,17 @@ async def test_music_admin_status_and_refresh_for_admins_only(fake: FakeSlack, d
     assert notes[2] == (OWNER, "Refreshing the catalog; the current one keeps serving meanwhile…")
     assert notes[3][0] == OWNER and notes[3][1].startswith("Catalog refreshed: 12 tracks (added 0, changed 0, removed 0;")
     assert len(notes) == 4
+
+
+async def test_a_corrupt_video_gets_the_services_sentence_in_the_thread(fake: FakeSlack, env, tmp_path: Path) -> None:  # noqa: F811
+    broken = tmp_path / "holiday.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not really a video" * 100)
+    adapter = SlackAdapter(env.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,))
+    try:
+        await dispatch(adapter, share_video(fake, broken))
+    finally:
+        await adapter.close()
+    (message,) = fake.thread_messages(CHANNEL, THREAD)
+    assert message["text"].startswith("⚠️ ") and "Sorry, something went wrong" not in message["text"]
+    assert cards(fake) == [] and uploads_in_thread(fake) == []
+    assert await env.service.find(platform="slack", channel_id=CHANNEL, thread_id=THREAD) is None
