@@ -260,6 +260,7 @@ class SlackAdapter:
                             streaming=self.streaming, interval_s=self.update_interval_s)  # fmt: skip
         if conversation is not None:
             if text:
+                log.info("slack: %s gave feedback on conversation %s in %s/%s", user, conversation, channel, thread_ts)
                 await self._turn(
                     reply, lambda sink, opts: self.service.message(conversation, text, user_id=user, events=sink, options=opts)
                 )
@@ -370,6 +371,8 @@ class SlackAdapter:
         except ValueError:
             self._spawn(self._ephemeral(channel, user, "That button is from an older version of me; start a new conversation."), "button")
             return
+        log.info("slack: %s pressed %s on conversation %s turn %s", user, parsed.kind.value, parsed.conversation_id,
+                 parsed.turn_index)  # fmt: skip
         reply = ThreadReply(self.client, channel=channel, thread_ts=thread_ts, user_id=user, team_id=team,
                             streaming=self.streaming, interval_s=self.update_interval_s)  # fmt: skip
         self._spawn(
@@ -402,6 +405,7 @@ class SlackAdapter:
         target = render.RefineTarget.load(view.get("private_metadata") or "{}")
         action = Action.parse(target.action_id, text=text)
         user = (body.get("user") or {}).get("id", "")
+        log.info("slack: %s refined conversation %s turn %s", user, action.conversation_id, action.turn_index)
         team = (body.get("team") or {}).get("id", "")
         reply = ThreadReply(self.client, channel=target.channel, thread_ts=target.thread_ts, user_id=user, team_id=team,
                             streaming=self.streaming, interval_s=self.update_interval_s)  # fmt: skip
@@ -421,6 +425,8 @@ class SlackAdapter:
         """Fetch the video, then start the conversation in the thread."""
 
         async def call(sink: EventSink, options: ReplyOptions) -> Reply:
+            log.info("slack: %s starts a conversation in %s/%s with file %s", keys.user_id, keys.channel_id,
+                     keys.thread_id, video.get("id"))  # fmt: skip
             await reply.open("Fetching your video…")
             file = await resolve_file(self.client, video)
             data = await fetch_file(self.http, file, token=self._token, max_bytes=self.settings.max_upload_bytes,

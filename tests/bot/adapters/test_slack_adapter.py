@@ -703,3 +703,16 @@ async def test_socket_mode_receives_events_and_acks_them(fake: FakeSlack, servic
 async def test_music_admin_is_off_without_a_catalog_admin(fake: FakeSlack, adapter: SlackAdapter) -> None:
     await dispatch(adapter, command_body("/music-admin", "refresh", channel_id=CHANNEL, user_id=USER), form=True)
     assert fake.calls("chat.postEphemeral")[0].args["text"].startswith("Catalog administration is not enabled")
+
+
+async def test_tokens_never_reach_the_logs(fake: FakeSlack, service: ScriptedService, caplog: pytest.LogCaptureFixture) -> None:
+    adapter = _adapter(fake, service)
+    service.token_delay_s = 0.08
+    with caplog.at_level(logging.DEBUG):
+        try:
+            await dispatch(adapter, file_share(fake, behaviour="login", ts="4.1", event_id="EvL"))
+            await dispatch(adapter, file_share(fake, ts="4.2", event_id="EvOK"))
+        finally:
+            await adapter.close()
+    assert "slack: U0USER starts a conversation in C0CHAN/4.2" in caplog.text
+    assert BOT_TOKEN not in caplog.text and APP_TOKEN not in caplog.text and SIGNING_SECRET not in caplog.text
