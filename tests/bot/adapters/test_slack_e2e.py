@@ -189,7 +189,7 @@ async def test_the_llm_reason_streams_into_the_thread(fake: FakeSlack, data_dir:
             return replies[-1]
 
         e.service.start = recording_start
-        adapter = SlackAdapter(e.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,), update_interval_s=0.01)
+        adapter = SlackAdapter(e.service, _settings(), api_url=fake.api_url, file_hosts=(fake.host,), update_interval_s=0.0)
         try:
             await dispatch(adapter, share_video(fake, bikes_mp4))
         finally:
