@@ -106,12 +106,15 @@ async def test_a_full_conversation_in_a_slack_thread(fake: FakeSlack, env, bikes
         assert len(env.calls) == 1  # the video was decoded once
 
         # 2. a reply in the thread is feedback: a new card, another track
-        reply = {"type": "message", "user": OWNER, "text": "more drums, less sad", "ts": "1700000200.000001",
+        reply = {"type": "message", "user": OWNER, "text": "more drums, less sad, under 2 minutes", "ts": "1700000200.000001",
                  "thread_ts": THREAD, "channel": CHANNEL, "channel_type": "channel", "team": TEAM_ID}  # fmt: skip
         assert await dispatch(adapter, event_body(reply, event_id="EvFeedback")) == 200
         (_, _), (second_title, second_buttons) = cards(fake)
         assert second_title != first_title
         assert second_buttons["mc_another"] == f"mc1:another:{conversation}:2"
+        second_card = [m for m in fake.thread_messages(CHANNEL, THREAD) if m.get("blocks")][-1]
+        context = " ".join(e["text"] for b in second_card["blocks"] if b["type"] == "context" for e in b["elements"])
+        assert "filters: at most 2:00 long" in context  # the filter from the words, shown on the card
         assert len(uploads_in_thread(fake)) == 2
 
         # 3. someone else's click and an old card's click are refused privately
