@@ -68,6 +68,8 @@ BUTTON_ACTIONS = re.compile(r"^mc_(use|another|restart)$")
 class SlackAdapter:
     """MuseChat on Slack (module docstring): `await run()` until `await close()`; `ready` for /readyz."""
 
+    name = "slack"  # bot.adapters.host.Adapter: /readyz reports "adapter:slack"
+
     def __init__(
         self,
         service: Any,

@@ -685,6 +685,7 @@ async def test_http_mode_serves_signed_events_and_refuses_bad_ones(fake: FakeSla
 
 async def test_socket_mode_receives_events_and_acks_them(fake: FakeSlack, service: ScriptedService) -> None:
     adapter = _adapter(fake, service)
+    assert adapter.name == "slack" and not adapter.ready  # bot.adapters.host.Adapter
     runner = asyncio.create_task(adapter.run())
     try:
         await _until(lambda: adapter.ready)
