@@ -251,3 +251,45 @@ async def test_a_corrupt_video_gets_the_services_sentence_in_the_thread(fake: Fa
     assert message["text"].startswith("⚠️ ") and "Sorry, something went wrong" not in message["text"]
     assert cards(fake) == [] and uploads_in_thread(fake) == []
     assert await env.service.find(platform="slack", channel_id=CHANNEL, thread_id=THREAD) is None
+
+
+async def test_serve_hosts_the_slack_adapter_in_socket_mode(fake: FakeSlack, built: Path, tmp_path: Path, bikes_mp4: Path) -> None:  # noqa: F811
+    """bot/adapters/host.py (what `musechat serve --platform slack` runs): /readyz waits for the socket; a video gets a card."""
+    import asyncio
+    import json
+    import shutil
+
+    import aiohttp
+
+    from bot.adapters.host import Host
+    from bot.app import App
+
+    shutil.copytree(built / "data", tmp_path / "data")
+    settings = _settings(data_dir=tmp_path / "data", profile="tiny", allow_random_weights=True, model_workers=2)
+    app = await App.open(settings)
+    stop = asyncio.Event()
+    host = Host(app, adapters=lambda service: [SlackAdapter(service, settings, api_url=fake.api_url, file_hosts=(fake.host,))],
+                health_port=0, retention_every_s=None)  # fmt: skip
+    runner = asyncio.create_task(host.run(stop))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):
+                await asyncio.sleep(0.05)
+                if host.bound_port and host.adapters and host.adapters[0].ready:
+                    break
+            async with http.get(f"http://127.0.0.1:{host.bound_port}/readyz") as resp:
+                checks = (await resp.json())["checks"]
+            assert checks["adapter:slack"] == "ok"
+        await fake.push({"envelope_id": "env-serve", "type": "events_api", "accepts_response_payload": False,
+                         "payload": json.loads(share_video(fake, bikes_mp4, event_id="EvServe"))})  # fmt: skip
+        await fake.expect_socket_ack("env-serve")
+        for _ in range(600):
+            if cards(fake):
+                break
+            await asyncio.sleep(0.05)
+        assert len(cards(fake)) == 1
+    finally:
+        stop.set()
+        await runner
+        await app.close()
+    assert not host.adapters[0].ready
