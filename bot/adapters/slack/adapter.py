@@ -45,8 +45,19 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.slack import admin, dedup, render
 from bot.adapters.slack.files import SLACK_FILE_HOSTS, fetch_file, resolve_file
 from bot.adapters.slack.streaming import UPDATE_INTERVAL_S, ThreadReply
-from bot.service.contract import Action, ActionKind, EventSink, PlatformKeys, ReplyOptions
-from bot.service.errors import BusyError, DuplicateActionError, NotOwnerError, OutdatedActionError
+from bot.service.contract import (
+    Action,
+    ActionKind,
+    EventSink,
+    PlatformKeys,
+    ReplyOptions,
+)
+from bot.service.errors import (
+    BusyError,
+    DuplicateActionError,
+    NotOwnerError,
+    OutdatedActionError,
+)
 
 if TYPE_CHECKING:
     from bot.service import Reply
@@ -154,7 +165,9 @@ class SlackAdapter:
                 await web.TCPSite(self._runner, self.http_host, self.settings.slack_http_port).start()
                 log.info("Slack HTTP mode: serving %s on port %s", EVENTS_PATH, self.settings.slack_http_port)
             else:
-                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+                from slack_bolt.adapter.socket_mode.async_handler import (
+                    AsyncSocketModeHandler,
+                )
 
                 if self.settings.slack_app_token is None:
                     raise ValueError("Slack Socket Mode needs an app-level token: set MUSECHAT_SLACK_APP_TOKEN (xapp-...)")

@@ -31,7 +31,13 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack import render
-from bot.service.contract import CardEvent, FinalEvent, MediaFile, ReasonTokenEvent, StatusEvent
+from bot.service.contract import (
+    CardEvent,
+    FinalEvent,
+    MediaFile,
+    ReasonTokenEvent,
+    StatusEvent,
+)
 
 if TYPE_CHECKING:
     from slack_sdk.web.async_chat_stream import AsyncChatStream
