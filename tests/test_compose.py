@@ -477,7 +477,13 @@ def test_dockerfile_build_arguments_and_runtime_settings():
     assert args["BASE"] == "python:3.11-slim"
     assert args["PIP_CERT"] == '""' and args["PIP_FIND_LINKS"] == '""'
     assert args["TORCH_VARIANT"] == "cpu"
-    assert ins[args_index(ins, "BASE") + 1] == ("FROM", "${BASE}")
+    assert ins[args_index(ins, "BASE") + 1] == ("FROM", "${BASE} AS python")
+    # the dependency list is cut out of pyproject.toml in its own stage: only a change to the list
+    # re-installs the dependencies (not the README, not pyproject's other tables)
+    froms = [a for k, a in ins if k == "FROM"]
+    assert froms == ["${BASE} AS python", "python AS requirements", "python"]
+    copies = [a for k, a in ins if k == "COPY"]
+    assert copies.index("--from=requirements /tmp/requirements.txt /tmp/requirements.txt") < copies.index("pyproject.toml README.md ./")
     env = " ".join(a for k, a in ins if k == "ENV")
     for setting in ("OMP_WAIT_POLICY=PASSIVE", "MUSECHAT_HEALTH_HOST=0.0.0.0", "MUSECHAT_HEALTH_PORT=8081", "MUSECHAT_DATA_DIR=/data"):
         assert setting in env
