@@ -1,0 +1,502 @@
+"""The Discord adapter: thin I/O between discord.py and the conversation service.
+
+Entry points (all work with default intents):
+- `/music video:<attachment> [prompt]`, and the message context menu "Find music for this video"
+  (Discord sends the target message's attachments without the message-content intent);
+- a message that @mentions the bot with a video, and a video in a DM;
+- in a conversation's thread: @mentions, replies to the bot and (with the message-content intent)
+  every message are feedback turns; the card's buttons (components.py) and the Feedback… modal.
+
+One conversation per thread. The first card goes into the deferred interaction response (or the
+bot's reply to an @mention); a thread is then opened from that message. A thread started from a
+message has the message's id, so the conversation is keyed from the start as
+`(platform="discord", channel_id=<parent>, thread_id=<that message id>)`, before the thread exists,
+and is found again by SQL (`service.find`), never from discord.py's cache: a restarted bot
+continues every thread. In a DM the key is the DM channel (thread_id ""). Everything after the
+first card goes through bot-token REST in the thread (`send`, message edits), never through
+interaction follow-ups (their token dies after 15 minutes), except ephemeral notes.
+
+Buttons on older cards: the service decides (OutdatedActionError: "that suggestion is outdated",
+shown ephemerally; Start over always works).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.adapters.discord import render
+from bot.adapters.discord.components import ACTION_TEMPLATE, ActionButton, FeedbackModal, modal_text
+from bot.adapters.discord.live import EDIT_INTERVAL_S, ChannelTarget, InteractionTarget, LiveMessage, ReplyStream, Target
+from bot.adapters.download import DownloadError, DownloadLimits, check_announced_size, download_capped, safe_url
+from bot.service.contract import Action, ActionKind, PlatformKeys, ReplyOptions
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})  # where attachments live
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi"})
+REASON_BUDGET_S = 30.0  # seconds the reasoner may write (the card is shown at once and edited)
+EXCERPT_FORMAT = "ogg"  # Discord plays .ogg (opus) attachments inline
+THREAD_ARCHIVE_MINUTES = 1440
+CONTEXT_MENU_NAME = "Find music for this video"
+TOO_LARGE_CODE = 40005  # Discord: "Request entity too large"
+
+APOLOGY = "Sorry, something went wrong on my side. Nothing was lost; please try again in a moment."
+NOT_A_VIDEO = "That file is not a video I can use: send an mp4, mov or webm clip."
+NO_VIDEO = "That message has no video attached: use this on a message with an mp4, mov or webm clip."
+EMPTY_FEEDBACK = "Write a few words about what should change, e.g. “less sad, more drums”."
+VIDEO_IN_THREAD = "This thread already has its video. For a new one, use /music in the channel."
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The typed errors whose `user_message` goes to the chat (imported late: the service is heavy)."""
+    from bot.service.errors import ConversationError
+    from engine.media import MediaError
+
+    return (ConversationError, MediaError, DownloadError)
+
+
+def _quiet_errors() -> tuple[type[BaseException], ...]:
+    """Errors answered only to the presser (ephemeral), never in the channel."""
+    from bot.service.errors import DuplicateActionError, NotOwnerError, OutdatedActionError
+
+    return (NotOwnerError, OutdatedActionError, DuplicateActionError)
+
+
+def is_video(att: discord.Attachment) -> bool:
+    ctype = (att.content_type or "").split(";")[0].strip().lower()
+    if ctype:
+        return ctype.startswith("video/")
+    return PurePath(att.filename).suffix.lower() in VIDEO_SUFFIXES
+
+
+def first_video(attachments: Collection[discord.Attachment]) -> discord.Attachment | None:
+    return next((a for a in attachments if is_video(a)), None)
+
+
+def strip_mentions(text: str, bot_id: int) -> str:
+    return re.sub(rf"<@!?{bot_id}>", " ", text or "").strip()
+
+
+@dataclass(frozen=True)
+class Home:
+    """Where a conversation's messages go: its thread (or DM), and where to go when that is gone."""
+
+    channel: discord.abc.Messageable
+    fallback: discord.abc.Messageable | None = None
+
+
+# =================================================================================================
+# commands (module-level callbacks: discord.py reads their annotations for the option types)
+# =================================================================================================
+
+
+@app_commands.describe(video="Your video (mp4, mov or webm)", prompt="Optional: what you want, e.g. calm piano")
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+async def _music(interaction: discord.Interaction, video: discord.Attachment, prompt: str | None = None) -> None:
+    """Suggest background music for a video."""
+    await interaction.client.adapter.on_music(interaction, video, prompt or "")  # type: ignore[attr-defined]
+
+
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+async def _find_music(interaction: discord.Interaction, message: discord.Message) -> None:
+    await interaction.client.adapter.on_find_music(interaction, message)  # type: ignore[attr-defined]
+
+
+class MuseChatClient(discord.Client):
+    """discord.py's client with the command tree, the persistent buttons and the adapter's handlers."""
+
+    def __init__(self, adapter: DiscordAdapter, *, intents: discord.Intents) -> None:
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+        self.tree.add_command(
+            app_commands.Command(name="music", description="Suggest background music for a video", callback=_music)
+        )
+        self.tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=_find_music))
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(ActionButton)
+
+    async def on_ready(self) -> None:
+        log.info("discord: connected as %s to %d guild(s)", self.user, len(self.guilds))
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is discord.InteractionType.modal_submit:
+            custom_id = (interaction.data or {}).get("custom_id", "")
+            if ACTION_TEMPLATE.fullmatch(custom_id):
+                await self.adapter.on_modal_submit(interaction, custom_id)
+
+
+# =================================================================================================
+# the adapter
+# =================================================================================================
+
+
+class DiscordAdapter:
+    """`DiscordAdapter(service, settings)`; `await run()` until `await close()`; `ready` for /readyz.
+
+    `cdn_hosts`: hosts attachments may be downloaded from (Discord's CDN; tests pass their fake's).
+    `download_limits`: byte cap and timeouts (default: settings.max_upload_bytes, download.py's timeouts).
+    `edit_interval_s`: least time between two edits of one message while a reason streams.
+    """
+
+    def __init__(
+        self,
+        service: Any,
+        settings: Any,
+        *,
+        cdn_hosts: Collection[str] = DISCORD_CDN_HOSTS,
+        download_limits: DownloadLimits | None = None,
+        edit_interval_s: float = EDIT_INTERVAL_S,
+        intents: discord.Intents | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.cdn_hosts = frozenset(cdn_hosts)
+        self.download_limits = download_limits or DownloadLimits(max_bytes=int(settings.max_upload_bytes))
+        self.edit_interval_s = edit_interval_s
+        if intents is None:
+            intents = discord.Intents.default()  # no members, no presences
+            intents.message_content = bool(getattr(settings, "discord_message_content", False))
+        self.client = MuseChatClient(self, intents=intents)
+        self._session: aiohttp.ClientSession | None = None
+        self._thread_parents: dict[int, int | None] = {}  # channel id -> parent id (threads), None (not a thread)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the gateway and past READY."""
+        return self.client.is_ready() and not self.client.is_closed()
+
+    def _token(self) -> str:
+        token = getattr(self.settings, "discord_token", None)
+        if token is None:
+            raise ValueError("MUSECHAT_DISCORD_TOKEN is not set")
+        return token.get_secret_value() if hasattr(token, "get_secret_value") else str(token)
+
+    async def login(self) -> None:
+        """Log in over REST only (no gateway): for registering commands, and for tests."""
+        await self.client.login(self._token())
+
+    async def run(self) -> None:
+        """Log in and hold the gateway connection until `close()` (discord.py reconnects by itself)."""
+        try:
+            await self.client.start(self._token())
+        finally:
+            await self._close_session()
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def sync_commands(self, *, guild_id: int | None = None) -> list[str]:
+        """Register /music and the context menu with Discord (after `login()`); to one guild for development.
+
+        Not done on every start: registration is rate limited and global commands take a while to spread.
+        """
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.client.tree.copy_global_to(guild=guild)
+            commands = await self.client.tree.sync(guild=guild)
+        else:
+            commands = await self.client.tree.sync()
+        log.info("discord: registered %d command(s)%s", len(commands), f" in guild {guild_id}" if guild_id else " globally")
+        return [c.name for c in commands]
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _options(self, budget: int) -> ReplyOptions:
+        return ReplyOptions(reason_budget_s=REASON_BUDGET_S, preview_budget_bytes=budget, excerpt_format=EXCERPT_FORMAT)
+
+    def _check_attachment(self, att: discord.Attachment) -> None:
+        """Refuse before downloading: not a video, or over the byte cap (the size Discord announced)."""
+        if not is_video(att):
+            raise DownloadError(NOT_A_VIDEO, f"content type {att.content_type!r}, name {att.filename!r}")
+        check_announced_size(att.size, self.download_limits, name="your video")
+
+    async def _download(self, att: discord.Attachment) -> bytes:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        data = await download_capped(
+            self._session,
+            att.url,
+            limits=self.download_limits,
+            allowed_hosts=self.cdn_hosts,
+            announced_size=att.size,
+            name="your video",
+        )
+        log.info("discord: downloaded %s (%d bytes) from %s", att.filename, len(data), safe_url(att.url))
+        return data
+
+    @staticmethod
+    def _live(target: Target, interval: float) -> LiveMessage:
+        return LiveMessage(target, min_interval_s=interval)
+
+    async def _show_error(self, live: LiveMessage, sentence: str) -> None:
+        """Put a sentence where the reply was going; never raise (the error is already being handled)."""
+        live.show(content=render.clip(sentence, render.MAX_CONTENT_CHARS), embeds=[], view=None)
+        try:
+            await live.flush()
+        except Exception:
+            log.exception("discord: could not show an error message")
+
+    async def _thread_parent(self, channel: Any) -> int | None:
+        """The parent channel id when `channel` is a thread (cache first, then one REST lookup), else None."""
+        if isinstance(channel, discord.Thread):
+            return channel.parent_id
+        if isinstance(channel, discord.abc.GuildChannel):
+            return None
+        cid = channel.id
+        if cid not in self._thread_parents:
+            try:
+                fetched = await self.client.fetch_channel(cid)
+            except discord.HTTPException as exc:
+                log.warning("discord: could not look up channel %s: %s", cid, exc)
+                return None
+            self._thread_parents[cid] = fetched.parent_id if isinstance(fetched, discord.Thread) else None
+        return self._thread_parents[cid]
+
+    def _thread_home(self, channel: Any, thread_id: int, guild_id: int | None) -> Home:
+        """The thread started from message `thread_id` (same id), with its parent channel as the fallback."""
+        thread = self.client.get_partial_messageable(thread_id, guild_id=guild_id, type=discord.ChannelType.public_thread)
+        return Home(thread, fallback=channel)
+
+    async def _home_for_component(self, interaction: discord.Interaction) -> Home:
+        """Where the reply to a button or modal goes: the card's thread (or DM)."""
+        channel = interaction.channel
+        if isinstance(channel, (discord.Thread, discord.DMChannel)) or interaction.guild_id is None:
+            return Home(channel)  # type: ignore[arg-type]
+        if await self._thread_parent(channel) is not None:
+            return Home(channel)  # type: ignore[arg-type]
+        assert interaction.message is not None
+        # a card in the channel itself is the first card: its thread has the message's id
+        return self._thread_home(channel, interaction.message.id, interaction.guild_id)
+
+    async def _keys_for(self, channel: Any, *, user: discord.abc.User, anchor_id: int, guild_id: int | None) -> tuple[PlatformKeys, bool]:
+        """The conversation's keys for a start in `channel`, and whether a thread must be opened."""
+        user_id, name = str(user.id), getattr(user, "display_name", "") or user.name
+        if guild_id is None or isinstance(channel, discord.DMChannel):
+            return PlatformKeys(PLATFORM, str(channel.id), user_id, user_name=name), False
+        parent = await self._thread_parent(channel)
+        if parent is not None:  # started inside a thread: the conversation lives there
+            return PlatformKeys(PLATFORM, str(parent), user_id, str(channel.id), str(guild_id), name), False
+        return PlatformKeys(PLATFORM, str(channel.id), user_id, str(anchor_id), str(guild_id), name), True
+
+    async def _open_thread(self, channel: Any, message_id: int, video_name: str) -> None:
+        try:
+            thread = await channel.get_partial_message(message_id).create_thread(
+                name=render.thread_name(video_name), auto_archive_duration=THREAD_ARCHIVE_MINUTES
+            )
+        except (discord.HTTPException, AttributeError, ValueError) as exc:
+            # the buttons still work: their replies go to the channel itself
+            log.warning("discord: could not open a thread on message %s in %s: %s", message_id, getattr(channel, "id", "?"), exc)
+            return
+        log.info("discord: opened thread %s in channel %s", thread.id, thread.parent_id)
+
+    # --- starting a conversation ----------------------------------------------------------------------
+
+    async def on_music(self, interaction: discord.Interaction, video: discord.Attachment, prompt: str) -> None:
+        """/music: check the attachment, defer, then start a conversation."""
+        await self._start_from_interaction(interaction, video, prompt)
+
+    async def on_find_music(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The context menu on a message: its first video starts a conversation."""
+        video = first_video(message.attachments)
+        if video is None:
+            await interaction.response.send_message(NO_VIDEO, ephemeral=True)
+            return
+        await self._start_from_interaction(interaction, video, "")
+
+    async def _start_from_interaction(self, interaction: discord.Interaction, att: discord.Attachment, text: str) -> None:
+        try:
+            self._check_attachment(att)
+        except DownloadError as exc:
+            log.info("discord: refused %s from user %s: %s", att.filename, interaction.user.id, exc)
+            await interaction.response.send_message(exc.user_message, ephemeral=True)
+            return
+        response = await interaction.response.defer(thinking=True)  # within Discord's 3 s
+        message_id = response.message_id if response is not None and response.message_id else (await interaction.original_response()).id
+        keys, make_thread = await self._keys_for(
+            interaction.channel, user=interaction.user, anchor_id=message_id, guild_id=interaction.guild_id
+        )
+        budget = render.upload_budget(interaction=interaction)
+        live = self._live(InteractionTarget(interaction), self.edit_interval_s)
+        live.show(content=render.status_text("Fetching your video…"))
+        if await self._start(keys, att, text, live, budget) and make_thread:
+            await self._open_thread(interaction.channel, message_id, att.filename)
+
+    async def _start_from_message(self, message: discord.Message, att: discord.Attachment, text: str) -> None:
+        """A video that @mentions the bot (or sent in a DM): reply, start, open a thread from the reply."""
+        try:
+            self._check_attachment(att)
+        except DownloadError as exc:
+            await message.reply(exc.user_message, mention_author=False)
+            return
+        status = await message.reply(render.status_text("Fetching your video…"), mention_author=False)
+        keys, make_thread = await self._keys_for(message.channel, user=message.author, anchor_id=status.id, guild_id=message.guild.id if message.guild else None)
+        budget = render.upload_budget(guild=message.guild)
+        live = self._live(ChannelTarget(message.channel, message=status), self.edit_interval_s)
+        if await self._start(keys, att, text, live, budget) and make_thread:
+            await self._open_thread(message.channel, status.id, att.filename)
+
+    async def _start(self, keys: PlatformKeys, att: discord.Attachment, text: str, live: LiveMessage, budget: int) -> bool:
+        """Download, start the conversation, render it onto `live`; False (and a sentence shown) on failure."""
+        stream = ReplyStream(live, budget=budget)
+        try:
+            data = await self._download(att)
+            log.info("discord: user %s starts a conversation in %s/%s", keys.user_id, keys.channel_id, keys.thread_id or "-")
+            reply = await self.service.start(
+                keys, video=data, text=text, video_name=att.filename, events=stream, options=self._options(budget)
+            )
+            await stream.finish(reply)
+        except Exception as exc:
+            await self._show_error(live, self._sentence(exc, budget, f"start by user {keys.user_id}"))
+            return False
+        finally:
+            await live.close()
+        return True
+
+    def _sentence(self, exc: BaseException, budget: int, what: str) -> str:
+        """The chat sentence for an error: typed -> its own sentence; 40005 -> the upload limit; else an apology."""
+        if isinstance(exc, _user_errors()):
+            log.info("discord: %s refused: %s", what, exc)
+            return exc.user_message  # type: ignore[attr-defined]
+        if isinstance(exc, discord.HTTPException) and exc.code == TOO_LARGE_CODE:
+            log.warning("discord: %s: upload over the channel's limit (%d bytes)", what, budget)
+            return render.too_large_sentence(budget)
+        log.error("discord: %s failed", what, exc_info=exc)
+        return APOLOGY
+
+    # --- the conversation's turns ------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: Action) -> None:
+        """A card's button: Feedback… opens the modal; the others go to the service."""
+        if action.kind is ActionKind.REFINE:
+            await interaction.response.send_modal(FeedbackModal(action))
+            return
+        await interaction.response.defer()  # a deferred update: nothing visible until the reply
+        await self._act(interaction, action)
+
+    async def on_modal_submit(self, interaction: discord.Interaction, custom_id: str) -> None:
+        """The Feedback… modal's text: a REFINE action on the card's turn."""
+        action = Action.parse(custom_id, text=modal_text(interaction.data).strip())
+        if not action.text:
+            await interaction.response.send_message(EMPTY_FEEDBACK, ephemeral=True)
+            return
+        await interaction.response.defer()
+        await self._act(interaction, action)
+
+    async def _act(self, interaction: discord.Interaction, action: Action) -> None:
+        user_id = str(interaction.user.id)
+        budget = render.upload_budget(interaction=interaction)
+        home = await self._home_for_component(interaction)
+        live = self._live(ChannelTarget(home.channel, fallback=home.fallback), self.edit_interval_s)
+        stream = ReplyStream(live, budget=budget)
+        log.info("discord: user %s pressed %s", user_id, action.custom_id())
+        try:
+            reply = await self.service.act(action, user_id=user_id, events=stream, options=self._options(budget))
+            await stream.finish(reply)
+        except Exception as exc:
+            sentence = self._sentence(exc, budget, f"{action.kind.value} by user {user_id}")
+            with contextlib.suppress(Exception):
+                await live.flush()  # a status shown before the error has landed (or failed) by now
+            posted = getattr(live.target, "message", None) is not None
+            if posted and not isinstance(exc, _quiet_errors()):
+                await self._show_error(live, sentence)  # the message the turn started becomes the answer
+            else:
+                await self._note(interaction, sentence)  # only the presser sees it
+        finally:
+            await live.close()
+
+    async def _note(self, interaction: discord.Interaction, sentence: str) -> None:
+        """An ephemeral note to whoever pressed (a follow-up of the deferred press)."""
+        try:
+            await interaction.followup.send(sentence, ephemeral=True)
+        except discord.HTTPException:
+            log.exception("discord: could not send an ephemeral note")
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Route a message: feedback in a conversation's thread or DM, or a new video for the bot."""
+        if message.author.bot or self.client.user is None:
+            return
+        try:
+            await self._on_message(message)
+        except Exception:
+            log.exception("discord: message %s in channel %s failed", message.id, message.channel.id)
+
+    async def _conversation_of(self, message: discord.Message) -> tuple[int | None, Home | None]:
+        """The conversation a message belongs to (SQL lookup by its thread or DM), and where to answer."""
+        channel = message.channel
+        guild_id = message.guild.id if message.guild else getattr(channel, "guild_id", None)
+        if guild_id is None:
+            key, home = (str(channel.id), ""), Home(channel)
+        elif (parent := await self._thread_parent(channel)) is not None:
+            key, home = (str(parent), str(channel.id)), Home(channel)
+        elif message.reference is not None and message.reference.message_id is not None:
+            # a reply, in the channel, to a first card: the conversation of the thread started from it
+            ref = message.reference.message_id
+            key, home = (str(channel.id), str(ref)), self._thread_home(channel, ref, guild_id)
+        else:
+            return None, None
+        cid = await self.service.find(platform=PLATFORM, channel_id=key[0], thread_id=key[1])
+        return cid, home if cid is not None else None
+
+    async def _on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        assert me is not None
+        mentioned = any(u.id == me.id for u in message.mentions)
+        is_dm = message.guild is None and getattr(message.channel, "guild_id", None) is None
+        video = first_video(message.attachments)
+        text = strip_mentions(message.content, me.id)
+        cid, home = await self._conversation_of(message)
+        if cid is None:
+            if video is not None and (mentioned or is_dm):
+                await self._start_from_message(message, video, text)
+            return
+        assert home is not None
+        if not text:
+            if video is not None and mentioned:
+                await message.reply(VIDEO_IN_THREAD, mention_author=False)
+            return  # without the message-content intent, others' words arrive empty
+        await self._feedback(message, cid, text, home, mentioned=mentioned)
+
+    async def _feedback(self, message: discord.Message, cid: int, text: str, home: Home, *, mentioned: bool) -> None:
+        from bot.service.errors import NotOwnerError
+
+        user_id = str(message.author.id)
+        budget = render.upload_budget(guild=message.guild)
+        live = self._live(ChannelTarget(home.channel, fallback=home.fallback), self.edit_interval_s)
+        stream = ReplyStream(live, budget=budget)
+        log.info("discord: user %s wrote feedback in conversation %s", user_id, cid)
+        try:
+            reply = await self.service.message(cid, text, user_id=user_id, events=stream, options=self._options(budget))
+            await stream.finish(reply)
+        except NotOwnerError as exc:
+            # other people talk in threads too: answer them only when they address the bot
+            if mentioned:
+                with contextlib.suppress(discord.HTTPException):
+                    await message.reply(exc.user_message, mention_author=False)
+        except Exception as exc:
+            await self._show_error(live, self._sentence(exc, budget, f"feedback by user {user_id} in conversation {cid}"))
+        finally:
+            await live.close()
