@@ -2,10 +2,12 @@
 
 The real client talks HTTP to an aiohttp server on 127.0.0.1 (`discord.http.Route.BASE` is
 pointed at it by `FakeDiscord.patched()`), so real serialization, real multipart uploads and the
-real rate-limit code run. Gateway events are not sent over a socket: tests inject them through
+real rate-limit code run. Gateway events are usually injected through
 discord.py's own parser (`client._connection.parse_interaction_create(payload)`,
 `parse_message_create(payload)`), with the payload builders below (shaped like Discord's,
-`discord.types.*`).
+`discord.types.*`). A minimal gateway (`/gateway`: HELLO, IDENTIFY, READY, heartbeat ACKs,
+`await fake.dispatch(event, data)`) lets `client.start()` run for real; `patched()` points
+`DiscordWebSocket.DEFAULT_GATEWAY` at it.
 
 Every request is recorded (method, path without the `/api/v10` prefix, query, headers, JSON body
 or multipart `payload_json`, uploaded files); `await fake.expect("POST", "/channels/*/messages")`
@@ -123,6 +125,10 @@ class FakeDiscord:
         self.port = 0
         self.original: dict[str, int] = {}  # interaction token -> its response message id
         self.channels[self.channel_id] = self.text_channel_payload(self.channel_id)
+        self._ws: web.WebSocketResponse | None = None
+        self._ws_seq = 0
+        self.identified = asyncio.Event()  # set when a client has sent IDENTIFY
+        self.identify: dict[str, Any] | None = None  # that IDENTIFY's payload
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -130,6 +136,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=200 * 2**20)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._api)
         app.router.add_get("/cdn/{name}", self._cdn)
+        app.router.add_get("/gateway", self._gateway)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -138,6 +145,8 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -152,14 +161,17 @@ class FakeDiscord:
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
         """Point discord.py's REST routes (bot, webhook and interaction) at this fake; restore after."""
+        import yarl
+        from discord.gateway import DiscordWebSocket
         from discord.http import Route
 
-        saved = Route.BASE
+        saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
         Route.BASE = self.api_base
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws://127.0.0.1:{self.port}/gateway")
         try:
             yield
         finally:
-            Route.BASE = saved
+            Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
 
     def snowflake(self) -> int:
         return next(self._ids)
@@ -639,6 +651,38 @@ class FakeDiscord:
             "flags": 0,
             "summary": "",
         }
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        """HELLO, then READY after IDENTIFY (no guilds: READY is immediate), ACK every heartbeat."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}})
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            if msg["op"] == 1:
+                await ws.send_json({"op": 11})
+            elif msg["op"] == 2:
+                self.identify = msg["d"]
+                await self.dispatch(
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": self.bot_user_payload(),
+                        "guilds": [],
+                        "session_id": "fake-session",
+                        "resume_gateway_url": f"ws://127.0.0.1:{self.port}/gateway",
+                        "application": {"id": str(self.app_id), "flags": 0},
+                    },
+                )
+                self.identified.set()
+        return ws
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway DISPATCH (op 0) to the connected client."""
+        assert self._ws is not None, "no client on the gateway"
+        self._ws_seq += 1
+        await self._ws.send_json({"op": 0, "t": event, "s": self._ws_seq, "d": data})
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         rec = Recorded("GET", request.path, dict(request.query), dict(request.headers), None)

@@ -194,3 +194,17 @@ def _on_message(queue: asyncio.Queue[discord.Message]):
         await queue.put(message)
 
     return on_message
+
+
+async def test_start_connects_to_the_fake_gateway_and_gets_ready(fake: FakeDiscord, client: discord.Client) -> None:
+    got: asyncio.Queue[discord.Message] = asyncio.Queue()
+    client.event(_on_message(got))
+    task = asyncio.create_task(client.start(BOT_TOKEN))
+    await asyncio.wait_for(fake.identified.wait(), 5)
+    assert fake.identify is not None and fake.identify["token"] == BOT_TOKEN
+    await asyncio.wait_for(client.wait_until_ready(), 5)
+    assert client.is_ready()
+    await fake.dispatch("MESSAGE_CREATE", fake.user_message(channel_id=fake.channel_id, user_id=USER_ID, content="hi"))
+    assert (await asyncio.wait_for(got.get(), 2)).content == "hi"
+    await client.close()
+    await asyncio.wait_for(task, 5)
