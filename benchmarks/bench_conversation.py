@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.catalog_admin import FEATURES_DIR, FeatureCache, catalog_schema, features_key, track_id_for
-from bot.conversation import ConversationService, ReplyKind, ServiceConfig, TrackAssets, settle_heap
+from bot.service.catalog_layout import FEATURES_DIR, FeatureCache, catalog_schema, features_key
+from storage.catalog.ids import track_id_for
+from bot.service.conversation import ConversationService, ReplyKind, ServiceConfig, TrackAssets, settle_heap
 from engine import media as media_mod
 from engine import render as render_mod
 from engine.engine import Engine, EngineConfig
@@ -216,7 +217,7 @@ class Counter:
         self._cut = render_mod.cut_excerpt
 
     def install(self) -> None:
-        import bot.conversation as conv
+        import bot.service.conversation as conv
         import engine.tracks as tracks
 
         def decode(*a, **kw):  # noqa: ANN002, ANN003, ANN202

@@ -1,5 +1,5 @@
 """`python -m bot` = `musechat`."""
 
-from bot.cli import main
+from bot.cli.main import main
 
 main()

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
 
     def service_config(self):
         """The conversation service's configuration from these settings."""
-        from bot.conversation import ServiceConfig
+        from bot.service.conversation import ServiceConfig
 
         return ServiceConfig(
             workers=self.model_workers,

@@ -12,7 +12,7 @@ beside `out` and renamed, so a reader never sees half a file.
 - `cut_excerpt`: `duration_s` seconds from `start_s`, faded in and out, mono or stereo, as
   Ogg/Opus (Discord plays it inline; 96 kb/s is transparent enough for a preview), MP3 or M4A/AAC
   (Slack's inline player takes MP3 and M4A). Excerpts are cut at indexing time
-  (bot/catalog_admin.py), so no audio is decoded during a conversation.
+  (bot/service/catalog_admin.py), so no audio is decoded during a conversation.
 - `make_preview`: the video stream is copied untouched when mp4 can hold it (h264, hevc, av1,
   vp9, mpeg4: no re-encode, no quality loss, fast), otherwise re-encoded with libx264. The track
   starts at `track_start_s`, is faded in (when it starts mid-track) and out (at the video's end or

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the feature caches (bot/catalog_admin.py, training/features.py)."""
+"""Small file helpers shared by the feature caches (bot/service/catalog_admin.py, training/features.py)."""
 
 from __future__ import annotations
 

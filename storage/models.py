@@ -235,7 +235,7 @@ rate_limits = sa.Table(
 )
 
 # revision 0003: music folders registered by admins (`musechat catalog add`); a refresh indexes
-# every audio file under each of them (bot/catalog_admin.py).
+# every audio file under each of them (bot/service/catalog_admin.py).
 catalog_sources = sa.Table(
     "catalog_sources",
     metadata,

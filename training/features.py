@@ -5,7 +5,7 @@ media again. One quartet is stored as
     video      (S, Dv)  image-encoder features averaged over each 10 s segment's frames (5 fps)
     target     (S, Dm)  the target music's per-segment pooled vectors (g_mt's input)
     candidate  (Sc, Dm) the candidate music's per-segment vectors: the tokens x_mc (the bot feeds
-                        the previous track's segment features the same way, bot/conversation.py)
+                        the previous track's segment features the same way, bot/service/conversation.py)
     text       (T, Dt)  the user prompt's unpooled token states (paper 4.1)
 with S <= MAX_SEGMENTS (twelve 10 s segments of a 120 s clip, paper 3). A missing input has
 length 0 (music-only quartets have no video; a quartet may have no prompt).

@@ -13,7 +13,6 @@ from engine.encoders.base import TextEncoder, TextTokens
 from engine.media import Segment
 from engine.tracks import TrackAnalysis
 from training.data import (
-    Quartet,
     catalog_quartets,
     feedback_text,
     read_quartets,

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from bot.settings import get_settings
-from bot.training_cli import register_training_commands
+from bot.cli.training import register_training_commands
 from engine.checkpoint import save_checkpoint
 from engine.fusion import MuseChatRecommender
 from engine.tracks import TrackAnalysis

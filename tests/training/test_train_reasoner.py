@@ -149,7 +149,7 @@ def test_cli_trains_saves_and_says(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from bot.reasoner_cli import register_reasoner_commands
+    from bot.cli.reasoner import register_reasoner_commands
     from bot.settings import get_settings
 
     monkeypatch.setenv("MUSECHAT_PROFILE", "tiny")

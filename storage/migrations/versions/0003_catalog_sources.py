@@ -6,7 +6,7 @@ Create Date: 2026-11-26
 
 ``catalog_sources``: one row per music folder an admin added (``musechat catalog add``), with
 its optional manifest and default licence; a catalog refresh indexes every audio file under
-each folder (bot/catalog_admin.py).
+each folder (bot/service/catalog_admin.py).
 """
 
 from __future__ import annotations

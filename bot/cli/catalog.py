@@ -14,28 +14,24 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bot.cli.common import EXIT_UNAVAILABLE, EXIT_USER_ERROR, console, out, storage_errors
 from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 catalog_app = typer.Typer(help="The music catalog: folders, refreshes, status.", no_args_is_help=True)
 
-EXIT_USER_ERROR = 2
-EXIT_UNAVAILABLE = 3
 STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "excerpt": "cutting excerpts", "write": "writing catalog"}
 
 
 def _consoles():
-    from bot.cli import console, out
-
     return console, out
 
 
 @contextmanager
 def admin_errors() -> Iterator[None]:
     """Storage, catalog and admin errors as one line and an exit code (no tracebacks)."""
-    from bot.catalog_admin import CatalogAdminError
-    from bot.cli import storage_errors
+    from bot.service.catalog_admin import CatalogAdminError
     from storage.catalog import CatalogError
 
     console, _ = _consoles()
@@ -53,7 +49,7 @@ def admin_errors() -> Iterator[None]:
 @asynccontextmanager
 async def open_admin(settings: Settings) -> AsyncIterator:
     """A CatalogAdmin over the configured database, catalog and media store (models load lazily)."""
-    from bot.catalog_admin import CatalogAdmin, catalog_schema, load_fusion
+    from bot.service.catalog_admin import CatalogAdmin, catalog_schema, load_fusion
     from engine.profiles import load_encoders, resolve_profile
     from storage.catalog import open_catalog
     from storage.db import ensure_schema, make_engine
@@ -121,12 +117,12 @@ def catalog_add(
             src = await admin.add_folder(folder, manifest=manifest, licence=licence)
             out.print(f"added {src.path}" + (f" (licence {src.licence})" if src.licence else ""))
             if refresh:
-                await _refresh(admin)
+                await refresh_with_progress(admin)
 
     _run(go)
 
 
-async def _refresh(admin) -> None:
+async def refresh_with_progress(admin) -> None:
     console, out = _consoles()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -159,7 +155,7 @@ def catalog_refresh() -> None:
 
     async def go():
         async with open_admin(get_settings()) as admin:
-            await _refresh(admin)
+            await refresh_with_progress(admin)
 
     _run(go)
 
@@ -185,7 +181,7 @@ def catalog_schedule(
     disable: bool = typer.Option(False, "--disable", help="Keep the expression but stop scheduled refreshes."),
 ) -> None:
     """Set when `musechat serve` refreshes the catalog."""
-    from bot.scheduler import save_refresh_schedule
+    from bot.service.scheduler import save_refresh_schedule
 
     _, out = _consoles()
 
@@ -251,7 +247,7 @@ def serve(
     cron: str = typer.Option(None, help="Override the stored refresh schedule (crontab expression)."),
 ) -> None:
     """Run the long-lived service: scheduled catalog refreshes (platform adapters join here later)."""
-    from bot.scheduler import start_catalog_scheduler
+    from bot.service.scheduler import start_catalog_scheduler
 
     console, out = _consoles()
 

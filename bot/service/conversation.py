@@ -17,7 +17,7 @@ turns follow the paper's two-turn protocol, extended to any number of turns (sec
   as the positive example, the rejected tracks as negatives) and penalised again by the
   re-ranker ("not like rejected");
 - filters in the user's words ("under 2 minutes", "CC-BY only") become a `CatalogFilter` for the
-  rest of the conversation (bot/filters.py) and are cut out of the feedback the engine reads.
+  rest of the conversation (bot/service/filters.py) and are cut out of the feedback the engine reads.
 
 A track shown once in a conversation is never shown again: every search excludes all the tracks
 the conversation's SQL rows recommended. Each turn retrieves `candidate_pool` candidates (a
@@ -31,7 +31,7 @@ state is derived from SQL, the video's features are cached in the media store (t
 `VideoFeatures`, found through a small key file `<media root>/keys/video-features/...`, since the
 store itself is addressed by content), and the uploaded video is in the media store too. A new
 process on the same database and catalog continues any conversation, and no audio is decoded
-during a conversation: excerpts come from the indexer (bot/catalog_admin.py); only when one is
+during a conversation: excerpts come from the indexer (bot/service/catalog_admin.py); only when one is
 missing is it cut on the spot, within `excerpt_budget_s`, else the reply says it is unavailable.
 
 Concurrency: one turn at a time per conversation (`storage.locks.conversation_lock`), any number
@@ -45,7 +45,7 @@ A reply's reason is a plain summary of the track's tags and the score breakdown,
 reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within
 `reasoner_timeout_s`, labelled by what its prompt held ("llm (title + tags, untrained soft token
 left out)" or "llm + music token"). `ServiceConfig.reasoner = "http"` asks an OpenAI-compatible
-server instead (bot/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
+server instead (bot/service/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
 text only, labelled "llm via http (title + tags)". When either fails or times out, the tag summary is
 given with a note that the model's reason is unavailable.
 """
@@ -73,8 +73,9 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.catalog_admin import FEATURES_DIR, FeatureCache, catalog_schema, features_key, track_id_for
-from bot.filters import FilterRequest, conversation_filters, parse_filters
+from bot.service.catalog_layout import FEATURES_DIR, FeatureCache, catalog_schema, features_key
+from storage.catalog.ids import track_id_for
+from bot.service.filters import FilterRequest, conversation_filters, parse_filters
 from engine.encoders.musicnn import top_tags
 from engine.engine import MODE_FUSION, TEXT_VECTOR, CandidateRow, Engine, Query, Ranking, TrackContext
 from engine.media import MediaError, MediaLimits
@@ -96,7 +97,7 @@ T = TypeVar("T")
 REASON_SOURCE_TAGS = "tag summary"  # the reasoner is off, failed or timed out
 REASONER_OFF = "off"  # ServiceConfig.reasoner: the tag summary is the reason
 REASONER_LOCAL = "local"  # the profile's LLM in this process (engine/reasoner.py, paper 4.2)
-REASONER_HTTP = "http"  # an OpenAI-compatible server (Ollama, vLLM), text only (bot/reasoner_http.py)
+REASONER_HTTP = "http"  # an OpenAI-compatible server (Ollama, vLLM), text only (bot/service/reasoner_http.py)
 REASONER_MODES = (REASONER_OFF, REASONER_LOCAL, REASONER_HTTP)
 REASONER_TIMEOUT_S = 3.0  # seconds a reply waits for the LLM's reason (lite: ~2.5 s for 40 tokens on 2 cores)
 REASONER_MAX_NEW_TOKENS = 48  # tokens of an LLM reason in a reply
@@ -355,7 +356,7 @@ class TrackExtras:
 
 
 class TrackAssets:
-    """Reads what bot/catalog_admin.py stored per track (module docstring there), with a memory cache."""
+    """Reads what bot/service/catalog_admin.py stored per track (module docstring there), with a memory cache."""
 
     def __init__(self, tracks: TrackStore, features: FeatureCache | None) -> None:
         self._tracks = tracks
@@ -1173,7 +1174,7 @@ class ConversationService:
 
         The server answers in one piece (no streaming request): `on_reason_token` gets the whole text once.
         """
-        from bot.reasoner_http import HttpReasonerConfig, justify_http
+        from bot.service.reasoner_http import HttpReasonerConfig, justify_http
         from engine.reasoner import ReasonInput, reason_or_fallback
 
         cfg = HttpReasonerConfig(

@@ -31,7 +31,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.catalog_admin import REFRESH_JOB, CatalogAdmin, RefreshInProgressError
+from bot.service.catalog_admin import REFRESH_JOB, CatalogAdmin, RefreshInProgressError
 from storage.job_store import JobSchedule, JobStore
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The local reasoner's pieces reach `on_reason_token` as they are written (bot/conversation.py)."""
+"""The local reasoner's pieces reach `on_reason_token` as they are written (bot/service/conversation.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bot.conversation import ReplyKind, ServiceConfig
+from bot.service.conversation import ReplyKind, ServiceConfig
 from engine.profiles import Encoders
 from engine.reasoner import REASON_SOURCE_TITLE_TAGS
-from tests.bot.test_conversation import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
+from tests.helpers.service import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
 
 LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
 WATCHED_PIECES = 3  # pieces after which the Live test looks at the screen
@@ -64,9 +64,9 @@ async def test_without_a_callback_or_with_a_broken_one_the_reply_still_has_the_l
 async def test_the_chat_shows_the_reason_growing_then_the_card(
     data_dir: Path, tiny: Encoders, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """bot/chat_cli.py: a rich Live on a terminal console redraws as pieces come; the result is the reply."""
-    import bot.cli  # noqa: F401 - bot.chat_cli is imported through it (circular otherwise)
-    import bot.chat_cli as chat_cli
+    """bot/adapters/terminal.py: a rich Live on a terminal console redraws as pieces come; the result is the reply."""
+    import bot.cli.main  # noqa: F401 - bot.cli.chat is imported through it (circular otherwise)
+    import bot.adapters.terminal as chat_cli
 
     screen = io.StringIO()
     monkeypatch.setattr(chat_cli, "console", Console(file=screen, force_terminal=True, width=2000, color_system=None))
@@ -84,7 +84,7 @@ async def test_the_chat_shows_the_reason_growing_then_the_card(
 
             return await e.service.start(text="happy tune", channel_id="live", user_id="u", on_status=on_status, on_reason_token=tok)
 
-        reply = await chat_cli._with_reason_stream(call, "thinking…")
+        reply = await chat_cli.with_reason_stream(call, "thinking…")
     assert reply.kind is ReplyKind.RECOMMENDATION and reply.track.reason_source == REASON_SOURCE_TITLE_TAGS
     shown = screen.getvalue()
     assert "writing the reason…" in shown and "why " in shown

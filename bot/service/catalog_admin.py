@@ -1,7 +1,7 @@
 """Catalog administration: music folders, incremental refreshes, status (DESIGN.md, "Who uses it").
 
 Admins register music folders (`add_folder`, persisted in SQL `catalog_sources`) and refresh the
-catalog, now (`musechat catalog refresh`) or on a schedule (bot/scheduler.py). A refresh:
+catalog, now (`musechat catalog refresh`) or on a schedule (bot/service/scheduler.py). A refresh:
 
 1. scans every registered folder for audio files and hashes them (sha256; a hash index under the
    data directory, keyed by path, size and mtime, spares re-reading unchanged files); the same
@@ -48,29 +48,23 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hashlib
 import json
 import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.media import MediaError, MediaLimits
 from engine.profiles import Encoders, ProfileConfig
 from engine.render import EXCERPT_FADE_S, ExcerptFormat, cut_excerpt
 from engine.tracks import (
-    ANALYSIS_VERSION,
     TrackAnalysis,
     TrackJob,
     analyse_tracks,
@@ -84,19 +78,18 @@ from storage.catalog import (
     FUSION_VECTOR,
     MUSIC_VECTOR,
     TEXT_VECTOR,
-    CatalogSchema,
     MusicCatalog,
     TrackPayload,
     TrackPoint,
-    VectorSpec,
 )
-from storage.catalog.base import FUSION_DIM
-from storage.db import as_utc, read_only, upsert_insert, utcnow
-from storage.files import write_atomic
+from bot.service.catalog_layout import FEATURES_DIR, FeatureCache, TrackAnalysisCodec, catalog_schema, features_key  # noqa: F401 - re-exported
+from storage.catalog.ids import track_id_for
+from storage.feature_cache import HashIndex
+from storage.source_store import CatalogSource, SourceStore
 from storage.job_store import JobRun, JobSchedule, JobStore
 from storage.media_store import MediaStore
 from storage.models import CatalogStatus as VersionStatus
-from storage.models import JobStatus, catalog_sources
+from storage.models import JobStatus
 from storage.track_store import CatalogVersion, CatalogVersionStore, TrackInfo, TrackStore
 
 log = logging.getLogger(__name__)
@@ -110,11 +103,8 @@ MANIFEST_TAG_SEPARATORS = re.compile(r"[;|,]")
 GENRE_SEPARATORS = re.compile(r"[;/,]")
 MAX_LICENCE_LEN = 128  # characters, the SQL column's size
 MAX_REPORTED_FAILURES = 200  # failures kept in a job's detail (the log has them all)
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 CATALOG_LIMITS = MediaLimits(max_seconds=6 * 3600.0, max_bytes=2**31, timeout_s=120.0)  # music files: long mixes allowed
-FEATURES_DIR = "features"
 HASH_INDEX_FILE = "hashes.json"
-EXCERPT_SIDECAR = ".excerpt.json"
 WRITE_BATCH = 256  # tracks read back, embedded (sentences) and upserted together while writing a version
 
 ProgressCallback = Callable[["RefreshProgress"], None]
@@ -135,17 +125,6 @@ class ManifestError(CatalogAdminError, ValueError):
 
 class RefreshInProgressError(CatalogAdminError):
     """A refresh is already running in this process."""
-
-
-@dataclass(frozen=True)
-class CatalogSource:
-    """A registered music folder."""
-
-    id: int
-    path: Path
-    manifest_path: Path | None
-    licence: str
-    added_at: datetime
 
 
 @dataclass(frozen=True)
@@ -242,29 +221,6 @@ class CatalogStatus:
 # =================================================================================================
 # small pure helpers
 # =================================================================================================
-
-
-def track_id_for(content_hash: str) -> str:
-    """The catalog point id of a track: the UUID of the first 128 bits of its sha256 (module docstring)."""
-    if not re.fullmatch(r"[0-9a-f]{64}", content_hash):
-        raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
-    return str(uuid.UUID(hex=content_hash[:32]))
-
-
-def catalog_schema(profile: ProfileConfig, *, fusion: bool) -> CatalogSchema:
-    """The vectors a refresh writes: text + music always, fusion (256-d) with a fusion checkpoint."""
-    specs = [VectorSpec(TEXT_VECTOR, profile.text_dim), VectorSpec(MUSIC_VECTOR, profile.music_dim)]
-    if fusion:
-        specs.insert(0, VectorSpec(FUSION_VECTOR, FUSION_DIM))
-    return CatalogSchema(vectors=tuple(specs))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _split_tags(value: Any, pattern: re.Pattern[str]) -> list[str]:
@@ -437,125 +393,6 @@ def scan_folder(root: Path) -> Iterator[Path]:
 # =================================================================================================
 # persistence: registered folders (SQL) and the feature cache (files)
 # =================================================================================================
-
-
-class SourceStore:
-    """Registered music folders (table `catalog_sources`)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._reader = read_only(engine)
-
-    async def upsert(self, *, path: Path, manifest_path: Path | None, licence: str) -> CatalogSource:
-        values = {"path": str(path), "manifest_path": None if manifest_path is None else str(manifest_path), "licence": licence}
-        async with self._engine.begin() as conn:
-            insert = upsert_insert(conn, catalog_sources).values(**values, added_at=utcnow())
-            insert = insert.on_conflict_do_update(
-                index_elements=["path"], set_={"manifest_path": values["manifest_path"], "licence": licence}
-            )
-            row = (await conn.execute(insert.returning(*catalog_sources.c))).mappings().one()
-        return _source(row)
-
-    async def delete(self, *, path: Path) -> bool:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(sa.delete(catalog_sources).where(catalog_sources.c.path == str(path)))
-        return result.rowcount > 0
-
-    async def list(self) -> list[CatalogSource]:
-        async with self._reader.connect() as conn:
-            rows = (await conn.execute(sa.select(catalog_sources).order_by(catalog_sources.c.id))).mappings().all()
-        return [_source(r) for r in rows]
-
-
-def _source(row: RowMapping) -> CatalogSource:
-    added = as_utc(row["added_at"])
-    assert added is not None
-    return CatalogSource(
-        id=row["id"],
-        path=Path(row["path"]),
-        manifest_path=Path(row["manifest_path"]) if row["manifest_path"] else None,
-        licence=row["licence"],
-        added_at=added,
-    )
-
-
-def features_key(profile: ProfileConfig) -> str:
-    """Folder name of a profile's feature cache: the profile plus a digest of what shapes the features."""
-    ident = {
-        "music": [profile.music_family, profile.music_backbone, profile.sample_rate],
-        "text": [profile.text_family, profile.text_backbone],
-        "analysis": ANALYSIS_VERSION,
-    }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{profile.name}-{digest}"
-
-
-class FeatureCache:
-    """Analyses by content hash (npz), plus each track's excerpt reference (JSON sidecar)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, sha: str, suffix: str = ".npz") -> Path:
-        return self.root / sha[:2] / f"{sha}{suffix}"
-
-    def get(self, sha: str) -> TrackAnalysis | None:
-        path = self._path(sha)
-        try:
-            analysis = TrackAnalysis.from_bytes(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
-            log.warning("feature cache %s is unreadable (%s): recomputing", path, exc)
-            return None
-        if analysis.version != ANALYSIS_VERSION or analysis.content_hash != sha:
-            return None
-        return analysis
-
-    def put(self, analysis: TrackAnalysis) -> None:
-        write_atomic(self._path(analysis.content_hash), analysis.to_bytes())
-
-    def get_excerpt(self, sha: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._path(sha, EXCERPT_SIDECAR).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def put_excerpt(self, sha: str, ref: Mapping[str, Any]) -> None:
-        write_atomic(self._path(sha, EXCERPT_SIDECAR), json.dumps(dict(ref)).encode())
-
-    def __contains__(self, sha: str) -> bool:
-        return self._path(sha).is_file()
-
-
-class HashIndex:
-    """sha256 of files by (path, size, mtime_ns): a refresh re-reads only files that changed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._entries: dict[str, list[Any]] = {}
-        try:
-            self._entries = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        self._seen: set[str] = set()
-
-    def sha256(self, file: Path) -> str:
-        st = file.stat()
-        key = str(file)
-        self._seen.add(key)
-        entry = self._entries.get(key)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-            return str(entry[2])
-        digest = sha256_file(file)
-        self._entries[key] = [st.st_size, st.st_mtime_ns, digest]
-        return digest
-
-    def save(self) -> None:
-        """Write the entries of files seen in this run (files no longer present are forgotten)."""
-        kept = {k: v for k, v in self._entries.items() if k in self._seen}
-        write_atomic(self.path, json.dumps(kept).encode())
 
 
 # =================================================================================================

@@ -34,7 +34,7 @@ def _profile(settings: Settings):
 
 
 def _feature_lookup(settings: Settings):
-    from bot.catalog_admin import FEATURES_DIR, FeatureCache, features_key
+    from bot.service.catalog_admin import FEATURES_DIR, FeatureCache, features_key
 
     cache = FeatureCache(Path(settings.data_dir) / FEATURES_DIR / features_key(_profile(settings)))
 

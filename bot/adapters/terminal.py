@@ -1,36 +1,23 @@
-"""The terminal adapter: `musechat chat` (a conversation at the prompt) and `musechat recommend` (scripts).
+"""The terminal adapter: a conversation at the prompt, rendered with rich (DESIGN.md, "Who uses it").
 
-DESIGN.md, "Who uses it": the terminal is the first platform; Discord and Slack differ only in
-I/O. Like every adapter this one is thin: it parses the user's input, calls one method of the
-conversation service (bot/conversation.py) and formats the `Reply` (rich). Every user error is
-one line on stderr and an exit code, never a traceback:
-
-- 2 (`EXIT_USER_ERROR`): not a video, truncated, too long, audio only, missing file, unknown
-  conversation, nothing asked;
-- 3 (`EXIT_UNAVAILABLE`): the database, the catalog or the models are unavailable, or the
-  catalog is empty ("the catalog is empty: run musechat catalog add/refresh").
-
-Inside a chat, an error in one message (a filter that matches nothing, a busy conversation) is
-printed and the chat goes on.
+Like every adapter it is thin: it reads the user's lines, calls one method of the conversation
+service per line and renders the `Reply`. The commands that host it (`musechat chat`,
+`recommend`, `demo`) live in bot/cli/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import getpass
-import json
 import logging
 import shutil
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import getpass
 from pathlib import Path
 from typing import Any
 
-import typer
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
@@ -38,10 +25,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from bot.cli import EXIT_UNAVAILABLE, EXIT_USER_ERROR, console, out
-from bot.settings import get_settings
-
 log = logging.getLogger(__name__)
+
+console = Console(stderr=True)  # status lines, errors
+out = Console()  # cards, paths, results
 
 PLATFORM = "terminal"
 PREVIEW_NAME = "musechat-preview-{conversation}-turn{turn}.mp4"  # written into --out-dir
@@ -53,13 +40,6 @@ PARTS_SHOWN = ("semantic", "pace", "steering", "fusion", "not like rejected")
 LIVE_REFRESH_HZ = 12.0  # redraws per second of the status line and the growing reason
 
 
-class _Exit(Exception):
-    """Leave with a one-line message and an exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 # =================================================================================================
 # formatting
@@ -68,7 +48,7 @@ class _Exit(Exception):
 
 def render_reply(reply: Any) -> Panel | Text:
     """A reply as rich renderables: the track card(s), or the service's sentence."""
-    from bot.conversation import ReplyKind
+    from bot.service.conversation import ReplyKind
 
     if reply.kind is ReplyKind.EXHAUSTED:
         return Panel(Text(reply.message), title=f"turn {reply.turn_index} · {reply.mode}", border_style="yellow")
@@ -169,102 +149,18 @@ def reply_json(reply: Any) -> dict[str, Any]:
     }
 
 
-# =================================================================================================
-# errors and the service's lifetime
-# =================================================================================================
-
-
-def _error(message: str) -> None:
+def print_error(message: str) -> None:
     """One line on stderr, never wrapped."""
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Map every user-facing failure to one line and an exit code (module docstring)."""
-    from bot.catalog_admin import CatalogAdminError
-    from bot.conversation import (
-        CatalogMismatchError,
-        ConversationError,
-        EmptyCatalogError,
-        NothingToAskError,
-        UnknownConversationError,
-    )
-    from engine.checkpoint import CheckpointMismatchError
-    from engine.encoders.hf import BackboneUnavailable
-    from engine.media import MediaError
-    from storage.catalog import CatalogError
-    from storage.db import StorageError
-
-    try:
-        yield
-    except _Exit as e:
-        _error(str(e))
-        raise typer.Exit(e.code) from None
-    except MediaError as e:
-        _error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except FileNotFoundError as e:
-        _error(f"file not found: {e.filename or e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except (EmptyCatalogError, CatalogMismatchError) as e:
-        _error(e.user_message)
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except (UnknownConversationError, NothingToAskError) as e:
-        _error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except ConversationError as e:
-        _error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except (StorageError, CatalogError, CatalogAdminError, CheckpointMismatchError, BackboneUnavailable) as e:
-        _error(getattr(e, "user_message", None) or str(e))
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except (OSError, ValueError) as e:  # e.g. an unknown profile name, an unwritable data directory
-        _error(str(e))
-        raise typer.Exit(EXIT_UNAVAILABLE if isinstance(e, OSError) else EXIT_USER_ERROR) from None
-
-
-@asynccontextmanager
-async def _service(profile: str | None) -> AsyncIterator[Any]:
-    """The conversation service from the settings, with a progress line while it loads."""
-    from bot.conversation import ConversationService
-
-    from transformers.utils import logging as hf_logging
-
-    from engine.encoders.hf import BackboneUnavailable
-
-    hf_logging.disable_progress_bar()  # the rich status line says what loads; no tqdm bars under it
-    s = get_settings()
-    with console.status("starting…") as status:
-        try:
-            svc = await ConversationService.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
-        except (FileNotFoundError, BackboneUnavailable) as e:  # model weights missing: not the user's video
-            raise _Exit(str(e), EXIT_UNAVAILABLE) from None
-    try:
-        yield svc
-    finally:
-        await svc.close()
-
-
-def _check_video(video: Path | None) -> None:
-    """Refuse a missing or unreadable video before the models load (seconds) rather than after."""
-    if video is None:
-        return
-    if not video.is_file():
-        raise FileNotFoundError(2, "no such file", str(video))
-    from engine.media import probe
-
-    s = get_settings()
-    probe(video, limits=s.engine_config().limits, require_video=True, ffmpeg=s.ffmpeg_binary)
-
-
-async def _with_status(coro_fn: Any, message: str) -> Any:
+async def with_status(coro_fn: Any, message: str) -> Any:
     """Run a service call under a rich status line that its progress callbacks update."""
     with console.status(message) as status:
         return await coro_fn(lambda m: status.update(f"{m}…"))
 
 
-class _ReasonView:
+class ReasonView:
     """The status line and, once the LLM writes (MUSECHAT_REASONER=local|http), its reason growing under it."""
 
     def __init__(self, message: str) -> None:
@@ -285,13 +181,13 @@ class _ReasonView:
         return Group(self.spinner, Text.assemble(("why ", "bold cyan"), self.reason))
 
 
-async def _with_reason_stream(coro_fn: Any, message: str) -> Any:
-    """Like `_with_status`, and the reason grows on screen as the reasoner writes it.
+async def with_reason_stream(coro_fn: Any, message: str) -> Any:
+    """Like `with_status`, and the reason grows on screen as the reasoner writes it.
 
     `coro_fn(on_status, on_reason_token)` is a service call. The view is transient (rich Live): once
     the reply is back, `print_reply` prints the whole card in its place.
     """
-    view = _ReasonView(message)
+    view = ReasonView(message)
     with Live(view, console=console, transient=True, refresh_per_second=LIVE_REFRESH_HZ):
         return await coro_fn(view.status, view.token)
 
@@ -301,7 +197,7 @@ async def _with_reason_stream(coro_fn: Any, message: str) -> Any:
 # =================================================================================================
 
 
-class _Lines:
+class Lines:
     """stdin lines read by a daemon thread (a blocked read must not keep the process alive at exit)."""
 
     def __init__(self) -> None:
@@ -323,21 +219,22 @@ class _Lines:
         return await self._queue.get()
 
 
-async def _chat(video: Path | None, text: str | None, profile: str | None, resume: int | None, out_dir: Path) -> None:
-    from bot.conversation import ConversationError
+async def run_chat(svc: Any, video: Path | None, text: str | None, resume: int | None, out_dir: Path) -> None:
+    """The chat at the prompt over an open conversation service, until /quit or end of input."""
+    from bot.service.conversation import ConversationError
     from engine.media import MediaError
 
-    async with _service(profile) as svc:
+    if True:
         if resume is not None:
             state = await svc.state(resume)
             cid = resume
             out.print(f"conversation {cid}: {len(state.turns)} turn(s) so far")
             if text:
-                reply = await _with_reason_stream(lambda cb, tok: svc.message(cid, text, on_status=cb, on_reason_token=tok), "thinking…")
+                reply = await with_reason_stream(lambda cb, tok: svc.message(cid, text, on_status=cb, on_reason_token=tok), "thinking…")
                 print_reply(reply)
         else:
             what = f"decoding and embedding {video.name}…" if video is not None else "searching the catalog…"
-            reply = await _with_reason_stream(
+            reply = await with_reason_stream(
                 lambda cb, tok: svc.start(
                     video=video, text=text or "", platform=PLATFORM, channel_id=f"chat-{uuid.uuid4().hex[:12]}",
                     user_id=getpass.getuser(), on_status=cb, on_reason_token=tok,
@@ -348,7 +245,7 @@ async def _chat(video: Path | None, text: str | None, profile: str | None, resum
             out.print(f"conversation {cid} (continue it later with: musechat chat --resume {cid})")
             print_reply(reply)
         out.print(Text(CHAT_HELP, style="dim"))
-        lines = _Lines()
+        lines = Lines()
         while True:
             out.print("you> ", end="")
             line = await lines.next()
@@ -366,82 +263,23 @@ async def _chat(video: Path | None, text: str | None, profile: str | None, resum
                 continue
             try:
                 if command in ("/use", "/use this"):
-                    reply = await _with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
+                    reply = await with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
                     print_reply(reply)
                     save_preview(reply, out_dir)
                     continue
                 if command.startswith("/another"):
                     words = line[len("/another") :].strip()
-                    reply = await _with_reason_stream(
+                    reply = await with_reason_stream(
                         lambda cb, tok: svc.another(cid, text=words, on_status=cb, on_reason_token=tok), "looking for another…"
                     )
                 elif command.startswith("/"):
                     out.print(f"unknown command {escape(line.split()[0])}. {CHAT_HELP}")
                     continue
                 else:
-                    reply = await _with_reason_stream(lambda cb, tok: svc.message(cid, line, on_status=cb, on_reason_token=tok), "thinking…")
+                    reply = await with_reason_stream(lambda cb, tok: svc.message(cid, line, on_status=cb, on_reason_token=tok), "thinking…")
                 print_reply(reply)
             except (ConversationError, MediaError) as e:  # one message failed; the chat goes on
-                _error(e.user_message)
+                print_error(e.user_message)
         out.print(f"bye (conversation {cid})")
 
 
-def chat(
-    video: Path = typer.Argument(None, help="The video to find music for (mp4, mov, webm, mkv...). Optional with --text."),
-    text: str = typer.Option(None, "--text", "-t", help="Words about the music (\"calm piano for a wedding video\"); alone: a text-only start."),
-    resume: int = typer.Option(None, "--resume", help="Continue the conversation with this id."),
-    profile: str = typer.Option(None, help="Model profile: paper | lite | tiny (default: MUSECHAT_PROFILE)."),
-    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where /use writes the preview video."),
-) -> None:
-    """Chat about background music for a video: feedback, /another, /use (writes the preview), /quit."""
-    with _errors():
-        if video is None and not text and resume is None:
-            raise _Exit("give a video, --text \"what you want\", or --resume ID", EXIT_USER_ERROR)
-        if resume is not None and video is not None:
-            raise _Exit("--resume continues a conversation with its own video; leave the video out", EXIT_USER_ERROR)
-        _check_video(video)
-        asyncio.run(_chat(video, text, profile, resume, out_dir))
-
-
-# =================================================================================================
-# one-shot recommendations for scripts
-# =================================================================================================
-
-
-async def _recommend(video: Path | None, text: str | None, profile: str | None, k: int) -> Any:
-    async with _service(profile) as svc:
-        return await _with_status(
-            lambda cb: svc.start(
-                video=video, text=text or "", platform="cli", channel_id=f"recommend-{uuid.uuid4().hex[:12]}",
-                user_id=getpass.getuser(), k=k, on_status=cb,
-            ),
-            "searching…",
-        )  # fmt: skip
-
-
-def recommend(
-    video: Path = typer.Argument(None, help="The video to find music for. Optional with --text."),
-    text: str = typer.Option(None, "--text", "-t", help="Words about the music, filters included (\"under 2 minutes\")."),
-    k: int = typer.Option(1, "--k", min=1, max=50, help="How many tracks to return, best first."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
-    profile: str = typer.Option(None, help="Model profile: paper | lite | tiny (default: MUSECHAT_PROFILE)."),
-) -> None:
-    """Recommend k tracks for a video (and/or words) in one shot; --json for scripts."""
-    with _errors():
-        if video is None and not text:
-            raise _Exit("give a video and/or --text \"what you want\"", EXIT_USER_ERROR)
-        _check_video(video)
-        reply = asyncio.run(_recommend(video, text, profile, k))
-    if as_json:
-        out.print_json(json.dumps(reply_json(reply)))
-    else:
-        print_reply(reply)
-
-
-def register_chat_commands(app: typer.Typer) -> None:
-    """Add `chat` and `recommend` to the `musechat` command line (bot/cli.py)."""
-    app.command("chat")(chat)
-    app.command("recommend")(recommend)
-
-
-__all__ = ["chat", "print_reply", "recommend", "register_chat_commands", "render_reply", "reply_json"]

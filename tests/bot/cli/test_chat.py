@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bot.cli import EXIT_UNAVAILABLE, EXIT_USER_ERROR, app
+from bot.cli.main import EXIT_UNAVAILABLE, EXIT_USER_ERROR, app
 from bot.settings import get_settings
 from engine.media import probe
 from engine.profiles import load_encoders
@@ -30,8 +30,8 @@ from storage.conversation_store import ConversationStore
 from storage.db import default_sqlite_url, make_engine
 from storage.models import FeedbackKind
 
-# the module that builds catalogs from real clips (tests/bot is on sys.path: no __init__.py)
-from test_conversation import CLIPS, LICENCES, index, make_clips  # noqa: E402
+
+from tests.helpers.service import CLIPS, LICENCES, index, make_clips
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\r")
 MUSECHAT = Path(sys.executable).with_name("musechat")

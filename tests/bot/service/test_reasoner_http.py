@@ -1,4 +1,4 @@
-"""bot/reasoner_http.py against a real local HTTP server (aiohttp.web on 127.0.0.1, a random port)."""
+"""bot/service/reasoner_http.py against a real local HTTP server (aiohttp.web on 127.0.0.1, a random port)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.conversation import ReplyKind, ServiceConfig
-from bot.reasoner_http import CHAT_PATH, REASON_SOURCE_HTTP, HttpReasonerConfig, justify_http
+from bot.service.conversation import ReplyKind, ServiceConfig
+from bot.service.reasoner_http import CHAT_PATH, REASON_SOURCE_HTTP, HttpReasonerConfig, justify_http
 from bot.settings import Settings
 from engine.profiles import Encoders
 from engine.reasoner import INSTRUCTION, SYSTEM, ReasonInput
-from tests.bot.test_conversation import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
+from tests.helpers.service import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
 
 ANSWER = "The bright brass matches the sunny bike ride."
 INP = ReasonInput("Sunny Brass March", tags=("brass", "happy"), feedback="more upbeat", video="people riding bikes")

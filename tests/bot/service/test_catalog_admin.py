@@ -1,4 +1,4 @@
-"""Tests for bot/catalog_admin.py: folders, incremental refreshes, crash safety, tags, licences, status.
+"""Tests for bot/service/catalog_admin.py: folders, incremental refreshes, crash safety, tags, licences, status.
 
 Everything runs for real on the tiny profile: SQLite migrated to head in a temp folder, the
 embedded Qdrant catalog, the media store, and short tones synthesised with ffmpeg lavfi (with
@@ -19,7 +19,7 @@ import pytest
 import torch
 from sqlalchemy.engine import make_url
 
-from bot.catalog_admin import (
+from bot.service.catalog_admin import (
     REFRESH_JOB,
     SEE_COPYRIGHT,
     CatalogAdmin,
@@ -627,7 +627,7 @@ async def test_a_cancelled_refresh_is_recorded_and_leaves_the_old_version(env: E
 
 
 async def test_versions_are_written_in_batches(env: Env, tones: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import bot.catalog_admin as catalog_admin
+    import bot.service.catalog_admin as catalog_admin
 
     monkeypatch.setattr(catalog_admin, "WRITE_BATCH", 2)
     env.add(tones, "a", "b", "c")

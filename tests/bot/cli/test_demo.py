@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import bot.demo as demo_mod
-from bot.cli import app
+import bot.cli.demo as demo_mod
+from bot.cli.main import app
 from bot.settings import get_settings
 from engine.media import MediaLimits, probe
 
