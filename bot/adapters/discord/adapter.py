@@ -378,7 +378,7 @@ class DiscordAdapter:
 
     def _sentence(self, exc: BaseException, budget: int, what: str) -> str:
         """The chat sentence for an error: typed -> its own sentence; 40005 -> the upload limit; else an apology."""
-        if isinstance(exc, _user_errors()):
+        if isinstance(exc, DownloadError) or isinstance(exc, _user_errors()):
             log.info("discord: %s refused: %s", what, exc)
             return exc.user_message  # type: ignore[attr-defined]
         if isinstance(exc, discord.HTTPException) and exc.code == TOO_LARGE_CODE:
