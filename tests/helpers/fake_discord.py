@@ -576,7 +576,7 @@ class FakeDiscord:
         if (m, p) == ("GET", "/oauth2/applications/@me"):
             return _json(self.application_payload())
         if m == "PUT" and seg[0] == "applications" and seg[-1] == "commands":
-            return _json([{**c, "id": str(self.snowflake()), "application_id": str(self.app_id), "version": "1"} for c in rec.json or []])
+            return _json([{"description": "", **c, "id": str(self.snowflake()), "application_id": str(self.app_id), "version": "1"} for c in rec.json or []])
         if m == "POST" and seg[0] == "interactions" and seg[-1] == "callback":
             return self._callback(seg[2], body, rec.files)
         if seg[0] == "webhooks":

@@ -1,0 +1,86 @@
+"""The Discord adapter's surface for `serve`: run() holds the (fake) gateway and sets `ready`,
+events arrive over it, close() ends run(); commands are registered only on request (tree.sync)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import discord
+import pytest
+
+from bot.adapters.discord import DiscordAdapter
+from bot.settings import Settings
+from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord
+
+USER_ID = 1_300_000_000_000_000_777
+
+
+class NoService:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the service was called ({name})")
+
+
+def settings(**kw: Any) -> Settings:
+    return Settings(_env_file=None, discord_token=BOT_TOKEN, **kw)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def fake():
+    async with FakeDiscord() as fake:
+        with fake.patched():
+            yield fake
+
+
+async def test_run_connects_sets_ready_handles_events_and_close_ends_it(fake: FakeDiscord) -> None:
+    adapter = DiscordAdapter(NoService(), settings())
+    assert not adapter.ready
+    task = asyncio.create_task(adapter.run())
+    await asyncio.wait_for(fake.identified.wait(), 5)
+    await asyncio.wait_for(adapter.client.wait_until_ready(), 5)
+    assert adapter.ready
+    # default intents: no privileged ones (members 1<<1, presences 1<<8, message content 1<<15)
+    intents = fake.identify["intents"]  # type: ignore[index]
+    assert intents & (1 << 1 | 1 << 8 | 1 << 15) == 0
+    assert intents == discord.Intents.default().value
+
+    url = fake.add_cdn_file("cat.png", b"x")
+    att = fake.attachment_payload(url, filename="cat.png", size=1, content_type="image/png")
+    payload = fake.slash_command("music", user_id=USER_ID, options=[{"name": "video", "type": 11, "value": att["id"]}], attachments=[att])
+    await fake.dispatch("INTERACTION_CREATE", payload)  # over the gateway, as Discord sends it
+    cb = await fake.expect("POST", f"/interactions/{payload['id']}/{payload['token']}/callback")
+    assert cb.json["data"]["flags"] == 64
+
+    await adapter.close()
+    await asyncio.wait_for(task, 5)
+    assert not adapter.ready
+
+
+async def test_message_content_intent_follows_the_setting() -> None:
+    assert DiscordAdapter(NoService(), settings(discord_message_content=True)).client.intents.message_content
+    assert not DiscordAdapter(NoService(), settings()).client.intents.message_content
+
+
+async def test_run_without_a_token_says_which_variable_is_missing() -> None:
+    adapter = DiscordAdapter(NoService(), Settings(_env_file=None))  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="MUSECHAT_DISCORD_TOKEN"):
+        await adapter.run()
+
+
+@pytest.mark.parametrize("guild", [False, True], ids=["global", "one-guild"])
+async def test_sync_registers_music_and_the_context_menu(fake: FakeDiscord, guild: bool) -> None:
+    adapter = DiscordAdapter(NoService(), settings())
+    await adapter.login()
+    try:
+        names = await adapter.sync_commands(guild_id=fake.guild_id if guild else None)
+    finally:
+        await adapter.close()
+    path = f"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands" if guild else f"/applications/{fake.app_id}/commands"
+    put = await fake.expect("PUT", path)
+    by_name = {c["name"]: c for c in put.json}
+    assert sorted(names) == sorted(by_name) == ["Find music for this video", "music"]
+    music = by_name["music"]
+    assert music["type"] == 1
+    assert [(o["name"], o["type"], o.get("required", False)) for o in music["options"]] == [("video", 11, True), ("prompt", 3, False)]
+    assert by_name["Find music for this video"]["type"] == 3  # a message context menu
+    assert fake.requests("PUT", "/applications/*/commands" if guild else "/applications/*/guilds/*/commands") == []
