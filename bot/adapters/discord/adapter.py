@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -49,6 +49,7 @@ REASON_BUDGET_S = 30.0  # seconds the reasoner may write (the card is shown at o
 EXCERPT_FORMAT = "ogg"  # Discord plays .ogg (opus) attachments inline
 THREAD_ARCHIVE_MINUTES = 1440
 CONTEXT_MENU_NAME = "Find music for this video"
+MAX_STARTS_PER_CHANNEL = 2  # videos worked on at once in one channel (per bot process)
 TOO_LARGE_CODE = 40005  # Discord: "Request entity too large"
 
 APOLOGY = "Sorry, something went wrong on my side. Nothing was lost; please try again in a moment."
@@ -56,6 +57,7 @@ NOT_A_VIDEO = "That file is not a video I can use: send an mp4, mov or webm clip
 NO_VIDEO = "That message has no video attached: use this on a message with an mp4, mov or webm clip."
 EMPTY_FEEDBACK = "Write a few words about what should change, e.g. “less sad, more drums”."
 VIDEO_IN_THREAD = "This thread already has its video. For a new one, use /music in the channel."
+CHANNEL_BUSY = "I am already working on {n} videos in this channel; please try again in a minute."
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -163,6 +165,7 @@ class DiscordAdapter:
         download_limits: DownloadLimits | None = None,
         edit_interval_s: float = EDIT_INTERVAL_S,
         intents: discord.Intents | None = None,
+        max_starts_per_channel: int = MAX_STARTS_PER_CHANNEL,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -175,6 +178,8 @@ class DiscordAdapter:
         self.client = MuseChatClient(self, intents=intents)
         self._session: aiohttp.ClientSession | None = None
         self._thread_parents: dict[int, int | None] = {}  # channel id -> parent id (threads), None (not a thread)
+        self.max_starts_per_channel = max_starts_per_channel
+        self._starting: dict[int, int] = {}  # channel id -> videos being started there now
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -304,6 +309,8 @@ class DiscordAdapter:
 
     async def _open_thread(self, channel: Any, message_id: int, video_name: str) -> None:
         try:
+            if getattr(channel, "guild", None) is None:  # not in discord.py's cache (a fresh process): ask
+                channel = await self.client.fetch_channel(channel.id)
             thread = await channel.get_partial_message(message_id).create_thread(
                 name=render.thread_name(video_name), auto_archive_duration=THREAD_ARCHIVE_MINUTES
             )
@@ -334,16 +341,21 @@ class DiscordAdapter:
             log.info("discord: refused %s from user %s: %s", att.filename, interaction.user.id, exc)
             await interaction.response.send_message(exc.user_message, ephemeral=True)
             return
-        response = await interaction.response.defer(thinking=True)  # within Discord's 3 s
-        message_id = response.message_id if response is not None and response.message_id else (await interaction.original_response()).id
-        keys, make_thread = await self._keys_for(
-            interaction.channel, user=interaction.user, anchor_id=message_id, guild_id=interaction.guild_id
-        )
-        budget = render.upload_budget(interaction=interaction)
-        live = self._live(InteractionTarget(interaction), self.edit_interval_s)
-        live.show(content=render.status_text("Fetching your video…"))
-        if await self._start(keys, att, text, live, budget) and make_thread:
-            await self._open_thread(interaction.channel, message_id, att.filename)
+        channel_id = interaction.channel_id or 0
+        if self._starting.get(channel_id, 0) >= self.max_starts_per_channel:
+            await interaction.response.send_message(CHANNEL_BUSY.format(n=self._starting[channel_id]), ephemeral=True)
+            return
+        with self._slot(channel_id):
+            response = await interaction.response.defer(thinking=True)  # within Discord's 3 s
+            message_id = response.message_id if response is not None and response.message_id else (await interaction.original_response()).id
+            keys, make_thread = await self._keys_for(
+                interaction.channel, user=interaction.user, anchor_id=message_id, guild_id=interaction.guild_id
+            )
+            budget = render.upload_budget(interaction=interaction)
+            live = self._live(InteractionTarget(interaction), self.edit_interval_s)
+            live.show(content=render.status_text("Fetching your video…"))
+            if await self._start(keys, att, text, live, budget) and make_thread:
+                await self._open_thread(interaction.channel, message_id, att.filename)
 
     async def _start_from_message(self, message: discord.Message, att: discord.Attachment, text: str) -> None:
         """A video that @mentions the bot (or sent in a DM): reply, start, open a thread from the reply."""
@@ -352,12 +364,29 @@ class DiscordAdapter:
         except DownloadError as exc:
             await message.reply(exc.user_message, mention_author=False)
             return
-        status = await message.reply(render.status_text("Fetching your video…"), mention_author=False)
-        keys, make_thread = await self._keys_for(message.channel, user=message.author, anchor_id=status.id, guild_id=message.guild.id if message.guild else None)
-        budget = render.upload_budget(guild=message.guild)
-        live = self._live(ChannelTarget(message.channel, message=status), self.edit_interval_s)
-        if await self._start(keys, att, text, live, budget) and make_thread:
-            await self._open_thread(message.channel, status.id, att.filename)
+        channel_id = message.channel.id
+        if self._starting.get(channel_id, 0) >= self.max_starts_per_channel:
+            await message.reply(CHANNEL_BUSY.format(n=self._starting[channel_id]), mention_author=False)
+            return
+        with self._slot(channel_id):
+            status = await message.reply(render.status_text("Fetching your video…"), mention_author=False)
+            guild_id = message.guild.id if message.guild else getattr(message.channel, "guild_id", None)
+            keys, make_thread = await self._keys_for(message.channel, user=message.author, anchor_id=status.id, guild_id=guild_id)
+            budget = render.upload_budget(guild=message.guild)
+            live = self._live(ChannelTarget(message.channel, message=status), self.edit_interval_s)
+            if await self._start(keys, att, text, live, budget) and make_thread:
+                await self._open_thread(message.channel, status.id, att.filename)
+
+    @contextlib.contextmanager
+    def _slot(self, channel_id: int) -> Iterator[None]:
+        """Count a start in a channel while it runs (the per-channel cap)."""
+        self._starting[channel_id] = self._starting.get(channel_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._starting[channel_id] -= 1
+            if not self._starting[channel_id]:
+                del self._starting[channel_id]
 
     async def _start(self, keys: PlatformKeys, att: discord.Attachment, text: str, live: LiveMessage, budget: int) -> bool:
         """Download, start the conversation, render it onto `live`; False (and a sentence shown) on failure."""
