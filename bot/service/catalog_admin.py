@@ -61,6 +61,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.service.catalog_layout import (  # noqa: F401 - re-exported
+    FEATURES_DIR,
+    FeatureCache,
+    TrackAnalysisCodec,
+    catalog_schema,
+    features_key,
+)
 from engine.media import MediaError, MediaLimits
 from engine.profiles import Encoders, ProfileConfig
 from engine.render import EXCERPT_FADE_S, ExcerptFormat, cut_excerpt
@@ -82,15 +89,19 @@ from storage.catalog import (
     TrackPayload,
     TrackPoint,
 )
-from bot.service.catalog_layout import FEATURES_DIR, FeatureCache, TrackAnalysisCodec, catalog_schema, features_key  # noqa: F401 - re-exported
 from storage.catalog.ids import track_id_for
 from storage.feature_cache import HashIndex
-from storage.source_store import CatalogSource, SourceStore
 from storage.job_store import JobRun, JobSchedule, JobStore
 from storage.media_store import MediaStore
 from storage.models import CatalogStatus as VersionStatus
 from storage.models import JobStatus
-from storage.track_store import CatalogVersion, CatalogVersionStore, TrackInfo, TrackStore
+from storage.source_store import CatalogSource, SourceStore
+from storage.track_store import (
+    CatalogVersion,
+    CatalogVersionStore,
+    TrackInfo,
+    TrackStore,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from engine.profiles import ProfileConfig
 from engine.tracks import ANALYSIS_VERSION, TrackAnalysis
-from storage.catalog import FUSION_VECTOR, MUSIC_VECTOR, TEXT_VECTOR, CatalogSchema, VectorSpec
+from storage.catalog import (
+    FUSION_VECTOR,
+    MUSIC_VECTOR,
+    TEXT_VECTOR,
+    CatalogSchema,
+    VectorSpec,
+)
 from storage.catalog.base import FUSION_DIM
 from storage.feature_cache import FeatureCache as _FeatureCache
 

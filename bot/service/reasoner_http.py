@@ -25,7 +25,14 @@ from typing import Any
 
 import aiohttp
 
-from engine.reasoner import INSTRUCTION, SYSTEM, Justification, ReasonerConfig, ReasonInput, build_prompt
+from engine.reasoner import (
+    INSTRUCTION,
+    SYSTEM,
+    Justification,
+    ReasonerConfig,
+    ReasonInput,
+    build_prompt,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from bot.service.catalog_admin import CatalogAdmin
-from bot.service.catalog_layout import FEATURES_DIR, FeatureCache, catalog_schema, features_key
+from bot.service.catalog_layout import (
+    FEATURES_DIR,
+    FeatureCache,
+    catalog_schema,
+    features_key,
+)
 from bot.service.conversation import ConversationService, ServiceConfig, TrackAssets
 from engine.engine import Engine, EngineConfig
 from engine.media import MediaLimits, ffmpeg_binary

@@ -1,0 +1,221 @@
+"""Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags.
+"""
+
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from bot.service.assets import TrackAssets
+from bot.service.turns import TurnPlan
+from engine.engine import Engine
+from engine.video import VideoFeatures
+from engine.zeroshot import video_sentence
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REASON_SOURCE_TAGS = "tag summary"  # the reasoner is off, failed or timed out
+REASONER_OFF = "off"  # ServiceConfig.reasoner: the tag summary is the reason
+REASONER_LOCAL = "local"  # the profile's LLM in this process (engine/reasoner.py, paper 4.2)
+REASONER_HTTP = "http"  # an OpenAI-compatible server (Ollama, vLLM), text only (bot/service/reasoner_http.py)
+REASONER_MODES = (REASONER_OFF, REASONER_LOCAL, REASONER_HTTP)
+REASONER_TIMEOUT_S = 3.0  # seconds a reply waits for the LLM's reason (lite: ~2.5 s for 40 tokens on 2 cores)
+REASONER_MAX_NEW_TOKENS = 48  # tokens of an LLM reason in a reply
+
+ReasonTokenCallback = Callable[[str], Awaitable[None] | None]  # each piece of the LLM's reason as it is written
+
+
+class ReasonWriter:
+    """The best track's reason: the profile's LLM (local) or a server (http), within a time limit, else the tag summary."""
+
+    def __init__(self, *, config: Any, engine: Engine, assets: TrackAssets) -> None:
+        self.config = config  # ServiceConfig: reasoner, reasoner_timeout_s, reasoner_checkpoint, ...
+        self.engine = engine
+        self.assets = assets
+        self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded on first use (or warm_up)
+        self._reasoner_lock = threading.Lock()
+        self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
+
+    def close(self) -> None:
+        if self._reasoner_executor is not None:
+            self._reasoner_executor.shutdown(wait=False, cancel_futures=True)
+
+    def get_reasoner(self) -> Any:
+        """The profile's reasoner (engine/reasoner.py), loaded once (worker thread)."""
+        with self._reasoner_lock:
+            if self._reasoner is None:
+                from engine.reasoner import load_reasoner
+
+                profile = self.engine.encoders.profile
+                self._reasoner = load_reasoner(
+                    profile.reasoner, music_dim=profile.music_dim, checkpoint=self.config.reasoner_checkpoint,
+                    device=self.engine.config.device,
+                )  # fmt: skip
+            return self._reasoner
+
+    async def write(
+        self, title: str, sha: str, tags: Sequence[str], plan: TurnPlan, fallback: str,
+        on_reason_token: ReasonTokenCallback | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why.
+
+        With `on_reason_token`, each piece the local LLM writes is handed to it (in order, on the event
+        loop) as it comes; all of them arrive before this returns.
+        """
+        from engine.reasoner import (
+            Justification,
+            ReasonInput,
+            justify,
+            reason_or_fallback,
+        )
+
+        if self.config.reasoner == REASONER_HTTP:
+            return await self._http_reason(title, tags, plan, fallback, on_reason_token)
+        if self._reasoner_executor is None:
+            self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        reasoner = self._reasoner
+        if reasoner is None:  # not warmed up: load it, but never wait past the limit for it
+            loading = loop.run_in_executor(self._reasoner_executor, self.get_reasoner)
+            try:
+                reasoner = await asyncio.wait_for(asyncio.shield(loading), self.config.reasoner_timeout_s)
+            except Exception as e:  # noqa: BLE001 - the reply still gives the track
+                error = "the model is still loading" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+                log.warning("no reasoner for this reply: %s", error)
+                j = Justification(None, REASON_SOURCE_TAGS, time.perf_counter() - t0, error=error)
+                return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+        music = None
+        if reasoner.trained:  # the soft token needs the track's mean music embedding (feature cache)
+            segments = await loop.run_in_executor(self._reasoner_executor, self.assets.segment_music, sha)
+            music = None if segments is None else np.asarray(segments, dtype=np.float32).mean(axis=0)  # (Dm,)
+        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
+        inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=plan.text, video=video)
+        remaining = max(0.0, self.config.reasoner_timeout_s - (time.perf_counter() - t0))
+        relay = TokenRelay(on_reason_token, loop) if on_reason_token is not None else None
+        try:
+            j = await justify(
+                reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
+                max_new_tokens=self.config.reasoner_max_new_tokens, on_token=relay.put if relay is not None else None,
+            )  # fmt: skip
+        finally:
+            if relay is not None:
+                await relay.close()
+        return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+
+    async def _http_reason(
+        self, title: str, tags: Sequence[str], plan: TurnPlan, fallback: str, on_reason_token: ReasonTokenCallback | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
+
+        The server answers in one piece (no streaming request): `on_reason_token` gets the whole text once.
+        """
+        from bot.service.reasoner_http import HttpReasonerConfig, justify_http
+        from engine.reasoner import ReasonInput, reason_or_fallback
+
+        cfg = HttpReasonerConfig(
+            base_url=self.config.reasoner_url or "", model=self.config.reasoner_model or "",
+            api_key=self.config.reasoner_api_key, max_tokens=self.config.reasoner_max_new_tokens,
+        )  # fmt: skip
+        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
+        inp = ReasonInput(title, tags=tuple(tags), feedback=plan.text, video=video)
+        j = await justify_http(inp, cfg, timeout_s=self.config.reasoner_timeout_s)
+        if j.text and on_reason_token is not None:
+            relay = TokenRelay(on_reason_token, asyncio.get_running_loop())
+            relay.put(j.text)
+            await relay.close()
+        return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+
+
+
+class TokenRelay:
+    """Pieces of text from the reasoner's thread to an (async) callback on the event loop, in order.
+
+    `put` may be called from any thread; `close` (on the loop) waits until every piece put before
+    it has been handed over, then ignores later ones (a timed-out generation still finishing). A
+    callback that raises is logged and not called again: a display problem never fails the reply.
+    """
+
+    def __init__(self, callback: ReasonTokenCallback, loop: asyncio.AbstractEventLoop) -> None:
+        self._callback = callback
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._closed = False
+        self._task = loop.create_task(self._deliver())
+
+    def put(self, piece: str) -> None:
+        if not self._closed and piece:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
+
+    async def _deliver(self) -> None:
+        broken = False
+        while (piece := await self._queue.get()) is not None:
+            if broken:
+                continue
+            try:
+                result = self._callback(piece)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001 - the reply must still come
+                log.warning("the reason-token callback failed; no more pieces go to it", exc_info=True)
+                broken = True
+
+    async def close(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)  # after every piece already scheduled
+        await self._task
+
+
+PART_PHRASES = {
+    "semantic": "its description matches {what}",
+    "pace": "its tempo and loudness suit the video's pace",
+    "steering": "it moves the way you asked ({understood})",
+    "fusion": "the trained fusion model ranks it close to your video and words",
+    "not like rejected": "it is unlike the track you passed on",
+}
+
+
+def tag_summary(
+    *,
+    title: str,
+    tags: Sequence[str],
+    parts: Mapping[str, float],
+    video: VideoFeatures | None,
+    understood: str,
+    tempo_bpm: float | None,
+    rejected: bool,
+) -> str:
+    """A plain reason from the track's tags and the score breakdown (until the reasoner lands).
+
+    Names the track's leading tags, then the score parts that lifted it most (positive parts,
+    largest first), e.g. "Battle Epic: classical, strings, slow. Picked because its description
+    matches what the video shows (mountain bike, alp) (+1.20) and its tempo and loudness suit the
+    video's pace (+0.45)."
+    """
+    lead = f"{title}: {', '.join(tags[:6])}." if tags else f"{title}."
+    if tempo_bpm:
+        lead = lead[:-1] + f", about {tempo_bpm:.0f} BPM."
+    what = "what you asked for"
+    if video is not None and (labels := video_sentence(video.labels[:3])):
+        what = f"what the video shows ({labels})" + (" and your words" if understood else "")
+    reasons = []
+    for name, value in sorted(((n, v) for n, v in parts.items() if n != "total"), key=lambda kv: -kv[1]):
+        if value <= 0 or name not in PART_PHRASES:
+            continue
+        if name == "not like rejected" and not rejected:
+            continue
+        reasons.append(PART_PHRASES[name].format(what=what, understood=understood or "your words") + f" ({value:+.2f})")
+    if not reasons:
+        return f"{lead} The closest match left in the catalog (score {parts.get('total', 0.0):.2f})."
+    return f"{lead} Picked because " + (", ".join(reasons[:-1]) + " and " + reasons[-1] if len(reasons) > 1 else reasons[0]) + "."

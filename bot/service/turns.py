@@ -1,0 +1,204 @@
+"""One turn's plan and its retrieval: query, nearest neighbours or recommend, re-rank (module docstring of bot/service/conversation.py).
+"""
+
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from bot.service.assets import TrackAssets, TrackExtras
+from bot.service.errors import ConversationError
+from bot.service.filters import FilterRequest
+from engine.engine import (
+    MODE_FUSION,
+    TEXT_VECTOR,
+    CandidateRow,
+    Engine,
+    Query,
+    Ranking,
+    TrackContext,
+)
+from engine.video import VideoFeatures
+from engine.zeroshot import LOUDNESS_RANGE_DB, ONSET_RANGE, TEMPO_RANGE_BPM
+from storage.catalog import (
+    CatalogFilter,
+    Hit,
+    MusicCatalog,
+    SchemaError,
+    TrackRecord,
+    UnknownTrackError,
+)
+from storage.catalog.ids import track_id_for
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A track whose rhythm the catalog does not know sits at the centre of the zero-shot scorer's
+# ranges (geometric for tempo and onset rate, arithmetic for loudness): it neither wins nor loses
+# on pace. Used for every candidate alike, so a missing value never creates a difference.
+NEUTRAL_TEMPO_BPM = float(np.sqrt(TEMPO_RANGE_BPM[0] * TEMPO_RANGE_BPM[1]))
+NEUTRAL_LOUDNESS_DB = float(np.mean(LOUDNESS_RANGE_DB))
+NEUTRAL_ONSET_RATE = float(np.sqrt(ONSET_RANGE[0] * ONSET_RANGE[1]))
+
+
+@dataclass
+class TurnPlan:
+    """One turn's inputs, gathered on the event loop before the model work."""
+
+    state: Any  # ConversationState | None (bot/service/conversation.py)
+    video: VideoFeatures | None
+    text: str  # the feedback the engine reads (filters cut out)
+    anchor_text: str  # text-only conversations: the opening words (filters cut out)
+    candidate_sha: str | None
+    negative_shas: tuple[str, ...]
+    exclude_shas: tuple[str, ...]
+    filters: FilterRequest
+    k: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent before the model work (video)
+
+
+@dataclass
+class Retrieved:
+    query: Query
+    hits: list[Hit]
+    records: list[TrackRecord]
+    catalog_filter: CatalogFilter | None
+    timings: dict[str, float]
+
+
+
+class Retriever:
+    """Query, search, fetch, re-rank one turn (model worker threads): the paper's turn logic (section 4.1, 5)."""
+
+    def __init__(self, *, engine: Engine, catalog: MusicCatalog, assets: TrackAssets, candidate_pool: int | None) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.assets = assets
+        self.candidate_pool = candidate_pool
+
+    def _context(self, sha: str, record: TrackRecord | None, extras: TrackExtras | None) -> TrackContext:
+        """A shown track as the engine's `TrackContext` (the paper's candidate music x_mc)."""
+        if record is None:
+            return TrackContext(sha)
+        p = record.payload
+        segment_music = self.assets.segment_music(sha) if self.engine.mode == MODE_FUSION else None
+        return TrackContext(
+            track_id=record.track_id,
+            text=record.vectors.get(TEXT_VECTOR),
+            tag_probs=dict(p.tag_probs),
+            rhythm=_rhythm(p.tempo_bpm, p.loudness_db, extras.onset_rate if extras else None),
+            segment_music=segment_music,
+        )
+
+    def get_records(self, catalog_ids: Sequence[str], with_vectors: bool) -> list[TrackRecord]:
+        return self.catalog.get(catalog_ids, with_vectors=with_vectors)
+
+    def retrieve(self, plan: TurnPlan, catalog_filter: CatalogFilter | None, context_extras: Mapping[str, TrackExtras]) -> Retrieved:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        # the previous and the rejected tracks, read back from the catalog (vectors for the engine)
+        ids = {s: track_id_for(s) for s in (plan.candidate_sha, *plan.negative_shas) if s}
+        records = {r.payload.content_hash or r.track_id: r for r in self.catalog.get(list(ids.values()), with_vectors=True)} if ids else {}
+        candidate = None
+        if plan.candidate_sha is not None and plan.candidate_sha in records:
+            candidate = self._context(plan.candidate_sha, records[plan.candidate_sha], context_extras.get(plan.candidate_sha))
+        negatives = [self._context(s, records[s], context_extras.get(s)) for s in plan.negative_shas if s in records]
+        timings["context"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        text = plan.text or None
+        if plan.video is None and text is None and candidate is None and not negatives:
+            text = plan.anchor_text or None  # text-only, nothing shown yet (turn 1 found nothing): ask again
+        query = self.engine.query(video=plan.video, text=text, candidate=candidate, negatives=negatives)
+        timings["query"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        limit = self.candidate_pool or self.engine.config.candidate_pool
+        exclude = [track_id_for(s) for s in plan.exclude_shas]
+        positives: list[np.ndarray] = [] if query.vector is None else [np.asarray(query.vector, dtype=np.float32)]
+        if plan.anchor_text and query.vector_name == TEXT_VECTOR:
+            # text-only conversation: the opening words stand in for the video (module docstring)
+            anchor = self.engine.text_vector(plan.anchor_text)
+            if not positives or not np.allclose(positives[0], anchor):
+                positives.append(np.asarray(anchor, dtype=np.float32))
+        try:
+            hits = self._search(query, positives, limit, exclude, catalog_filter)
+        except SchemaError as exc:
+            raise ConversationError(
+                "The catalog was built with another model profile than the one answering now: run `musechat catalog refresh`.",
+                str(exc),
+            ) from exc
+        timings["search"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        recs = self.catalog.get([h.track_id for h in hits], with_vectors=True) if hits else []
+        by_id = {r.track_id: r for r in recs}
+        kept_hits = [h for h in hits if h.track_id in by_id]
+        timings["fetch"] = time.perf_counter() - t3
+        return Retrieved(query, kept_hits, [by_id[h.track_id] for h in kept_hits], catalog_filter, timings)
+
+    def _search(
+        self, query: Query, positives: list[np.ndarray], limit: int, exclude: list[str], catalog_filter: CatalogFilter | None
+    ) -> list[Hit]:
+        neg_ids = list(query.negative_ids)
+        pos_ids = list(query.positive_ids)
+        while True:
+            try:
+                if not neg_ids and not pos_ids and len(positives) == 1:
+                    return self.catalog.search(query.vector_name, positives[0], limit=limit, exclude_ids=exclude, filters=catalog_filter)
+                if not neg_ids and not pos_ids and not positives:
+                    return []
+                return self.catalog.recommend(
+                    query.vector_name, positive_ids=pos_ids, negative_ids=neg_ids, positive_vectors=positives,
+                    limit=limit, exclude_ids=exclude, filters=catalog_filter,
+                )  # fmt: skip
+            except UnknownTrackError as exc:  # an example left the catalog in a refresh: go on without it
+                gone = set(exc.track_ids)
+                if not gone & (set(neg_ids) | set(pos_ids)):
+                    raise
+                neg_ids = [t for t in neg_ids if t not in gone]
+                pos_ids = [t for t in pos_ids if t not in gone]
+            except ValueError as exc:
+                if "recommend needs" in str(exc):  # nothing left to recommend around
+                    return []
+                raise
+
+    def rerank(self, retrieved: Retrieved, extras: Mapping[str, TrackExtras]) -> tuple[Ranking, list[CandidateRow]]:
+        t0 = time.perf_counter()
+        rows = []
+        for hit, rec in zip(retrieved.hits, retrieved.records, strict=True):
+            text = rec.vectors.get(TEXT_VECTOR)
+            if text is None:
+                continue
+            ex = extras.get(rec.payload.content_hash)
+            rows.append(
+                CandidateRow(
+                    track_id=rec.track_id, text=text, tag_probs=rec.payload.tag_probs,
+                    rhythm=_rhythm(rec.payload.tempo_bpm, rec.payload.loudness_db, ex.onset_rate if ex else None),
+                    search_score=hit.score,
+                )  # fmt: skip
+            )
+        if len(rows) != len(retrieved.records):  # keep records aligned with rows
+            keep = {r.track_id for r in rows}
+            pairs = [(h, r) for h, r in zip(retrieved.hits, retrieved.records, strict=True) if r.track_id in keep]
+            retrieved.hits, retrieved.records = [h for h, _ in pairs], [r for _, r in pairs]
+        ranking = retrieved.query.rerank(rows)
+        retrieved.timings["rerank"] = time.perf_counter() - t0
+        return ranking, rows
+
+
+
+def _rhythm(tempo: float | None, loudness: float | None, onset: float | None) -> tuple[float, float, float]:
+    """(tempo BPM, loudness dBFS, onsets/s), unknown values at the neutral centre (constants above)."""
+    return (
+        float(tempo) if tempo and tempo > 0 else NEUTRAL_TEMPO_BPM,
+        float(loudness) if loudness is not None else NEUTRAL_LOUDNESS_DB,
+        float(onset) if onset is not None and onset > 0 else NEUTRAL_ONSET_RATE,
+    )

@@ -1,0 +1,158 @@
+"""The video-feature cache of the conversation service.
+"""
+
+
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TypeVar
+
+from bot.service.errors import ConversationError, VideoGoneError
+from bot.service.pool import ModelPool, StatusCallback, notify
+from engine.engine import Engine
+from engine.video import VideoFeatures, content_hash
+from storage.media_store import MediaNotFoundError, MediaStore, MediaTooLargeError
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+VIDEO_CACHE_SIZE = 64  # VideoFeatures kept in memory (a few hundred KB each)
+KEYS_DIR = "keys"  # under the media store root: key files naming stored objects
+VIDEO_FEATURES_KEYS = "video-features"
+
+
+class VideoFeatureStore:
+    """Each video's features, computed once per content (memory, then the media store, else decoded).
+
+    The serialised `VideoFeatures` live in the media store, found through a small key file
+    `<media root>/keys/video-features/...` (the store itself is addressed by content); the uploaded
+    video is in the media store too, so a new process decodes it again only if its features were
+    cleaned up.
+    """
+
+    def __init__(self, *, engine: Engine, media: MediaStore, pool: ModelPool, max_upload_bytes: int | None) -> None:
+        self.engine = engine
+        self.media = media
+        self.pool = pool
+        self.max_upload_bytes = max_upload_bytes
+        self._videos: OrderedDict[str, VideoFeatures] = OrderedDict()
+        self._video_lock = threading.Lock()
+        self._inflight: dict[str, asyncio.Future[VideoFeatures]] = {}
+        self._keys_dir = media.root / KEYS_DIR / VIDEO_FEATURES_KEYS
+        self._keys_dir.mkdir(parents=True, exist_ok=True)
+
+    def _features_key_file(self, video_sha: str) -> Path:
+        cfg = self.engine.config
+        return self._keys_dir / video_sha[:2] / f"{video_sha}-{cfg.profile}-{cfg.query_fps:g}fps"
+
+    def _cache_key(self, video_sha: str) -> str:
+        return f"{video_sha}:{self.engine.config.profile}:{self.engine.config.query_fps:g}"
+
+    def _remember(self, vf: VideoFeatures) -> None:
+        with self._video_lock:
+            key = self._cache_key(vf.content_hash)
+            self._videos[key] = vf
+            self._videos.move_to_end(key)
+            while len(self._videos) > VIDEO_CACHE_SIZE:
+                self._videos.popitem(last=False)
+
+    def _stored_features(self, video_sha: str) -> VideoFeatures | None:
+        """The features cached in the media store for this video, profile and frame rate, if any."""
+        key_file = self._features_key_file(video_sha)
+        try:
+            ref = key_file.read_text(encoding="utf-8").strip()
+            vf = VideoFeatures.from_bytes(self.media.path_for(ref).read_bytes())
+        except (FileNotFoundError, MediaNotFoundError, ValueError):
+            return None
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
+            log.warning("cached features of video %s are unreadable (%s): recomputing", video_sha[:12], exc)
+            return None
+        return vf if vf.content_hash == video_sha else None
+
+    def _store_features(self, vf: VideoFeatures) -> None:
+        ref = self.media.put_bytes(vf.to_bytes())
+        key_file = self._features_key_file(vf.content_hash)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".key-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(ref.sha256)
+        os.replace(tmp, key_file)
+
+    def _cached_video(self, video_sha: str) -> VideoFeatures | None:
+        with self._video_lock:
+            vf = self._videos.get(self._cache_key(video_sha))
+        if vf is not None:
+            return vf
+        vf = self._stored_features(video_sha)
+        if vf is not None:
+            self._remember(vf)
+        return vf
+
+    async def video_for(self, video_sha: str, on_status: StatusCallback | None) -> VideoFeatures:
+        """The conversation's video features: memory, then the media store, else decoded again from the stored video."""
+        vf = await asyncio.to_thread(self._cached_video, video_sha)
+        if vf is not None:
+            return vf
+        try:
+            path = self.media.path_for(video_sha)
+        except MediaNotFoundError:
+            raise VideoGoneError(
+                "Your video is no longer stored here (old files are cleaned up); please start again with it."
+            ) from None
+        await notify(on_status, "decoding your video again (its cached features were cleaned up)")
+        return await self._compute_once(video_sha, path, on_status)
+
+    async def _compute_once(self, video_sha: str, path: Path, on_status: StatusCallback | None) -> VideoFeatures:
+        """Decode and embed a video, once even when several requests ask for it at the same time."""
+        key = self._cache_key(video_sha)
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            vf = await self.pool.run(self.engine.video_features, path, on_status=on_status)
+            await asyncio.to_thread(self._store_features, vf)
+            self._remember(vf)
+            fut.set_result(vf)
+            return vf
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: the waiters (if any) re-raise it
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def ingest(self, video: Path | str | bytes, on_status: StatusCallback | None) -> tuple[VideoFeatures, str]:
+        """Validate and embed an upload (features once per content), then keep it in the media store."""
+        limit = self.max_upload_bytes
+        tmp: Path | None = None
+        if isinstance(video, bytes):
+            fd, name = tempfile.mkstemp(dir=self.media.tmp_dir, prefix="upload-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(video)
+            path = tmp = Path(name)
+        else:
+            path = Path(video)
+            if not path.is_file():
+                raise FileNotFoundError(2, "no such file", str(path))
+        try:
+            sha = await asyncio.to_thread(content_hash, path)
+            vf = await asyncio.to_thread(self._cached_video, sha)
+            if vf is None:
+                vf = await self._compute_once(sha, path, on_status)  # raises the MediaErrors of a bad upload
+            try:
+                ref = await asyncio.to_thread(self.media.put_file, path, max_bytes=limit, move=tmp is not None)
+            except MediaTooLargeError as exc:
+                raise ConversationError("That video is too large for me to keep.", str(exc)) from exc
+            return vf, ref.sha256
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
