@@ -250,3 +250,79 @@ def make_preview(
         ", mixed with the original sound" if mix else "", time.perf_counter() - t0,
     )  # fmt: skip
     return Preview(path=out, duration_s=duration, music_s=music_s, video_copied=copy_video, mixed_original=mix)
+
+
+# --- fitting a preview into a platform's upload limit ----------------------------------------------
+
+FIT_MARGIN = 0.92  # share of the byte budget the streams may use (mp4 overhead, rate-control slack)
+FIT_AUDIO_KBPS = 96  # kbit/s of AAC in a re-encoded preview
+MIN_FIT_VIDEO_KBPS = 80  # kbit/s: below this a preview is not worth watching; say so instead
+FIT_HEIGHTS = ((1500, 720), (600, 480), (0, 360))  # (video kbit/s at least, largest height) pairs
+FIT_ATTEMPTS = 2  # encodes tried before giving up (each at 85 % of the previous bitrate)
+
+
+class PreviewTooLargeError(RenderError):
+    """A preview cannot fit the byte budget at a watchable bitrate."""
+
+
+@dataclass(frozen=True)
+class FittedPreview:
+    path: Path
+    bytes: int
+    video_kbps: int  # the bitrate asked of the encoder
+    height: int  # the largest height the picture was scaled to
+
+
+def fit_preview(
+    src: str | Path,
+    out: str | Path,
+    *,
+    max_bytes: int,
+    duration_s: float,
+    limits: MediaLimits = MediaLimits(),
+    ffmpeg: str | None = None,
+) -> FittedPreview:
+    """Re-encode a preview mp4 to at most `max_bytes`: the video bitrate comes from the duration.
+
+    H.264 at a bitrate of (budget * FIT_MARGIN / duration - audio), scaled down when that bitrate
+    is low; checked on the file written and retried once at a lower bitrate. Raises
+    `PreviewTooLargeError` (with a chat sentence) when the bitrate would fall under
+    MIN_FIT_VIDEO_KBPS: a shorter clip is the honest answer then.
+    """
+    src, out = Path(src), Path(out)
+    if duration_s <= 0:
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    video_kbps = int(max_bytes * 8 * FIT_MARGIN / duration_s / 1000) - FIT_AUDIO_KBPS
+    for _ in range(FIT_ATTEMPTS):
+        if video_kbps < MIN_FIT_VIDEO_KBPS:
+            mib = max_bytes / 2**20
+            raise PreviewTooLargeError(
+                f"your {duration_s:.0f} s video cannot fit this platform's {mib:.0f} MiB upload limit at a watchable "
+                f"quality; send a clip shorter than {max(1, int(duration_s * video_kbps / MIN_FIT_VIDEO_KBPS))} s "
+                "for a preview",
+                user_message=(
+                    f"The preview of your {duration_s:.0f} s video would not fit the {mib:.0f} MiB upload limit here "
+                    "at a watchable quality. Send a shorter clip, or use the excerpt above."
+                ),
+            )
+        height = next(h for kbps, h in FIT_HEIGHTS if video_kbps >= kbps)
+        cmd = _base_cmd(ffmpeg, loglevel="error")
+        cmd += _input_args(src)
+        cmd += [
+            "-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn", "-map_metadata", "-1",
+            "-vf", f"scale=-2:'min({height},ih)'",
+            "-c:v", "libx264", "-preset", X264_PRESET, "-pix_fmt", "yuv420p",
+            "-b:v", f"{video_kbps}k", "-maxrate", f"{video_kbps}k", "-bufsize", f"{2 * video_kbps}k",
+            "-c:a", "aac", "-b:a", f"{FIT_AUDIO_KBPS}k", "-movflags", "+faststart", "-f", "mp4",
+        ]  # fmt: skip
+        _render(cmd, out, limits, what="preview re-encode")
+        size = out.stat().st_size
+        if size <= max_bytes:
+            return FittedPreview(out, size, video_kbps, height)
+        log.info("re-encoded preview is %d bytes, over %d: trying a lower bitrate", size, max_bytes)
+        video_kbps = int(video_kbps * 0.85 * max_bytes / size)
+    out.unlink(missing_ok=True)
+    raise PreviewTooLargeError(
+        f"re-encoded preview stays over {max_bytes} bytes",
+        user_message="I could not make the preview small enough for the upload limit here. Send a shorter clip.",
+    )

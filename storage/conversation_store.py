@@ -111,6 +111,12 @@ class ConversationStore:
         async with self._engine.begin() as conn:
             return _user(await _upsert_user(conn, platform=platform, platform_user_id=platform_user_id, name=name))
 
+    async def get_user(self, *, user_id: int) -> User | None:
+        """The user with this (SQL) id: who owns a conversation."""
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).mappings().first()
+        return None if row is None else _user(row)
+
     async def get_or_create_conversation(
         self,
         *,
@@ -197,11 +203,15 @@ class ConversationStore:
         candidate_track_id: str | None = None,
         timings: Mapping[str, float] | None = None,
         recommendations: Sequence[Recommendation] = (),
+        feedback_on_previous: PendingFeedback | None = None,
+        status: ConversationStatus | None = None,
     ) -> Turn:
         """Store the next turn of a conversation with its recommendations, all or nothing.
 
-        The turn gets index ``turn_count + 1``; if anything fails before the commit, neither the
-        turn, its recommendations nor the counter change.
+        The turn gets index ``turn_count + 1``; `feedback_on_previous` (the user's answer to the
+        turn before, which led to this one) and a new `status` are written in the same transaction:
+        if anything fails before the commit, neither the feedback, the turn, its recommendations,
+        the status nor the counter change.
         """
         now = utcnow()
         timings_json = {k: float(v) for k, v in (timings or {}).items()}
@@ -233,6 +243,12 @@ class ConversationStore:
             )
             turn_id = (await conn.execute(insert)).scalar_one()
             await self._insert_recommendations(conn, turn_id, recommendations)
+            if feedback_on_previous is not None:
+                await _insert_feedback(conn, conversation_id, feedback_on_previous, now)
+            if status is not None:
+                await conn.execute(
+                    sa.update(conversations).where(conversations.c.id == conversation_id).values(status=ConversationStatus(status).value)
+                )
         log.debug("conversation %d: stored turn %d (%d recommendations)", conversation_id, index, len(recommendations))
         return Turn(
             id=turn_id,
@@ -309,9 +325,13 @@ class ConversationStore:
     # --- feedback ---------------------------------------------------------------------------
 
     async def record_feedback(
-        self, *, turn_id: int, kind: FeedbackKind | str, text: str = "", track_id: str | None = None
-    ) -> Feedback:
-        """Store the user's answer to a turn: accept ("use this"), another, or refine with words."""
+        self, *, turn_id: int, kind: FeedbackKind | str, text: str = "", track_id: str | None = None,
+        status: ConversationStatus | None = None,
+    ) -> Feedback:  # fmt: skip
+        """Store the user's answer to a turn: accept ("use this"), another, or refine with words.
+
+        With `status`, the conversation's status changes in the same transaction ("use this" closes it).
+        """
         kind = FeedbackKind(kind)
         now = utcnow()
         async with self._engine.begin() as conn:
@@ -333,9 +353,10 @@ class ConversationStore:
                 .returning(feedback.c.id)
             )
             feedback_id = (await conn.execute(insert)).scalar_one()
-            await conn.execute(
-                sa.update(conversations).where(conversations.c.id == conversation_id).values(updated_at=now)
-            )
+            values: dict[str, Any] = {"updated_at": now}
+            if status is not None:
+                values["status"] = ConversationStatus(status).value
+            await conn.execute(sa.update(conversations).where(conversations.c.id == conversation_id).values(**values))
         return Feedback(
             id=feedback_id,
             conversation_id=conversation_id,
@@ -345,6 +366,17 @@ class ConversationStore:
             track_id=track_id,
             created_at=now,
         )
+
+    async def set_reason(self, *, turn_id: int, rank: int, reason: str) -> None:
+        """Replace a recommendation's reason (the LLM's, written after the card was shown)."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(recommendations)
+                .where(recommendations.c.turn_id == turn_id, recommendations.c.rank == rank)
+                .values(reason=reason)
+            )
+        if result.rowcount == 0:
+            raise NotFoundError(f"turn {turn_id} has no recommendation of rank {rank}")
 
     async def list_feedback(self, *, conversation_id: int) -> list[Feedback]:
         """All feedback of a conversation, oldest first."""
@@ -366,6 +398,28 @@ class ConversationStore:
 
 
 # --- row → domain ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingFeedback:
+    """The user's answer to a turn, written with the turn it leads to (`add_turn`)."""
+
+    turn_id: int
+    kind: FeedbackKind
+    text: str = ""
+    track_id: str | None = None
+
+
+async def _insert_feedback(conn: AsyncConnection, conversation_id: int, fb: PendingFeedback, now: datetime) -> None:
+    owner = (await conn.execute(sa.select(turns.c.conversation_id).where(turns.c.id == fb.turn_id))).scalar_one_or_none()
+    if owner != conversation_id:
+        raise NotFoundError(f"turn {fb.turn_id} is not a turn of conversation {conversation_id}")
+    await conn.execute(
+        sa.insert(feedback).values(
+            conversation_id=conversation_id, turn_id=fb.turn_id, kind=FeedbackKind(fb.kind).value,
+            text=fb.text, track_id=fb.track_id, created_at=now,
+        )  # fmt: skip
+    )
 
 
 async def _upsert_user(conn: AsyncConnection, *, platform: str, platform_user_id: str, name: str) -> RowMapping:

@@ -45,6 +45,7 @@ class FeedbackKind(enum.StrEnum):
     ACCEPT = "accept"  # "use this": the user took the track (the preview is rendered)
     ANOTHER = "another"  # "another one" without words: a negative example
     REFINE = "refine"  # words that steer the next pick ("more upbeat")
+    RESTART = "restart"  # "start over": feedback before this is forgotten (the video and shown tracks stay)
 
 
 class CatalogStatus(enum.StrEnum):

@@ -278,6 +278,7 @@ async def run_chat(svc: Any, video: Path | None, text: str | None, resume: int |
                 else:
                     reply = await with_reason_stream(lambda cb, tok: svc.message(cid, line, on_status=cb, on_reason_token=tok), "thinking…")
                 print_reply(reply)
+                save_preview(reply, out_dir)  # "use this" in words renders the preview like /use
             except (ConversationError, MediaError) as e:  # one message failed; the chat goes on
                 print_error(e.user_message)
         out.print(f"bye (conversation {cid})")

@@ -1,12 +1,12 @@
-"""What the indexer left per track: attributes in SQL, analyses in the feature cache, excerpts in the media store.
-"""
+"""What the indexer left per track: attributes in SQL, analyses in the feature cache, excerpts in the media store."""
 
+from __future__ import annotations
 
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -15,9 +15,6 @@ from storage.track_store import TrackStore
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 ATTRIBUTE_CACHE_SIZE = 50_000  # tracks whose indexer attributes are kept in memory
 
@@ -29,6 +26,7 @@ class TrackExtras:
     onset_rate: float | None  # onsets per second (engine/rhythm.py)
     excerpt_sha256: str | None  # the listening excerpt in the media store
     excerpt_start_s: float | None  # where that excerpt starts in the track, seconds
+    excerpt_format: str | None = None  # its format ("ogg", "mp3"); None: unknown (assumed "ogg")
 
 
 class TrackAssets:
@@ -53,6 +51,7 @@ class TrackAssets:
                     onset_rate=None if onset is None else float(onset),
                     excerpt_sha256=ex.get("sha256") if isinstance(ex, Mapping) else None,
                     excerpt_start_s=_float_or_none(ex.get("cut_start_s", ex.get("start_s"))) if isinstance(ex, Mapping) else None,
+                    excerpt_format=str(ex.get("format") or "ogg") if isinstance(ex, Mapping) else None,
                 )
                 if len(self._cache) > ATTRIBUTE_CACHE_SIZE:
                     self._cache.popitem(last=False)
@@ -69,11 +68,11 @@ class TrackAssets:
         analysis = self.features.get(content_hash)
         return None if analysis is None else analysis.segment_vectors
 
-    def remember_cut(self, content_hash: str, sha256: str) -> None:
-        self._cut[content_hash] = sha256
+    def remember_cut(self, content_hash: str, sha256: str, fmt: str = "ogg") -> None:
+        self._cut[f"{content_hash}:{fmt}"] = sha256
 
-    def cut_sha(self, content_hash: str) -> str | None:
-        return self._cut.get(content_hash)
+    def cut_sha(self, content_hash: str, fmt: str = "ogg") -> str | None:
+        return self._cut.get(f"{content_hash}:{fmt}")
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -53,6 +53,7 @@ given with a note that the model's reason is unavailable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -71,13 +72,30 @@ from bot.service.catalog_layout import (
     catalog_schema,
     features_key,
 )
+from bot.service.contract import (
+    Action,
+    ActionKind,
+    CardEvent,
+    Event,
+    EventSink,
+    FinalEvent,
+    MediaFile,
+    PlatformKeys,
+    ReasonTokenEvent,
+    ReplyOptions,
+    StatusEvent,
+    safe_filename,
+)
 from bot.service.errors import (
     BusyError,
     CatalogMismatchError,
     ConversationError,
     ConversationExistsError,
+    DuplicateActionError,
     EmptyCatalogError,
     NothingToAskError,
+    NotOwnerError,
+    OutdatedActionError,
     UnknownConversationError,
     VideoGoneError,
 )
@@ -87,7 +105,6 @@ from bot.service.media import EXCERPT_BUDGET_S, MediaRenderer
 from bot.service.pool import (
     DEFAULT_WORKERS,
     ModelPool,
-    StatusCallback,
     notify,
     settle_heap,
 )
@@ -109,12 +126,14 @@ from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
+from engine.render import PreviewTooLargeError
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
 from storage.catalog.ids import track_id_for
 from storage.conversation_store import (
     Conversation,
     ConversationStore,
     Feedback,
+    PendingFeedback,
     Recommendation,
     Turn,
 )
@@ -133,6 +152,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RANKING_SHOWN = 200  # re-ranked candidates a reply lists (for scripts and tests)
+# the buttons each kind of reply offers (Reply.actions)
+AFTER_RECOMMENDATION = (ActionKind.USE, ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)
+AFTER_EXHAUSTED = (ActionKind.REFINE, ActionKind.START_OVER)  # words may lift a filter
+AFTER_USE = (ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)  # the conversation may go on
+
+LegacyStatusCallback = Callable[[str], Awaitable[None] | None]  # the status sentence only (terminal)
 TOP_TAGS = 5  # per vocabulary (paper section 3: top-5 MTT + top-5 MSD)
 PLATFORM_TERMINAL = "terminal"
 @dataclass(frozen=True)
@@ -169,13 +194,26 @@ class ConversationState:
         return None
 
     @property
+    def _restarted_after(self) -> int:
+        """Index of the last turn answered with "start over" (0: never): what came before is forgotten."""
+        index = {t.id: t.index for t in self.turns}
+        return max((index.get(f.turn_id, 0) for f in self.feedback if f.kind is FeedbackKind.RESTART), default=0)
+
+    @property
     def rejected(self) -> tuple[str, ...]:
-        """Tracks the user passed on with a bare "another" (negative examples), oldest first."""
-        return tuple(dict.fromkeys(f.track_id for f in self.feedback if f.kind is FeedbackKind.ANOTHER and f.track_id))
+        """Tracks the user passed on with a bare "another" since the last start over (negative examples), oldest first."""
+        index = {t.id: t.index for t in self.turns}
+        since = self._restarted_after
+        return tuple(dict.fromkeys(
+            f.track_id for f in self.feedback
+            if f.kind is FeedbackKind.ANOTHER and f.track_id and index.get(f.turn_id, 0) > since
+        ))  # fmt: skip
 
     @property
     def filters(self) -> FilterRequest:
-        return conversation_filters(t.user_text for t in self.turns)
+        """The filters asked for: in the opening words, and in every message since the last start over."""
+        since = self._restarted_after
+        return conversation_filters(t.user_text for t in self.turns if t.index == 1 or t.index > since)
 
 
 # =================================================================================================
@@ -263,7 +301,6 @@ class ConversationService:
         Raises the storage layer's errors (an unreachable database, an outdated PostgreSQL schema,
         a locked embedded catalog) for the caller to report.
         """
-        import dataclasses
 
         from engine.profiles import resolve_profile
         from storage.catalog import open_catalog
@@ -349,21 +386,26 @@ class ConversationService:
                 await result
         self._owned = []
 
-    # --- public API -----------------------------------------------------------------------------
+    # --- public API (bot/service/contract.py) ---------------------------------------------------
 
     async def start(
         self,
+        keys: PlatformKeys | None = None,
         *,
         video: Path | str | bytes | None = None,
         text: str = "",
+        video_name: str = "",
+        events: EventSink | None = None,
+        options: ReplyOptions | None = None,
+        # the same keys one by one (the terminal, scripts):
         platform: str = PLATFORM_TERMINAL,
-        channel_id: str,
+        channel_id: str = "",
         thread_id: str = "",
         workspace_id: str = "",
-        user_id: str,
+        user_id: str = "",
         user_name: str = "",
-        k: int = 1,
-        on_status: StatusCallback | None = None,
+        k: int | None = None,
+        on_status: LegacyStatusCallback | None = None,
         on_reason_token: ReasonTokenCallback | None = None,
     ) -> Reply:
         """Open a conversation with a video (and optional words) or with words only; answer turn 1.
@@ -372,11 +414,17 @@ class ConversationService:
         without video or musical words, `EmptyCatalogError`, and the video's `MediaError`s (not a
         video, audio only, truncated, too long, too large) before anything is stored.
         """
-        existing = await self.store.get_conversation(platform=platform, channel_id=channel_id, thread_id=thread_id)
+        if keys is None:
+            if not channel_id or not user_id:
+                raise ValueError("start needs PlatformKeys, or channel_id and user_id")
+            keys = PlatformKeys(platform, channel_id, user_id, thread_id, workspace_id, user_name)
+        options = self._options(options, k)
+        out = _Emitter(events, on_status, on_reason_token)
+        existing = await self.store.get_conversation(platform=keys.platform, channel_id=keys.channel_id, thread_id=keys.thread_id)
         if existing is not None and existing.turn_count > 0:
             raise ConversationExistsError(
                 "This thread already has a conversation; reply to it, or start a new thread.",
-                f"conversation {existing.id} exists on {platform}/{channel_id}/{thread_id}",
+                f"conversation {existing.id} exists on {keys.platform}/{keys.channel_id}/{keys.thread_id}",
             )
         parsed = parse_filters(text)
         if video is None and not parsed.text.strip():
@@ -386,91 +434,100 @@ class ConversationService:
         vf, video_ref = None, None
         before: dict[str, float] = {}
         if video is not None:
-            await notify(on_status, "decoding and embedding your video")
-            vf, video_ref = await self.videos.ingest(video, on_status)
+            await notify(out.status, f"decoding and embedding {video_name or 'your video'}")
+            vf, video_ref = await self.videos.ingest(video, out.status)
             before["video"] = time.perf_counter() - t0  # hash, decode + embed (unless cached), store
         conv = await self.store.get_or_create_conversation(
-            platform=platform, channel_id=channel_id, thread_id=thread_id, workspace_id=workspace_id,
-            platform_user_id=user_id, user_name=user_name, profile=self.engine.config.profile,
+            platform=keys.platform, channel_id=keys.channel_id, thread_id=keys.thread_id, workspace_id=keys.workspace_id,
+            platform_user_id=keys.user_id, user_name=keys.user_name, profile=self.engine.config.profile,
             model_version=self.engine.mode,
         )  # fmt: skip
-        log.info("conversation %d: start on %s by %s (%s)", conv.id, platform, user_id, "video" if vf is not None else "text only")
+        log.info("conversation %d: start on %s by %s (%s)", conv.id, keys.platform, keys.user_id, "video" if vf is not None else "text only")
         async with self._locked(conv.id):
             state = await self.state(conv.id)
             if state.turns:  # a concurrent start won the race
                 raise ConversationExistsError("This thread already has a conversation; reply to it, or start a new thread.")
             plan = TurnPlan(
                 state=state, video=vf, text=parsed.text, anchor_text="", candidate_sha=None, negative_shas=(),
-                exclude_shas=(), filters=parsed.filters, k=k, timings=before,
+                exclude_shas=(), filters=parsed.filters, k=options.k, timings=before,
             )  # fmt: skip
             return await self._turn(
                 conv, plan, user_text=text, video_sha=vf.content_hash if vf else None, video_ref=video_ref,
-                on_status=on_status, on_reason_token=on_reason_token, t0=t0,
+                out=out, options=options, t0=t0,
             )  # fmt: skip
 
     async def message(
-        self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None,
+        self, conversation_id: int, text: str, *, user_id: str | None = None, events: EventSink | None = None,
+        options: ReplyOptions | None = None, k: int | None = None, on_status: LegacyStatusCallback | None = None,
         on_reason_token: ReasonTokenCallback | None = None,
     ) -> Reply:  # fmt: skip
-        """Answer a free-form message: "use this", "another (one)", or feedback words."""
+        """Answer a free-form message: "use this" (as the button), "another (one)", or feedback words.
+
+        `user_id`: who wrote it (logged; in a shared thread anyone may give feedback, only the
+        owner may press buttons).
+        """
+        out, options = _Emitter(events, on_status, on_reason_token), self._options(options, k)
         if USE_RE.match(text or ""):
-            return await self.use_this(conversation_id, on_status=on_status)
+            return await self._use(conversation_id, None, out=out, options=options)
         m = ANOTHER_RE.match(text or "")
         if m:
-            return await self.another(conversation_id, text=text[m.end() :], k=k, on_status=on_status, on_reason_token=on_reason_token)
-        return await self.feedback(conversation_id, text, k=k, on_status=on_status, on_reason_token=on_reason_token)
+            return await self._next_turn(conversation_id, text[m.end() :], FeedbackKind.ANOTHER, out=out, options=options)
+        return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, out=out, options=options)
+
+    async def act(
+        self, action: Action, *, user_id: str, events: EventSink | None = None, options: ReplyOptions | None = None,
+    ) -> Reply:  # fmt: skip
+        """A button press (bot/service/contract.py): use this, another, refine with words, start over.
+
+        Only the conversation's owner may press its buttons (`NotOwnerError`). A button acts on the
+        card that carried it: on an older card than the latest, "use this", "another" and "refine"
+        raise `OutdatedActionError` (the user is pointed at the latest card); "start over" always
+        works. A second "use this" on the same card raises `DuplicateActionError` (a double click
+        never renders twice).
+        """
+        out, options = _Emitter(events, None, None), self._options(options, None)
+        state = await self.state(action.conversation_id)
+        owner = await self.store.get_user(user_id=state.conversation.user_id)
+        if owner is not None and user_id != owner.platform_user_id:
+            name = owner.name or "the person who started it"
+            raise NotOwnerError(f"These buttons belong to {name}'s conversation; start your own with a video.")
+        kind = action.kind
+        if kind is ActionKind.USE:
+            return await self._use(action.conversation_id, action.turn_index, out=out, options=options)
+        if kind is ActionKind.START_OVER:
+            return await self._next_turn(action.conversation_id, "", FeedbackKind.RESTART, out=out, options=options)
+        if kind is ActionKind.ANOTHER:
+            return await self._next_turn(
+                action.conversation_id, action.text, FeedbackKind.ANOTHER, out=out, options=options, on_turn=action.turn_index,
+            )  # fmt: skip
+        if not action.text.strip():
+            raise ConversationError("Tell me what to change (\"less sad, more drums\").")
+        return await self._next_turn(
+            action.conversation_id, action.text, FeedbackKind.REFINE, out=out, options=options, on_turn=action.turn_index,
+        )  # fmt: skip
 
     async def feedback(
-        self, conversation_id: int, text: str, *, k: int = 1, on_status: StatusCallback | None = None,
-        on_reason_token: ReasonTokenCallback | None = None,
+        self, conversation_id: int, text: str, *, k: int = 1, on_status: LegacyStatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None, events: EventSink | None = None, options: ReplyOptions | None = None,
     ) -> Reply:  # fmt: skip
         """A turn k >= 2: the video + the previous track + these words (paper section 4.1)."""
-        return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, k=k, on_status=on_status, on_reason_token=on_reason_token)
+        out = _Emitter(events, on_status, on_reason_token)
+        return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, out=out, options=self._options(options, k))
 
     async def another(
-        self, conversation_id: int, *, text: str = "", k: int = 1, on_status: StatusCallback | None = None,
-        on_reason_token: ReasonTokenCallback | None = None,
+        self, conversation_id: int, *, text: str = "", k: int = 1, on_status: LegacyStatusCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None, events: EventSink | None = None, options: ReplyOptions | None = None,
     ) -> Reply:  # fmt: skip
         """"Another one": without other words the previous track becomes a negative example."""
-        return await self._next_turn(conversation_id, text, FeedbackKind.ANOTHER, k=k, on_status=on_status, on_reason_token=on_reason_token)
+        out = _Emitter(events, on_status, on_reason_token)
+        return await self._next_turn(conversation_id, text, FeedbackKind.ANOTHER, out=out, options=self._options(options, k))
 
-    async def use_this(self, conversation_id: int, *, on_status: StatusCallback | None = None) -> Reply:
-        """"Use this": record the choice and render the preview (the video with the track under it)."""
-        t0 = time.perf_counter()
-        async with self._locked(conversation_id):
-            state = await self.state(conversation_id)
-            pick = state.last_pick
-            if pick is None:
-                raise ConversationError("There is no track to use yet.")
-            turn, rec = pick
-            await self.store.record_feedback(turn_id=turn.id, kind=FeedbackKind.ACCEPT, text="use this", track_id=rec.track_id)
-            await self.store.set_status(conversation_id=conversation_id, status=ConversationStatus.CLOSED)
-            record = await self.pool.run(self.retriever.get_records, [track_id_for(rec.track_id)], False, on_status=on_status)
-            if not record:
-                return Reply(ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode,
-                             message="That track has left the catalog since; I cannot render a preview of it.")  # fmt: skip
-            card_source = record[0].payload.source
-            if state.video_sha256 is None:
-                return Reply(
-                    ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode,
-                    message=f"Noted: \"{record[0].payload.title}\". There is no video in this conversation to preview it with; "
-                    f"the track is {card_source}.",
-                )  # fmt: skip
-            try:
-                video_path = self.media.path_for(state.video_sha256)
-            except MediaNotFoundError:
-                raise VideoGoneError("Your video is no longer stored here, so I cannot render the preview; please send it again.") from None
-            extras = (await self.assets.extras([rec.track_id]))[rec.track_id]
-            await notify(on_status, "rendering the preview")
-            path = await self.pool.run(
-                self.renderer.render_preview, video_path, Path(card_source), extras.excerpt_start_s or 0.0, on_status=on_status
-            )
-            log.info("conversation %d: preview of %s rendered", conversation_id, rec.track_id[:12])
-            return Reply(
-                ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode, preview_path=path,
-                message=f"Here is your video with \"{record[0].payload.title}\".",
-                timings={"total": time.perf_counter() - t0},
-            )  # fmt: skip
+    async def use_this(
+        self, conversation_id: int, *, on_status: LegacyStatusCallback | None = None, events: EventSink | None = None,
+        options: ReplyOptions | None = None,
+    ) -> Reply:  # fmt: skip
+        """"Use this": render the preview (the video with the track under it), then record the choice."""
+        return await self._use(conversation_id, None, out=_Emitter(events, on_status, None), options=self._options(options, None))
 
     async def state(self, conversation_id: int) -> ConversationState:
         """The conversation as stored; raises UnknownConversationError."""
@@ -486,12 +543,83 @@ class ConversationService:
         conv = await self.store.get_conversation(platform=platform, channel_id=channel_id, thread_id=thread_id)
         return None if conv is None else conv.id
 
+    def _options(self, options: ReplyOptions | None, k: int | None) -> ReplyOptions:
+        options = options or ReplyOptions(excerpt_format=self.config.excerpt_format)
+        return dataclasses.replace(options, k=k) if k is not None else options
+
     # --- turns ----------------------------------------------------------------------------------
 
+    async def _use(self, conversation_id: int, turn_index: int | None, *, out: _Emitter, options: ReplyOptions) -> Reply:
+        """Render the preview of a turn's track (the latest pick when `turn_index` is None), then record the choice."""
+        t0 = time.perf_counter()
+        async with self._locked(conversation_id):
+            state = await self.state(conversation_id)
+            pick = state.last_pick
+            if pick is None:
+                raise ConversationError("There is no track to use yet.")
+            turn, rec = pick
+            if turn_index is not None and turn_index != turn.index:
+                if any(f.turn_id == t.id and f.kind is FeedbackKind.ACCEPT for t in state.turns if t.index == turn_index for f in state.feedback):
+                    raise DuplicateActionError("You already chose that track; its preview is above.")
+                raise OutdatedActionError(
+                    "That suggestion is outdated: the conversation has moved on. Use the buttons on the latest card.",
+                    f"use on turn {turn_index}, latest pick is turn {turn.index}",
+                )
+            if any(f.turn_id == turn.id and f.kind is FeedbackKind.ACCEPT for f in state.feedback):
+                raise DuplicateActionError("You already chose this track; its preview is above.")
+            record = await self.pool.run(self.retriever.get_records, [track_id_for(rec.track_id)], False, on_status=out.status)
+            if not record:
+                return Reply(ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode, actions=AFTER_USE,
+                             message="That track has left the catalog since; I cannot render a preview of it.")  # fmt: skip
+            payload = record[0].payload
+            if state.video_sha256 is None:
+                await self.store.record_feedback(
+                    turn_id=turn.id, kind=FeedbackKind.ACCEPT, text="use this", track_id=rec.track_id, status=ConversationStatus.CLOSED,
+                )  # fmt: skip
+                reply = Reply(
+                    ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode, actions=AFTER_USE,
+                    message=f"Noted: \"{payload.title}\". There is no video in this conversation to preview it with; "
+                    f"the track is {payload.source}.",
+                )  # fmt: skip
+                await out.final(reply)
+                return reply
+            try:
+                video_path = self.media.path_for(state.video_sha256)
+            except MediaNotFoundError:
+                raise VideoGoneError("Your video is no longer stored here, so I cannot render the preview; please send it again.") from None
+            extras = (await self.assets.extras([rec.track_id]))[rec.track_id]
+            await notify(out.status, "rendering the preview")
+            path = await self.pool.run(
+                self.renderer.render_preview, video_path, Path(payload.source), extras.excerpt_start_s or 0.0, on_status=out.status
+            )
+            budget = options.preview_budget_bytes
+            note = ""
+            if budget is not None and path.stat().st_size > budget:
+                await notify(out.status, "making the preview small enough to upload here")
+                try:
+                    path = await self.pool.run(self.renderer.fit_preview, path, budget, on_status=out.status)
+                    note = f" (re-encoded to fit the {budget / 2**20:.0f} MiB upload limit here)"
+                except PreviewTooLargeError as exc:
+                    path, note = None, exc.user_message
+            preview = None if path is None else MediaFile.of(path, f"musechat-{safe_filename(payload.title)}.mp4")
+            # the choice is recorded once the preview exists (or cannot exist): a failed render records nothing
+            await self.store.record_feedback(
+                turn_id=turn.id, kind=FeedbackKind.ACCEPT, text="use this", track_id=rec.track_id, status=ConversationStatus.CLOSED,
+            )  # fmt: skip
+            log.info("conversation %d: preview of %s rendered (%s)", conversation_id, rec.track_id[:12], "fits" if preview else "too large")
+            message = f"Here is your video with \"{payload.title}\".{note}" if preview else f"You chose \"{payload.title}\". {note}"
+            reply = Reply(
+                ReplyKind.PREVIEW, conversation_id, turn.index, turn.mode, preview=preview, message=message, actions=AFTER_USE,
+                timings={"total": time.perf_counter() - t0},
+            )  # fmt: skip
+            await out.final(reply)
+            return reply
+
     async def _next_turn(
-        self, conversation_id: int, text: str, kind: FeedbackKind, *, k: int, on_status: StatusCallback | None,
-        on_reason_token: ReasonTokenCallback | None = None,
+        self, conversation_id: int, text: str, kind: FeedbackKind, *, out: _Emitter, options: ReplyOptions,
+        on_turn: int | None = None,
     ) -> Reply:  # fmt: skip
+        """Turn k >= 2 (feedback, another, start over); `on_turn`: the turn whose button asked (else the latest)."""
         t0 = time.perf_counter()
         parsed = parse_filters(text or "")
         words = parsed.text.strip()
@@ -501,27 +629,40 @@ class ConversationService:
             state = await self.state(conversation_id)
             if not state.turns:
                 raise ConversationError("This conversation has not started yet: send a video or a few words first.")
+            if on_turn is not None and on_turn != state.turns[-1].index:
+                raise OutdatedActionError(
+                    "That suggestion is outdated: the conversation has moved on. Use the buttons on the latest card.",
+                    f"action on turn {on_turn}, latest is {state.turns[-1].index}",
+                )
             await self._require_catalog()
-            if state.conversation.status is ConversationStatus.CLOSED:
-                await self.store.set_status(conversation_id=conversation_id, status=ConversationStatus.ACTIVE)
             pick = state.last_pick
+            pending = None
+            rejected = state.rejected
             if pick is not None:
                 turn, rec = pick
-                await self.store.record_feedback(turn_id=turn.id, kind=kind, text=text or "", track_id=rec.track_id)
-                if kind is FeedbackKind.ANOTHER:  # the state gains this rejection
-                    state = await self.state(conversation_id)
+                pending = PendingFeedback(turn.id, kind, text or ("start over" if kind is FeedbackKind.RESTART else ""), rec.track_id)
+                if kind is FeedbackKind.ANOTHER:  # the plan gains this rejection (written with the turn)
+                    rejected = tuple(dict.fromkeys((*rejected, rec.track_id)))
             vf = None
             if state.video_sha256 is not None:
-                vf = await self.videos.video_for(state.video_sha256, on_status)
-            anchor = parse_filters(state.opening_text).text if state.video_sha256 is None else ""
-            plan = TurnPlan(
-                state=state, video=vf, text=words, anchor_text=anchor,
-                candidate_sha=pick[1].track_id if pick else None, negative_shas=state.rejected,
-                exclude_shas=state.shown, filters=state.filters.merge(parsed.filters), k=k,
-            )  # fmt: skip
+                vf = await self.videos.video_for(state.video_sha256, out.status)
+            opening = parse_filters(state.opening_text)
+            anchor = opening.text if state.video_sha256 is None else ""
+            if kind is FeedbackKind.RESTART:  # a fresh first pick: the opening request, nothing shown again
+                plan = TurnPlan(
+                    state=state, video=vf, text=opening.text if vf is not None else "", anchor_text=anchor, candidate_sha=None,
+                    negative_shas=(), exclude_shas=state.shown, filters=opening.filters, k=options.k,
+                )  # fmt: skip
+            else:
+                plan = TurnPlan(
+                    state=state, video=vf, text=words, anchor_text=anchor,
+                    candidate_sha=pick[1].track_id if pick else None, negative_shas=rejected,
+                    exclude_shas=state.shown, filters=state.filters.merge(parsed.filters), k=options.k,
+                )  # fmt: skip
+            status = ConversationStatus.ACTIVE if state.conversation.status is ConversationStatus.CLOSED else None
             return await self._turn(
                 state.conversation, plan, user_text=text or "", video_sha=state.video_sha256,
-                video_ref=state.turns[0].video_ref, on_status=on_status, on_reason_token=on_reason_token, t0=t0,
+                video_ref=state.turns[0].video_ref, out=out, options=options, t0=t0, pending=pending, status=status,
             )  # fmt: skip
 
     async def _turn(
@@ -532,21 +673,27 @@ class ConversationService:
         user_text: str,
         video_sha: str | None,
         video_ref: str | None,
-        on_status: StatusCallback | None,
+        out: _Emitter,
+        options: ReplyOptions,
         t0: float,
-        on_reason_token: ReasonTokenCallback | None = None,
+        pending: PendingFeedback | None = None,
+        status: ConversationStatus | None = None,
     ) -> Reply:
-        """Query, retrieve, re-rank, persist, answer (module docstring). Runs under the conversation lock."""
+        """Query, retrieve, re-rank, persist, answer (module docstring). Runs under the conversation lock.
+
+        The turn's rows (the feedback that led to it, the turn, its recommendations, the status)
+        are written in one transaction, before the card goes out; the LLM's reason follows it.
+        """
         licences = await self._known_licences()
         catalog_filter = plan.filters.to_catalog_filter(licences)
         # the previous track and rejected tracks as the engine needs them (SQL attributes: onset rate)
         context_shas = [s for s in (plan.candidate_sha, *plan.negative_shas) if s]
         context_extras = await self.assets.extras(context_shas) if context_shas else {}
-        await notify(on_status, "searching the catalog")
-        retrieved = await self.pool.run(self.retriever.retrieve, plan, catalog_filter, context_extras, on_status=on_status)
+        await notify(out.status, "searching the catalog")
+        retrieved = await self.pool.run(self.retriever.retrieve, plan, catalog_filter, context_extras, on_status=out.status)
         cand_shas = [r.payload.content_hash for r in retrieved.records]
         extras = await self.assets.extras(cand_shas) if cand_shas else {}
-        ranking, rows = await self.pool.run(self.retriever.rerank, retrieved, extras, on_status=on_status)
+        ranking, rows = await self.pool.run(self.retriever.rerank, retrieved, extras, on_status=out.status)
         timings = plan.timings | retrieved.timings
         pref = retrieved.query.preference
         understood = pref.describe() if pref is not None else ""
@@ -557,37 +704,59 @@ class ConversationService:
             turn = await self.store.add_turn(
                 conversation_id=conv.id, mode=mode, user_text=user_text, video_sha256=video_sha, video_ref=video_ref,
                 candidate_track_id=plan.candidate_sha, timings=timings | {"total": time.perf_counter() - t0},
+                feedback_on_previous=pending, status=status,
             )  # fmt: skip
             log.info("conversation %d turn %d: nothing left (%s)", conv.id, turn.index, message)
-            return Reply(
+            reply = Reply(
                 ReplyKind.EXHAUSTED, conv.id, turn.index, mode, understood=understood, unmatched=unmatched,
-                filters=plan.filters.describe(), message=message, timings=turn.timings,
+                filters=plan.filters.describe(), message=message, timings=turn.timings, actions=AFTER_EXHAUSTED,
             )  # fmt: skip
+            await out.final(reply)
+            return reply
         picks = [int(i) for i in ranking.order[: max(1, plan.k)]]
         t_cards = time.perf_counter()
         cards = []
         for rank, i in enumerate(picks, start=1):
-            cards.append(await self._card(rank, retrieved.records[i], rows[i], ranking, i, plan, understood, extras, on_status, on_reason_token))
+            cards.append(await self._card(rank, retrieved.records[i], rows[i], ranking, i, plan, understood, extras, out, options))
         timings["cards"] = time.perf_counter() - t_cards
         timings["total"] = time.perf_counter() - t0
         turn = await self.store.add_turn(
             conversation_id=conv.id, mode=mode, user_text=user_text, video_sha256=video_sha, video_ref=video_ref,
             candidate_track_id=plan.candidate_sha, timings=timings,
             recommendations=[Recommendation(rank=c.rank, track_id=c.track_id, score=c.score, reason=c.reason) for c in cards],
+            feedback_on_previous=pending, status=status,
         )  # fmt: skip
         shown = tuple(
             ScoredTrack(retrieved.records[int(i)].payload.content_hash, retrieved.records[int(i)].payload.title,
                         float(ranking.scores[int(i)]), ranking.explain(int(i)))
             for i in ranking.order[:RANKING_SHOWN]
         )  # fmt: skip
+        writes_reason = self.config.reasoner != REASONER_OFF
+        reply = Reply(
+            ReplyKind.RECOMMENDATION, conv.id, turn.index, mode, tracks=tuple(cards), understood=understood,
+            unmatched=unmatched, filters=plan.filters.describe(), ranking=shown, timings=timings,
+            actions=AFTER_RECOMMENDATION, reason_pending=writes_reason,
+        )  # fmt: skip
+        await out.card(reply)  # the card never waits for the reason
+        if writes_reason:  # one LLM call per reply (the best track) bounds its latency
+            best = cards[0]
+            t_reason = time.perf_counter()
+            reason, source = await self.reasons.write(
+                best.title, best.track_id, list(dict.fromkeys(best.mtt_tags + best.msd_tags)) or list(best.tags), plan,
+                best.reason, out.token, timeout_s=options.reason_budget_s,
+            )  # fmt: skip
+            if reason != best.reason:
+                await self.store.set_reason(turn_id=turn.id, rank=best.rank, reason=reason)
+            cards[0] = dataclasses.replace(best, reason=reason, reason_source=source)
+            timings["reason"] = time.perf_counter() - t_reason
+            timings["total"] = time.perf_counter() - t0
+            reply = dataclasses.replace(reply, tracks=tuple(cards), reason_pending=False, timings=timings)
         log.info(
             "conversation %d turn %d (%s): %s (score %.2f) in %.0f ms",
             conv.id, turn.index, mode, cards[0].title, cards[0].score, 1000 * timings["total"],
         )  # fmt: skip
-        return Reply(
-            ReplyKind.RECOMMENDATION, conv.id, turn.index, mode, tracks=tuple(cards), understood=understood,
-            unmatched=unmatched, filters=plan.filters.describe(), ranking=shown, timings=timings,
-        )  # fmt: skip
+        await out.final(reply)
+        return reply
 
     # --- replies --------------------------------------------------------------------------------
 
@@ -601,9 +770,10 @@ class ConversationService:
         plan: TurnPlan,
         understood: str,
         extras: Mapping[str, TrackExtras],
-        on_status: StatusCallback | None,
-        on_reason_token: ReasonTokenCallback | None = None,
+        out: _Emitter,
+        options: ReplyOptions,
     ) -> TrackCard:
+        """A track card with its excerpt and the tag summary as its reason (the LLM's may replace it)."""
         p = rec.payload
         sha = p.content_hash
         mtt, msd = top_tags(dict(p.tag_probs), k=TOP_TAGS)
@@ -613,21 +783,17 @@ class ConversationService:
             mtt_names = tuple(p.tags[:TOP_TAGS])
             msd_names = tuple(p.tags[TOP_TAGS : 2 * TOP_TAGS])
         parts = ranking.explain(i)
-        ex = extras.get(sha)
-        excerpt, note = await self.renderer.excerpt(sha, p.source, ex, on_status)
+        excerpt, note = await self.renderer.excerpt(sha, p.source, extras.get(sha), out.status, fmt=options.excerpt_format, title=p.title)
         tags = list(dict.fromkeys(mtt_names + msd_names)) or list(p.tags)
         reason = tag_summary(
             title=p.title, tags=tags, parts=parts, video=plan.video, understood=understood,
             tempo_bpm=p.tempo_bpm, rejected=bool(plan.negative_shas),
         )  # fmt: skip
-        reason_source = REASON_SOURCE_TAGS
-        if self.config.reasoner != REASONER_OFF and rank == 1:  # one LLM call per reply bounds its latency
-            reason, reason_source = await self.reasons.write(p.title, sha, tags, plan, reason, on_reason_token)
         return TrackCard(
             track_id=sha, catalog_id=rec.track_id, rank=rank, title=p.title, artist=p.artist,
             mtt_tags=mtt_names, msd_tags=msd_names, tags=tuple(p.tags), score=float(ranking.scores[i]),
             search_score=float(row.search_score), parts=parts, duration_s=p.duration_s, licence=p.licence,
-            tempo_bpm=p.tempo_bpm, reason=reason, reason_source=reason_source, excerpt_path=excerpt,
+            tempo_bpm=p.tempo_bpm, reason=reason, reason_source=REASON_SOURCE_TAGS, excerpt=excerpt,
             excerpt_note=note, source=p.source,
         )  # fmt: skip
 
@@ -666,6 +832,51 @@ class ConversationService:
 
     def _locked(self, conversation_id: int):
         return _TurnLock(self, conversation_id)
+
+
+class _Emitter:
+    """The events of one request, in order, to the adapter's sink and the older per-kind callbacks.
+
+    A sink or callback that raises is logged and not called again: a display problem never fails
+    a turn (the reply is still returned, and persisted).
+    """
+
+    def __init__(
+        self, sink: EventSink | None, on_status: LegacyStatusCallback | None, on_reason_token: ReasonTokenCallback | None
+    ) -> None:  # fmt: skip
+        self._sink = sink
+        self._on_status = on_status
+        self._on_token = on_reason_token
+        self._broken: set[str] = set()
+        self.token = self._token if (sink is not None or on_reason_token is not None) else None
+
+    async def _call(self, name: str, fn: Callable[[Any], Any] | None, value: Any) -> None:
+        if fn is None or name in self._broken:
+            return
+        try:
+            result = fn(value)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: BLE001 - the reply must still come
+            log.warning("the %s callback failed; no more events go to it", name, exc_info=True)
+            self._broken.add(name)
+
+    async def _send(self, event: Event) -> None:
+        await self._call("events", self._sink, event)
+
+    async def status(self, event: StatusEvent) -> None:
+        await self._send(event)
+        await self._call("status", self._on_status, event.message)
+
+    async def card(self, reply: Reply) -> None:
+        await self._send(CardEvent(reply))
+
+    async def _token(self, piece: str) -> None:
+        await self._send(ReasonTokenEvent(piece))
+        await self._call("reason token", self._on_token, piece)
+
+    async def final(self, reply: Reply) -> None:
+        await self._send(FinalEvent(reply))
 
 
 class _TurnLock:

@@ -1,18 +1,14 @@
 """Typed errors of the conversation service: each carries a sentence fit for the chat (`user_message`).
 
 An adapter shows `user_message` as it is; anything that is not one of these (or an
-`engine.media.MediaError`) is a bug: logged with its traceback, answered with a short apology.
-"""
+`engine.media.MediaError`) is a bug: logged with its traceback, answered with a short apology."""
 
+from __future__ import annotations
 
 import logging
-from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 class ConversationError(Exception):
     """A request the service cannot serve; `user_message` is fit for the chat."""

@@ -1,16 +1,12 @@
-"""Intents in the user's words: "use this", "another (one)"; everything else is feedback (bot/service/filters.py cuts filters out).
-"""
+"""Intents in the user's words: "use this", "another (one)"; everything else is feedback (bot/service/filters.py cuts filters out)."""
 
+from __future__ import annotations
 
 import logging
 import re
-from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # "another", "next", "skip": a rejection (with words after it, the words are feedback)
 ANOTHER_RE = re.compile(

@@ -1,6 +1,12 @@
-"""Excerpts and previews the service hands out.
+"""Excerpts and previews the service hands out, as named `MediaFile`s (bot/service/contract.py).
+
+Excerpts: the indexer cut one per track (ogg/opus) so no audio is decoded during a conversation;
+a platform that plays another format inline (mp3 on Slack) gets a conversion of it, cached per
+process. Previews: the user's video with the track under it, re-encoded to fit the platform's
+byte budget when the adapter passes one.
 """
 
+from __future__ import annotations
 
 import asyncio
 import logging
@@ -8,21 +14,20 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bot.service.assets import TrackAssets, TrackExtras
+from bot.service.contract import MediaFile, safe_filename
 from bot.service.pool import ModelPool, StatusCallback
-from engine.media import MediaError, MediaLimits
-from engine.render import EXCERPT_S, cut_excerpt, make_preview
+from engine.media import MediaError, MediaLimits, probe
+from engine.render import EXCERPT_S, cut_excerpt, fit_preview, make_preview
 from storage.media_store import MediaNotFoundError, MediaStore
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 EXCERPT_BUDGET_S = 0.3  # seconds a reply waits for an excerpt cut on the spot
+CONVERT_BUDGET_S = 5.0  # seconds a reply waits for the indexer's excerpt in another format (ogg -> mp3: ~0.2 s)
 
 
 class MediaRenderer:
@@ -31,6 +36,7 @@ class MediaRenderer:
     def __init__(
         self, *, media: MediaStore, assets: TrackAssets, pool: ModelPool, limits: MediaLimits, ffmpeg: str | None,
         excerpt_budget_s: float = EXCERPT_BUDGET_S, excerpt_format: str = "ogg", mix_original_sound: bool = False,
+        convert_budget_s: float = CONVERT_BUDGET_S,
     ) -> None:  # fmt: skip
         self.media = media
         self.assets = assets
@@ -40,39 +46,78 @@ class MediaRenderer:
         self.excerpt_budget_s = excerpt_budget_s
         self.excerpt_format = excerpt_format
         self.mix_original_sound = mix_original_sound
+        self.convert_budget_s = convert_budget_s
+        self._background: set[asyncio.Future[Path]] = set()
 
     async def excerpt(
-        self, sha: str, source: str, ex: TrackExtras | None, on_status: StatusCallback | None
-    ) -> tuple[Path | None, str]:
-        """The indexer's excerpt; else one cut now if it is ready within the budget (module docstring)."""
-        for ref in (ex.excerpt_sha256 if ex else None, self.assets.cut_sha(sha)):
+        self, sha: str, source: str, ex: TrackExtras | None, on_status: StatusCallback | None, *,
+        fmt: str | None = None, title: str = "",
+    ) -> tuple[MediaFile | None, str]:  # fmt: skip
+        """A listening excerpt in `fmt` (module docstring), as a named `MediaFile`; else None and why not.
+
+        The indexer's excerpt when its format is the one asked for; else this process's earlier cut
+        or conversion; else a conversion of the indexer's excerpt (a second or less) or a cut from
+        the track, whichever is possible, if it is ready within the budget.
+        """
+        fmt = fmt or self.excerpt_format
+        name = f"{safe_filename(title or sha[:12])}-excerpt.{fmt}"
+        stored_fmt = (ex.excerpt_format or "ogg") if ex else None
+        refs = [self.assets.cut_sha(sha, fmt)]
+        if ex and ex.excerpt_sha256 and stored_fmt == fmt:
+            refs.insert(0, ex.excerpt_sha256)
+        for ref in refs:
             if ref:
                 try:
-                    return self.media.path_for(ref), ""
-                except (MediaNotFoundError, ValueError):
+                    return MediaFile.of(self.media.path_for(ref), name), ""
+                except (MediaNotFoundError, ValueError, OSError):
                     continue
-        if not source or not Path(source).is_file():
+        convert_from = None
+        if ex and ex.excerpt_sha256 and stored_fmt != fmt:
+            try:
+                convert_from = self.media.path_for(ex.excerpt_sha256)
+            except (MediaNotFoundError, ValueError):
+                convert_from = None
+        if convert_from is not None:
+            job, budget = (self._convert_excerpt, sha, convert_from, fmt), self.convert_budget_s
+        elif source and Path(source).is_file():
+            start = ex.excerpt_start_s if ex and ex.excerpt_start_s is not None else None
+            job, budget = (self._cut_excerpt, sha, Path(source), start, fmt), self.excerpt_budget_s
+        else:
             return None, "excerpt unavailable: the track's audio file is not reachable from here"
-        start = ex.excerpt_start_s if ex and ex.excerpt_start_s is not None else None
-        task = asyncio.ensure_future(self.pool.run(self._cut_excerpt, sha, Path(source), start, on_status=None))
+        task = asyncio.ensure_future(self.pool.run(*job, on_status=None))
         try:
-            path = await asyncio.wait_for(asyncio.shield(task), timeout=self.excerpt_budget_s)
+            path = await asyncio.wait_for(asyncio.shield(task), timeout=budget)
         except TimeoutError:
-            # the cut goes on in the background; the next reply that shows this track will have it
+            # the cut goes on in the background (tracked: `close` waits for it or cancels it);
+            # the next reply that shows this track will have it
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             task.add_done_callback(_log_task_failure)
             return None, "excerpt unavailable right now (still being cut); ask again in a moment"
         except (MediaError, OSError) as exc:
             log.warning("no excerpt for track %s: %s", sha[:12], exc)
             return None, "excerpt unavailable: the track's audio could not be cut"
-        return path, ""
+        return MediaFile.of(path, name), ""
 
-    def _cut_excerpt(self, sha: str, source: Path, start_s: float | None) -> Path:
-        fmt = self.excerpt_format
+    def _convert_excerpt(self, sha: str, excerpt: Path, fmt: str) -> Path:
+        """The indexer's excerpt in another format (same window, no second fade)."""
+        out = self.media.tmp_dir / f"excerpt-{sha}-{os.getpid()}-{threading.get_ident()}.{fmt}"
+        try:
+            info = probe(excerpt, limits=self.limits, require_audio=True, ffmpeg=self.ffmpeg)
+            made = cut_excerpt(
+                excerpt, out, start_s=0.0, duration_s=info.duration_s, fade_s=0.0, fmt=fmt, info=info,  # type: ignore[arg-type]
+                limits=self.limits, ffmpeg=self.ffmpeg,
+            )  # fmt: skip
+            ref = self.media.put_file(made.path, move=True)
+        finally:
+            out.unlink(missing_ok=True)
+        self.assets.remember_cut(sha, ref.sha256, fmt)
+        return ref.path
+
+    def _cut_excerpt(self, sha: str, source: Path, start_s: float | None, fmt: str) -> Path:
         out = self.media.tmp_dir / f"excerpt-{sha}-{os.getpid()}-{threading.get_ident()}.{fmt}"
         try:
             if start_s is None:  # centred window (the indexer's choice needs the analysis)
-                from engine.media import probe
-
                 info = probe(source, limits=self.limits, require_audio=True, ffmpeg=self.ffmpeg)
                 start_s = max(0.0, (info.duration_s - EXCERPT_S) / 2)
                 excerpt = cut_excerpt(source, out, start_s=start_s, fmt=fmt, info=info, limits=self.limits, ffmpeg=self.ffmpeg)  # type: ignore[arg-type]
@@ -81,10 +126,11 @@ class MediaRenderer:
             ref = self.media.put_file(excerpt.path, move=True)
         finally:
             out.unlink(missing_ok=True)
-        self.assets.remember_cut(sha, ref.sha256)
+        self.assets.remember_cut(sha, ref.sha256, fmt)
         return ref.path
 
     def render_preview(self, video: Path, track: Path, start_s: float) -> Path:
+        """The user's video with the track under it (the video stream copied when mp4 can hold it)."""
         out = self.media.tmp_dir / f"preview-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.mp4"
         try:
             make_preview(
@@ -96,6 +142,24 @@ class MediaRenderer:
             out.unlink(missing_ok=True)
         return ref.path
 
+    def fit_preview(self, preview: Path, max_bytes: int) -> Path:
+        """The preview re-encoded to at most `max_bytes` (engine/render.py `fit_preview`); PreviewTooLargeError if it cannot."""
+        info = probe(preview, limits=self.limits, require_video=True, ffmpeg=self.ffmpeg)
+        out = self.media.tmp_dir / f"preview-fit-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.mp4"
+        try:
+            fit_preview(preview, out, max_bytes=max_bytes, duration_s=info.duration_s, limits=self.limits, ffmpeg=self.ffmpeg)
+            ref = self.media.put_file(out, move=True)
+        finally:
+            out.unlink(missing_ok=True)
+        return ref.path
+
+    async def close(self) -> None:
+        """Cancel the excerpt cuts still running in the background and wait for them to end."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _log_task_failure(task: asyncio.Future[Any]) -> None:

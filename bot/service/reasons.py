@@ -1,6 +1,6 @@
-"""Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags.
-"""
+"""Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags."""
 
+from __future__ import annotations
 
 import asyncio
 import inspect
@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +21,6 @@ from engine.zeroshot import video_sentence
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 REASON_SOURCE_TAGS = "tag summary"  # the reasoner is off, failed or timed out
 REASONER_OFF = "off"  # ServiceConfig.reasoner: the tag summary is the reason
@@ -66,9 +63,9 @@ class ReasonWriter:
 
     async def write(
         self, title: str, sha: str, tags: Sequence[str], plan: TurnPlan, fallback: str,
-        on_reason_token: ReasonTokenCallback | None = None,
+        on_reason_token: ReasonTokenCallback | None = None, *, timeout_s: float | None = None,
     ) -> tuple[str, str]:  # fmt: skip
-        """(reason, reason_source): the LLM's, within `reasoner_timeout_s`, else the tag summary saying why.
+        """(reason, reason_source): the LLM's, within `timeout_s` (default `reasoner_timeout_s`), else the tag summary saying why.
 
         With `on_reason_token`, each piece the local LLM writes is handed to it (in order, on the event
         loop) as it comes; all of them arrive before this returns.
@@ -80,8 +77,9 @@ class ReasonWriter:
             reason_or_fallback,
         )
 
+        budget = self.config.reasoner_timeout_s if timeout_s is None else timeout_s
         if self.config.reasoner == REASONER_HTTP:
-            return await self._http_reason(title, tags, plan, fallback, on_reason_token)
+            return await self._http_reason(title, tags, plan, fallback, on_reason_token, timeout_s=budget)
         if self._reasoner_executor is None:
             self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
         t0 = time.perf_counter()
@@ -90,7 +88,7 @@ class ReasonWriter:
         if reasoner is None:  # not warmed up: load it, but never wait past the limit for it
             loading = loop.run_in_executor(self._reasoner_executor, self.get_reasoner)
             try:
-                reasoner = await asyncio.wait_for(asyncio.shield(loading), self.config.reasoner_timeout_s)
+                reasoner = await asyncio.wait_for(asyncio.shield(loading), budget)
             except Exception as e:  # noqa: BLE001 - the reply still gives the track
                 error = "the model is still loading" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
                 log.warning("no reasoner for this reply: %s", error)
@@ -102,7 +100,7 @@ class ReasonWriter:
             music = None if segments is None else np.asarray(segments, dtype=np.float32).mean(axis=0)  # (Dm,)
         video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
         inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=plan.text, video=video)
-        remaining = max(0.0, self.config.reasoner_timeout_s - (time.perf_counter() - t0))
+        remaining = max(0.0, budget - (time.perf_counter() - t0))
         relay = TokenRelay(on_reason_token, loop) if on_reason_token is not None else None
         try:
             j = await justify(
@@ -116,6 +114,7 @@ class ReasonWriter:
 
     async def _http_reason(
         self, title: str, tags: Sequence[str], plan: TurnPlan, fallback: str, on_reason_token: ReasonTokenCallback | None = None,
+        *, timeout_s: float,
     ) -> tuple[str, str]:  # fmt: skip
         """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
 
@@ -130,7 +129,7 @@ class ReasonWriter:
         )  # fmt: skip
         video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
         inp = ReasonInput(title, tags=tuple(tags), feedback=plan.text, video=video)
-        j = await justify_http(inp, cfg, timeout_s=self.config.reasoner_timeout_s)
+        j = await justify_http(inp, cfg, timeout_s=timeout_s)
         if j.text and on_reason_token is not None:
             relay = TokenRelay(on_reason_token, asyncio.get_running_loop())
             relay.put(j.text)

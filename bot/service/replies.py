@@ -1,24 +1,19 @@
-"""What the service answers: the reply, and the platform-neutral track card inside it (bot/service/contract.py).
-"""
+"""What the service answers: the reply, and the platform-neutral track card inside it (bot/service/contract.py)."""
 
+from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-log = logging.getLogger(__name__)
+from bot.service.contract import ActionKind, MediaFile
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 class ReplyKind(enum.StrEnum):
     RECOMMENDATION = "recommendation"  # one (or k) tracks
     EXHAUSTED = "exhausted"  # no matching track left: `message` says why
-    PREVIEW = "preview"  # "use this": `preview_path` is the video with the track
+    PREVIEW = "preview"  # "use this": `preview` is the video with the track (or `message` says why not)
 
 
 @dataclass(frozen=True)
@@ -51,9 +46,13 @@ class TrackCard:
     tempo_bpm: float | None
     reason: str
     reason_source: str  # "tag summary", or the reasoner's REASON_SOURCE_* (ServiceConfig.reasoner)
-    excerpt_path: Path | None  # a short audio file to listen to, None when unavailable
+    excerpt: MediaFile | None  # a short audio file to listen to (ogg or mp3), None when unavailable
     excerpt_note: str = ""  # why there is no excerpt
     source: str = ""  # the track's audio file
+
+    @property
+    def excerpt_path(self) -> Path | None:
+        return None if self.excerpt is None else self.excerpt.path
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,16 @@ class Reply:
     unmatched: tuple[str, ...] = ()  # words nothing understood
     filters: str = ""  # the filters in force (FilterRequest.describe())
     message: str = ""  # a sentence for EXHAUSTED and PREVIEW replies, or a note
-    preview_path: Path | None = None
+    preview: MediaFile | None = None  # PREVIEW: the video with the track (fits ReplyOptions.preview_budget_bytes)
+    actions: tuple[ActionKind, ...] = ()  # the buttons this reply offers (bot/service/contract.py)
+    reason_pending: bool = False  # the card came before the LLM's reason (CardEvent); FinalEvent has it
     ranking: tuple[ScoredTrack, ...] = ()  # the re-ranked pool, best first
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
 
     @property
     def track(self) -> TrackCard | None:
         return self.tracks[0] if self.tracks else None
+
+    @property
+    def preview_path(self) -> Path | None:
+        return None if self.preview is None else self.preview.path

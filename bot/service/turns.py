@@ -1,12 +1,12 @@
-"""One turn's plan and its retrieval: query, nearest neighbours or recommend, re-rank (module docstring of bot/service/conversation.py).
-"""
+"""One turn's plan and its retrieval: query, nearest neighbours or recommend, re-rank (module docstring of bot/service/conversation.py)."""
 
+from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +36,6 @@ from storage.catalog.ids import track_id_for
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # A track whose rhythm the catalog does not know sits at the centre of the zero-shot scorer's
 # ranges (geometric for tempo and onset rate, arithmetic for loudness): it neither wins nor loses

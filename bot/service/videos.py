@@ -1,15 +1,15 @@
-"""The video-feature cache of the conversation service.
-"""
+"""The video-feature cache of the conversation service."""
 
+from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TypeVar
 
 from bot.service.errors import ConversationError, VideoGoneError
 from bot.service.pool import ModelPool, StatusCallback, notify
@@ -19,9 +19,6 @@ from storage.media_store import MediaNotFoundError, MediaStore, MediaTooLargeErr
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 VIDEO_CACHE_SIZE = 64  # VideoFeatures kept in memory (a few hundred KB each)
 KEYS_DIR = "keys"  # under the media store root: key files naming stored objects
@@ -44,7 +41,7 @@ class VideoFeatureStore:
         self.max_upload_bytes = max_upload_bytes
         self._videos: OrderedDict[str, VideoFeatures] = OrderedDict()
         self._video_lock = threading.Lock()
-        self._inflight: dict[str, asyncio.Future[VideoFeatures]] = {}
+        self._inflight: dict[str, asyncio.Task[VideoFeatures]] = {}
         self._keys_dir = media.root / KEYS_DIR / VIDEO_FEATURES_KEYS
         self._keys_dir.mkdir(parents=True, exist_ok=True)
 
@@ -110,41 +107,45 @@ class VideoFeatureStore:
         return await self._compute_once(video_sha, path, on_status)
 
     async def _compute_once(self, video_sha: str, path: Path, on_status: StatusCallback | None) -> VideoFeatures:
-        """Decode and embed a video, once even when several requests ask for it at the same time."""
+        """Decode and embed a video, once even when several requests ask for it at the same time.
+
+        The work runs in a task of its own: a waiter that is cancelled (a user who left) does not
+        cancel it, so the other waiters still get their features; `close` cancels what is left.
+        """
         key = self._cache_key(video_sha)
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            vf = await self.pool.run(self.engine.video_features, path, on_status=on_status)
-            await asyncio.to_thread(self._store_features, vf)
-            self._remember(vf)
-            fut.set_result(vf)
-            return vf
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: the waiters (if any) re-raise it
-            raise
-        finally:
-            self._inflight.pop(key, None)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._compute(video_sha, path, on_status), name=f"video-{video_sha[:12]}")
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._finished, key))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: str, task: asyncio.Task[VideoFeatures]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter re-raises it
+
+    async def _compute(self, video_sha: str, path: Path, on_status: StatusCallback | None) -> VideoFeatures:
+        vf = await self.pool.run(self.engine.video_features, path, on_status=on_status)
+        await asyncio.to_thread(self._store_features, vf)
+        self._remember(vf)
+        return vf
 
     async def ingest(self, video: Path | str | bytes, on_status: StatusCallback | None) -> tuple[VideoFeatures, str]:
         """Validate and embed an upload (features once per content), then keep it in the media store."""
         limit = self.max_upload_bytes
         tmp: Path | None = None
         if isinstance(video, bytes):
-            fd, name = tempfile.mkstemp(dir=self.media.tmp_dir, prefix="upload-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(video)
-            path = tmp = Path(name)
+            path = tmp = await asyncio.to_thread(self._write_upload, video)  # large uploads: not on the loop
         else:
             path = Path(video)
             if not path.is_file():
                 raise FileNotFoundError(2, "no such file", str(path))
+        key = None
         try:
             sha = await asyncio.to_thread(content_hash, path)
+            key = self._cache_key(sha)
             vf = await asyncio.to_thread(self._cached_video, sha)
             if vf is None:
                 vf = await self._compute_once(sha, path, on_status)  # raises the MediaErrors of a bad upload
@@ -155,4 +156,22 @@ class VideoFeatureStore:
             return vf, ref.sha256
         finally:
             if tmp is not None:
-                tmp.unlink(missing_ok=True)
+                running = self._inflight.get(key) if key is not None else None
+                if running is not None and not running.done():  # still reading it for the other waiters
+                    running.add_done_callback(lambda _t, p=tmp: p.unlink(missing_ok=True))
+                else:
+                    tmp.unlink(missing_ok=True)
+
+    def _write_upload(self, data: bytes) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.media.tmp_dir, prefix="upload-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return Path(name)
+
+    async def close(self) -> None:
+        """Cancel the computations still running (shutdown) and wait for them to end."""
+        tasks = [t for t in self._inflight.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -333,25 +333,6 @@ async def test_video_features_once_per_video_and_recomputed_only_when_the_cache_
 # --- concurrency --------------------------------------------------------------------------------
 
 
-async def test_pool_tells_waiting_requests_how_many_are_ahead() -> None:
-    pool = ModelPool(workers=1)
-    gate = threading.Event()
-    heard: dict[str, list[str]] = {"b": [], "c": []}
-    try:
-        first = asyncio.create_task(pool.run(gate.wait, 10))
-        await asyncio.sleep(0.05)
-        second = asyncio.create_task(pool.run(lambda: "b", on_status=heard["b"].append))
-        await asyncio.sleep(0.05)
-        third = asyncio.create_task(pool.run(lambda: "c", on_status=heard["c"].append))
-        await asyncio.sleep(0.05)
-        assert heard == {"b": ["1 request ahead of you; yours is queued"], "c": ["2 requests ahead of you; yours is queued"]}
-        assert pool.waiting == 2
-        gate.set()
-        assert await asyncio.gather(first, second, third) == [True, "b", "c"]
-    finally:
-        pool.shutdown()
-
-
 async def test_one_turn_at_a_time_per_conversation_many_conversations_at_once(env: Env, bunny_mp4: Path) -> None:
     svc = env.service
     starts = await asyncio.gather(*(svc.start(text=t, channel_id=f"c{i}", user_id="u") for i, t in enumerate(["rock", "forest", "beach"])))
