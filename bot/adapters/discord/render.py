@@ -86,10 +86,10 @@ def card_embed(reply: Reply, track: TrackCard, *, reason: str | None = None, wri
     """
     text = track.reason if reason is None else reason
     if writing:
-        text = (text or "✍️ writing a reason") + CURSOR
+        text = clip(text or "✍️ writing a reason", MAX_DESCRIPTION_CHARS - len(CURSOR)) + CURSOR
     embed = discord.Embed(
         title=clip(f"🎵 {track.title}", MAX_TITLE_CHARS),
-        description=clip(text, MAX_DESCRIPTION_CHARS - len(CURSOR)) if text else None,
+        description=clip(text, MAX_DESCRIPTION_CHARS) if text else None,
         colour=CARD_COLOUR,
     )
     embed.add_field(name="Artist", value=clip(track.artist or "unknown", MAX_FIELD_CHARS), inline=True)
