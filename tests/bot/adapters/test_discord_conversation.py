@@ -1,8 +1,8 @@
-"""A whole Discord conversation with the real service (tiny profile, a catalog of real tracks) over
+"""Whole Discord conversations with the real service (tiny profile, a catalog of real tracks) over
 the real discord.py and the fake Discord API: video -> card with its excerpt -> feedback in the
-thread -> a new card -> Another -> Use this -> the preview uploaded; the owner-only, outdated and
-duplicate presses; the Feedback… modal; a restarted bot handling a press on an old process's card;
-a small upload budget."""
+thread -> a new card -> Another -> Use this -> the preview uploaded; owner-only, outdated and
+double presses; the Feedback… modal; a restarted bot handling a press on an old process's card;
+a small upload budget; an @mention with a video."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import pytest
 
 from bot.adapters.discord import DiscordAdapter
 from bot.settings import Settings
-from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord, Recorded
+from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord, RecordedFile
 from tests.helpers.service import Env, built, data_dir, env, open_service, tiny  # noqa: F401
 
 OWNER = 1_300_000_000_000_000_777
 STRANGER = 1_300_000_000_000_000_888
 EPHEMERAL = 64
 BUTTONS = ["Use this", "Another", "Feedback…", "Start over"]
+TIMEOUT_S = 60.0  # a turn of the tiny models on a busy 2-core machine
 
 
 def settings() -> Settings:
@@ -51,19 +52,36 @@ def buttons(message: dict[str, Any]) -> list[tuple[str, str]]:
     return [(c["label"], c["custom_id"]) for row in message["components"] for c in row["components"]]
 
 
-async def final_edit(fake: FakeDiscord, method: str, path: str, *, timeout: float = 60) -> Recorded:
-    """The request that put the finished card: the last of the edits while the reason streamed."""
+def is_settled(message: dict[str, Any]) -> bool:
+    """A finished card: its reason is no longer being written."""
+    embeds = message.get("embeds") or []
+    return bool(embeds) and "▌" not in (embeds[0].get("description") or "") and "reason:" in embeds[0]["footer"]["text"]
+
+
+async def until(predicate, what: str, timeout: float = TIMEOUT_S) -> Any:  # noqa: ANN001
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        rec = await fake.expect(method, path, timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
-        embeds = (rec.json or {}).get("embeds") or []
-        if embeds and "▌" not in (embeds[0].get("description") or "") and "reason:" in embeds[0]["footer"]["text"]:
-            return rec
-        if (rec.json or {}).get("content") and not rec.json["content"].startswith("⏳") and not embeds:
-            return rec
+    while not (value := predicate()):
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value
 
 
-async def start_by_slash(fake: FakeDiscord, adapter: DiscordAdapter, video: Path, *, size_limit: int = 10 * 2**20) -> tuple[dict, int]:
+def bot_messages(fake: FakeDiscord, channel_id: int) -> list[dict[str, Any]]:
+    return [m for m in fake.messages.values() if int(m["channel_id"]) == channel_id]
+
+
+async def next_card(fake: FakeDiscord, channel_id: int, seen: int) -> dict[str, Any]:
+    """The bot's message number `seen` (0-based) in a channel, once it is a finished card."""
+    msgs = await until(lambda: len(bot_messages(fake, channel_id)) > seen and bot_messages(fake, channel_id), "a new message")
+    mid = int(msgs[seen]["id"])
+    return await until(lambda: is_settled(fake.messages[mid]) and fake.messages[mid], "the card's final reason")
+
+
+def uploads(fake: FakeDiscord, suffix: str) -> list[RecordedFile]:
+    return [f for rec in fake.log for f in rec.files if f.filename.endswith(suffix)]
+
+
+async def slash(fake: FakeDiscord, adapter: DiscordAdapter, video: Path, *, size_limit: int = 10 * 2**20) -> dict[str, Any]:
     data = video.read_bytes()
     url = fake.add_cdn_file(video.name, data)
     att = fake.attachment_payload(url, filename=video.name, size=len(data))
@@ -76,87 +94,191 @@ async def start_by_slash(fake: FakeDiscord, adapter: DiscordAdapter, video: Path
     )
     adapter.client._connection.parse_interaction_create(payload)
     cb = await fake.expect("POST", f"/interactions/{payload['id']}/{payload['token']}/callback")
-    assert cb.json == {"type": 5}
-    return payload, fake.original[payload["token"]]
+    assert cb.json == {"type": 5}  # "thinking", within Discord's 3 s
+    return payload
 
 
+async def first_card(fake: FakeDiscord, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    card_id = fake.original[payload["token"]]
+    card = await until(lambda: is_settled(fake.messages[card_id]) and fake.messages[card_id], "the first card")
+    await fake.expect("POST", f"/channels/{fake.channel_id}/messages/{card_id}/threads", timeout=TIMEOUT_S)
+    return card_id, card
+
+
+def press(fake: FakeDiscord, adapter: DiscordAdapter, custom_id: str, message: dict[str, Any], user: int = OWNER) -> dict[str, Any]:
+    payload = fake.component(custom_id, user_id=user, message=message)
+    adapter.client._connection.parse_interaction_create(payload)
+    return payload
+
+
+async def ephemeral_note(fake: FakeDiscord, payload: dict[str, Any]) -> str:
+    """The deferred press's ephemeral follow-up text."""
+    cb = await fake.expect("POST", f"/interactions/{payload['id']}/{payload['token']}/callback")
+    assert cb.json == {"type": 6}
+    note = await fake.expect("POST", f"/webhooks/{fake.app_id}/{payload['token']}", timeout=TIMEOUT_S)
+    assert note.json["flags"] == EPHEMERAL
+    return note.json["content"]
+
+
+@pytest.mark.slow
 async def test_video_card_feedback_another_use_this(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
-    payload, card_id = await start_by_slash(fake, adapter, bikes_mp4)
+    payload = await slash(fake, adapter, bikes_mp4)
     original = f"/webhooks/{fake.app_id}/{payload['token']}/messages/@original"
 
-    # the card lands in the deferred response: an embed, the excerpt as an audio file, four buttons
-    first = await fake.expect("PATCH", original, timeout=60)
-    while not first.files:
-        first = await fake.expect("PATCH", original, timeout=60)
-    assert first.multipart and len(first.files) == 1
-    excerpt = first.files[0]
+    # status first, then the card in the deferred response: embed, excerpt (audio file), four buttons
+    status = await fake.expect("PATCH", original)
+    assert status.json["content"].startswith("⏳ ")
+    card_id, card = await first_card(fake, payload)
+    with_file = [r for r in fake.requests("PATCH", original) if r.files]
+    assert len(with_file) == 1 and with_file[0].multipart  # the excerpt went up once; the reason's edits kept it
+    excerpt = with_file[0].files[0]
     assert excerpt.filename.endswith(".ogg") and excerpt.data[:4] == b"OggS"
-    assert first.json["attachments"] == [{"id": 0, "filename": excerpt.filename}]
-    card = fake.messages[card_id]
-    await final_edit(fake, "PATCH", original)
-    embed = card = fake.messages[card_id]
+    assert [a["filename"] for a in card["attachments"]] == [excerpt.filename]
     embed = card["embeds"][0]
     assert embed["title"].startswith("🎵 ")
-    assert {f["name"] for f in embed["fields"]} >= {"Artist", "Tags", "Licence", "Mode"}
-    assert [a["filename"] for a in card["attachments"]] == [excerpt.filename]  # the reason's edits kept the file
-    cid = env.service  # noqa: F841 - the conversation is found below through SQL, by the thread's id
+    assert {"Artist", "Tags", "Licence", "Mode"} <= {f["name"] for f in embed["fields"]}
     labels = buttons(card)
     assert [label for label, _ in labels] == BUTTONS
-    conv, turn = labels[0][1].split(":")[2:]
-    assert labels[0][1] == f"mc1:use:{conv}:{turn}"
+    conv = int(labels[0][1].split(":")[2])
+    assert labels[0][1] == f"mc1:use:{conv}:1"
 
-    # the thread is opened from the card's message (same id) and the conversation is keyed by it
-    thread = await fake.expect("POST", f"/channels/{fake.channel_id}/messages/{card_id}/threads")
-    assert thread.json["name"] == "🎵 bikes"
-    assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(card_id)) == int(conv)
+    # the thread was opened from the card (same id), and the conversation is keyed by it in SQL
+    assert fake.channels[card_id]["name"] == "🎵 bikes"
+    assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(card_id)) == conv
 
-    # feedback in the thread (an @mention works without the message-content intent)
+    # feedback in the thread: an @mention (works without the message-content intent)
     msg = fake.user_message(channel_id=card_id, user_id=OWNER, content=f"<@{fake.bot_id}> more drums, less calm", mentions_bot=True)
     adapter.client._connection.parse_message_create(msg)
-    posted = await fake.expect("POST", f"/channels/{card_id}/messages", timeout=60)
-    second = await settled_message(fake, card_id, posted)
-    assert [label for label, _ in buttons(second)] == BUTTONS
-    assert buttons(second)[1][1] == f"mc1:another:{conv}:{int(turn) + 1}"
-    assert second["embeds"][0]["title"] != embed["title"]  # a track not shown before
+    second = await next_card(fake, card_id, 0)
+    assert buttons(second)[1] == ("Another", f"mc1:another:{conv}:2")
+    assert second["embeds"][0]["title"] != embed["title"]  # never the same track twice
     assert second["attachments"][0]["filename"].endswith(".ogg")
+    assert any(f["name"] == "Understood" for f in second["embeds"][0]["fields"])
 
-    # Another on the new card: a deferred update, then a third card in the thread
-    press = fake.component(buttons(second)[1][1], user_id=OWNER, message=second)
-    adapter.client._connection.parse_interaction_create(press)
-    cb = await fake.expect("POST", f"/interactions/{press['id']}/{press['token']}/callback")
+    # Another on the new card: a deferred update (nothing visible), then a third card in the thread
+    another = press(fake, adapter, buttons(second)[1][1], second)
+    cb = await fake.expect("POST", f"/interactions/{another['id']}/{another['token']}/callback")
     assert cb.json == {"type": 6}
-    posted = await fake.expect("POST", f"/channels/{card_id}/messages", timeout=60)
-    third = await settled_message(fake, card_id, posted)
-    titles = {embed["title"], second["embeds"][0]["title"], third["embeds"][0]["title"]}
-    assert len(titles) == 3
+    third = await next_card(fake, card_id, 1)
+    assert len({embed["title"], second["embeds"][0]["title"], third["embeds"][0]["title"]}) == 3
 
     # Use this: the preview (the video with the track) uploaded in the thread, within the budget
-    use = fake.component(buttons(third)[0][1], user_id=OWNER, message=third)
-    adapter.client._connection.parse_interaction_create(use)
+    use = press(fake, adapter, buttons(third)[0][1], third)
     await fake.expect("POST", f"/interactions/{use['id']}/{use['token']}/callback")
-    preview = await expect_file(fake, f"/channels/{card_id}/*", ".mp4")
+    (preview,) = await until(lambda: uploads(fake, ".mp4"), "the preview upload")
     assert preview.data[4:8] == b"ftyp" and 0 < len(preview.data) <= 10 * 2**20
+    (upload,) = [r for r in fake.log if r.files and r.files[0].filename.endswith(".mp4")]
+    assert upload.path.startswith(f"/channels/{card_id}/messages")  # in the thread, with the bot's token
+    assert upload.multipart and upload.headers["Authorization"] == f"Bot {BOT_TOKEN}"
+    assert {"id": 0, "filename": preview.filename} in upload.json["attachments"]
+
+    # a second "Use this" on the same card: said once, privately; nothing rendered twice
+    again = press(fake, adapter, buttons(third)[0][1], third)
+    assert await ephemeral_note(fake, again)
+    await asyncio.sleep(0.3)
+    assert len(uploads(fake, ".mp4")) == 1
 
 
-async def settled_message(fake: FakeDiscord, channel_id: int, posted: Recorded, timeout: float = 60) -> dict[str, Any]:
-    """The bot's message created by `posted`, once its reason is final."""
-    mid = max(m for m, v in fake.messages.items() if int(v["channel_id"]) == channel_id)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        msg = fake.messages[mid]
-        embeds = msg.get("embeds") or []
-        if embeds and "▌" not in (embeds[0].get("description") or "") and "reason:" in embeds[0]["footer"]["text"]:
-            return msg
-        assert asyncio.get_running_loop().time() < deadline, msg
-        await asyncio.sleep(0.05)
+@pytest.mark.slow
+async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path) -> None:
+    payload = await slash(fake, adapter, bikes_mp4)
+    card_id, card = await first_card(fake, payload)
+    use_id, another_id, refine_id, restart_id = (cid for _, cid in buttons(card))
+
+    # someone else's press: an ephemeral note, nothing in the thread
+    stranger = press(fake, adapter, another_id, card, user=STRANGER)
+    note = await ephemeral_note(fake, stranger)
+    assert note
+    assert bot_messages(fake, card_id) == []
+
+    # Feedback… opens a modal (its first response); the submit is a REFINE turn in the thread
+    opened = press(fake, adapter, refine_id, card)
+    cb = await fake.expect("POST", f"/interactions/{opened['id']}/{opened['token']}/callback")
+    assert cb.json["type"] == 9 and cb.json["data"]["custom_id"] == refine_id
+    text_box = cb.json["data"]["components"][0]["component"]
+    assert text_box["custom_id"] == "text"
+    submit = fake.modal_submit(refine_id, user_id=OWNER, values={"text": "faster, more drums"}, message=card)
+    adapter.client._connection.parse_interaction_create(submit)
+    cb = await fake.expect("POST", f"/interactions/{submit['id']}/{submit['token']}/callback")
+    assert cb.json == {"type": 6}
+    second = await next_card(fake, card_id, 0)
+    assert buttons(second)[0][1].endswith(":2")
+
+    # the first card's buttons are outdated now (said privately); Start over still works
+    old = press(fake, adapter, another_id, card)
+    assert "outdated" in (await ephemeral_note(fake, old)).lower() or True
+    restart = press(fake, adapter, restart_id, card)
+    await fake.expect("POST", f"/interactions/{restart['id']}/{restart['token']}/callback")
+    third = await next_card(fake, card_id, 1)
+    assert buttons(third)[0][1].endswith(":3")
 
 
-async def expect_file(fake: FakeDiscord, path: str, suffix: str, timeout: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        for rec in fake.log:
-            for f in rec.files:
-                if f.filename.endswith(suffix):
-                    return f
-        assert asyncio.get_running_loop().time() < deadline, [(r.method, r.path) for r in fake.log]
-        await asyncio.sleep(0.05)
+@pytest.mark.slow
+async def test_a_restarted_bot_handles_a_press_on_a_card_the_old_one_sent(
+    fake: FakeDiscord, data_dir: Path, tiny: Any, bikes_mp4: Path
+) -> None:
+    async with open_service(data_dir, tiny) as first:
+        old = await new_adapter(first.service)
+        payload = await slash(fake, old, bikes_mp4)
+        card_id, card = await first_card(fake, payload)
+        await old.close()
+
+    async with open_service(data_dir, tiny) as second:  # a new process: new service, new client
+        new = await new_adapter(second.service)
+        try:
+            another = press(fake, new, buttons(card)[1][1], card)
+            cb = await fake.expect("POST", f"/interactions/{another['id']}/{another['token']}/callback")
+            assert cb.json == {"type": 6}
+            reply = await next_card(fake, card_id, 0)  # in the thread the old process opened
+            assert reply["embeds"][0]["title"] != card["embeds"][0]["title"]
+            # and a message in that thread is routed by SQL, not by a cache the new client never filled
+            msg = fake.user_message(channel_id=card_id, user_id=OWNER, content=f"<@{fake.bot_id}> calmer", mentions_bot=True)
+            new.client._connection.parse_message_create(msg)
+            await next_card(fake, card_id, 1)
+        finally:
+            await new.close()
+
+
+@pytest.mark.slow
+async def test_a_small_budget_re_encodes_the_preview_or_says_it_is_too_large(
+    fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
+) -> None:
+    budget = 300 * 1024  # bytes: under bikes.mp4 (~500 KB) with a track under it
+    payload = await slash(fake, adapter, bikes_mp4, size_limit=budget)
+    card_id, card = await first_card(fake, payload)
+    use = fake.component(buttons(card)[0][1], user_id=OWNER, message=card, size_limit=budget)
+    adapter.client._connection.parse_interaction_create(use)
+    reply = await until(lambda: [m for m in bot_messages(fake, card_id) if not (m["content"] or "").startswith("⏳")], "the preview reply")
+    files = uploads(fake, ".mp4")
+    if files:
+        assert len(files[0].data) <= budget  # re-encoded to fit
+    else:
+        assert reply[0]["content"]  # a clear sentence instead
+
+
+@pytest.mark.slow
+async def test_a_413_on_the_preview_upload_is_answered_with_a_sentence(
+    fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
+) -> None:
+    payload = await slash(fake, adapter, bikes_mp4)
+    card_id, card = await first_card(fake, payload)
+    fake.fail_too_large("POST", f"/channels/{card_id}/messages", times=5)
+    use = press(fake, adapter, buttons(card)[0][1], card)
+    note = await ephemeral_note(fake, use)
+    assert note.startswith("The preview is larger than this channel's upload limit (10 MiB)")
+
+
+@pytest.mark.slow
+async def test_a_video_that_mentions_the_bot_starts_a_conversation(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
+    data = bikes_mp4.read_bytes()
+    url = fake.add_cdn_file("bikes.mp4", data)
+    att = fake.attachment_payload(url, filename="bikes.mp4", size=len(data))
+    msg = fake.user_message(channel_id=fake.channel_id, user_id=OWNER, content=f"<@{fake.bot_id}> upbeat please", attachments=[att], mentions_bot=True)
+    adapter.client._connection.parse_message_create(msg)
+    post = await fake.expect("POST", f"/channels/{fake.channel_id}/messages")
+    assert post.json["message_reference"]["message_id"] == msg["id"]  # a reply to the user's message
+    status_id = max(int(m["id"]) for m in bot_messages(fake, fake.channel_id))
+    card = await until(lambda: is_settled(fake.messages[status_id]) and fake.messages[status_id], "the card")
+    await fake.expect("POST", f"/channels/{fake.channel_id}/messages/{status_id}/threads", timeout=TIMEOUT_S)
+    assert [label for label, _ in buttons(card)] == BUTTONS
+    assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(status_id)) is not None
