@@ -174,7 +174,7 @@ async def test_video_card_feedback_another_use_this(fake: FakeDiscord, adapter: 
 
     # a second "Use this" on the same card: said once, privately; nothing rendered twice
     again = press(fake, adapter, buttons(third)[0][1], third)
-    assert await ephemeral_note(fake, again)
+    assert (await ephemeral_note(fake, again)).startswith("You already chose")
     await asyncio.sleep(0.3)
     assert len(uploads(fake, ".mp4")) == 1
 
@@ -188,7 +188,7 @@ async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapt
     # someone else's press: an ephemeral note, nothing in the thread
     stranger = press(fake, adapter, another_id, card, user=STRANGER)
     note = await ephemeral_note(fake, stranger)
-    assert note
+    assert note == "These buttons belong to someone's conversation; start your own with a video."
     assert bot_messages(fake, card_id) == []
 
     # Feedback… opens a modal (its first response); the submit is a REFINE turn in the thread
@@ -206,7 +206,9 @@ async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapt
 
     # the first card's buttons are outdated now (said privately); Start over still works
     old = press(fake, adapter, another_id, card)
-    assert "outdated" in (await ephemeral_note(fake, old)).lower() or True
+    assert await ephemeral_note(fake, old) == (
+        "That suggestion is outdated: the conversation has moved on. Use the buttons on the latest card."
+    )
     restart = press(fake, adapter, restart_id, card)
     await fake.expect("POST", f"/interactions/{restart['id']}/{restart['token']}/callback")
     third = await next_card(fake, card_id, 1)
@@ -276,7 +278,7 @@ async def test_a_video_that_mentions_the_bot_starts_a_conversation(fake: FakeDis
     msg = fake.user_message(channel_id=fake.channel_id, user_id=OWNER, content=f"<@{fake.bot_id}> upbeat please", attachments=[att], mentions_bot=True)
     adapter.client._connection.parse_message_create(msg)
     post = await fake.expect("POST", f"/channels/{fake.channel_id}/messages")
-    assert post.json["message_reference"]["message_id"] == msg["id"]  # a reply to the user's message
+    assert int(post.json["message_reference"]["message_id"]) == int(msg["id"])  # a reply to the user's message
     status_id = max(int(m["id"]) for m in bot_messages(fake, fake.channel_id))
     card = await until(lambda: is_settled(fake.messages[status_id]) and fake.messages[status_id], "the card")
     await fake.expect("POST", f"/channels/{fake.channel_id}/messages/{status_id}/threads", timeout=TIMEOUT_S)
