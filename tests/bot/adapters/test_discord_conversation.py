@@ -242,20 +242,23 @@ async def test_a_restarted_bot_handles_a_press_on_a_card_the_old_one_sent(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("budget", [300 * 1024, 20 * 1024], ids=["re-encoded", "impossible"])
 async def test_a_small_budget_re_encodes_the_preview_or_says_it_is_too_large(
-    fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
+    fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path, budget: int
 ) -> None:
-    budget = 300 * 1024  # bytes: under bikes.mp4 (~500 KB) with a track under it
-    payload = await slash(fake, adapter, bikes_mp4, size_limit=budget)
+    payload = await slash(fake, adapter, bikes_mp4, size_limit=budget)  # bikes.mp4 is ~500 KB
     card_id, card = await first_card(fake, payload)
     use = fake.component(buttons(card)[0][1], user_id=OWNER, message=card, size_limit=budget)
     adapter.client._connection.parse_interaction_create(use)
-    reply = await until(lambda: [m for m in bot_messages(fake, card_id) if not (m["content"] or "").startswith("⏳")], "the preview reply")
+    done = lambda: [m for m in bot_messages(fake, card_id) if m["content"] and not m["content"].startswith("⏳")]  # noqa: E731
+    (reply,) = await until(done, "the preview reply")
     files = uploads(fake, ".mp4")
-    if files:
-        assert len(files[0].data) <= budget  # re-encoded to fit
+    if budget > 100 * 1024:
+        assert len(files) == 1 and len(files[0].data) <= budget  # re-encoded to fit
+        assert [a["filename"] for a in reply["attachments"]] == [files[0].filename]
     else:
-        assert reply[0]["content"]  # a clear sentence instead
+        assert files == [] and reply["attachments"] == []  # nothing over the limit was sent
+        assert reply["content"]
 
 
 @pytest.mark.slow
