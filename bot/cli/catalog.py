@@ -1,98 +1,40 @@
-"""`musechat catalog ...` and `musechat serve`: catalog administration from the terminal."""
+"""`musechat catalog ...`: catalog administration from the terminal."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.cli.common import EXIT_UNAVAILABLE, EXIT_USER_ERROR, console, out, storage_errors
+from bot.adapters.terminal import refresh_with_progress
+from bot.cli.common import EXIT_USER_ERROR, cli_errors, console, open_app, out
 from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 catalog_app = typer.Typer(help="The music catalog: folders, refreshes, status.", no_args_is_help=True)
 
-STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "excerpt": "cutting excerpts", "write": "writing catalog"}
 
 
 def _consoles():
     return console, out
 
 
-@contextmanager
-def admin_errors() -> Iterator[None]:
-    """Storage, catalog and admin errors as one line and an exit code (no tracebacks)."""
-    from bot.service.catalog_admin import CatalogAdminError
-    from storage.catalog import CatalogError
-
-    console, _ = _consoles()
-    try:
-        with storage_errors():  # a dead or outdated database: exit 3, as every command
-            yield
-    except CatalogError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except (CatalogAdminError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-
-
 @asynccontextmanager
 async def open_admin(settings: Settings) -> AsyncIterator:
-    """A CatalogAdmin over the configured database, catalog and media store (models load lazily)."""
-    from bot.service.catalog_admin import CatalogAdmin, catalog_schema, load_fusion
-    from engine.profiles import load_encoders, resolve_profile
-    from storage.catalog import open_catalog
-    from storage.db import ensure_schema, make_engine
-    from storage.media_store import MediaStore, RetentionPolicy
-
-    await ensure_schema(settings.sql_url)
-    sql = make_engine(settings.sql_url)
-    catalog = None
-    try:
-        profile = resolve_profile(settings.profile, settings.backbone_overrides)
-        ckpt = settings.fusion_checkpoint
-        catalog = await asyncio.to_thread(
-            open_catalog,
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
-            path=settings.catalog_dir,
-            schema=catalog_schema(profile, fusion=ckpt is not None),
-        )
-        media = MediaStore(
-            settings.media_dir,
-            retention=RetentionPolicy(
-                max_age_s=settings.media_max_age_days * 86400.0, max_total_bytes=int(settings.media_max_total_mb * 2**20)
-            ),
-        )
-        fusion = load_fusion(ckpt, profile, device=settings.device) if ckpt is not None else None
-        yield CatalogAdmin(
-            engine=sql,
-            catalog=catalog,
-            media_store=media,
-            data_dir=settings.data_dir,
-            encoders=lambda: load_encoders(profile, device=settings.device),
-            profile=profile,
-            fusion=fusion,
-            ffmpeg=settings.ffmpeg_binary,
-        )
-    finally:
-        if catalog is not None:
-            catalog.close()
-        await sql.dispose()
+    """The catalog admin of the application (bot/app.py): models load only when a refresh has work."""
+    async with open_app(settings) as app:
+        yield app.admin()
 
 
 def _run(coro_fn):
-    with admin_errors():
+    with cli_errors():
         return asyncio.run(coro_fn())
 
 
@@ -120,33 +62,6 @@ def catalog_add(
                 await refresh_with_progress(admin)
 
     _run(go)
-
-
-async def refresh_with_progress(admin) -> None:
-    console, out = _consoles()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[name]}"), console=console, transient=True,
-    ) as bar:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def progress(p) -> None:
-            if p.stage not in tasks:
-                tasks[p.stage] = bar.add_task(STAGE_LABELS.get(p.stage, p.stage), total=max(p.total, 1), name="")
-            bar.update(tasks[p.stage], completed=p.done, total=max(p.total, 1), name=Path(p.path).name if p.path else "")
-
-        report = await admin.refresh(progress=progress)
-    out.print(
-        f"catalog version {report.version_name}: {report.tracks} tracks "
-        f"({report.added} added, {report.changed} changed, {report.removed} removed; "
-        f"{report.analysed} embedded, {report.reused} reused) in {report.seconds:.1f} s"
-    )
-    if report.analysed:
-        out.print(f"embedding speed: {report.tracks_per_minute:.1f} tracks/min, {report.x_realtime:.0f}x real time")
-    for f in report.failures:
-        console.print(f"[yellow]skipped[/yellow] {f.path} ({f.stage}): {f.error}")
-    for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 @catalog_app.command("refresh")
@@ -243,35 +158,5 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
         out.print(f"[yellow]failed[/yellow] {f.path} ({f.stage}): {f.error}")
 
 
-def serve(
-    cron: str = typer.Option(None, help="Override the stored refresh schedule (crontab expression)."),
-) -> None:
-    """Run the long-lived service: scheduled catalog refreshes (platform adapters join here later)."""
-    from bot.service.scheduler import start_catalog_scheduler
-
-    console, out = _consoles()
-
-    async def go():
-        async with open_admin(get_settings()) as admin:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is announced
-                loop.add_signal_handler(sig, stop.set)
-            scheduler = await start_catalog_scheduler(admin, cron=cron)
-            if scheduler is None:
-                out.print("no refresh schedule (set one with `musechat catalog schedule CRON`); serving without it")
-            else:
-                out.print(f"catalog refresh scheduled; next run at {scheduler.next_run_time}")
-            try:
-                await stop.wait()
-            finally:
-                if scheduler is not None:
-                    scheduler.shutdown()
-            out.print("stopped")
-
-    _run(go)
-
-
 def register_catalog_commands(app: typer.Typer) -> None:
     app.add_typer(catalog_app, name="catalog")
-    app.command("serve")(serve)

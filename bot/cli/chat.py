@@ -25,7 +25,13 @@ from typing import Any
 import typer
 
 from bot.adapters.terminal import out, print_reply, reply_json, run_chat, with_status
-from bot.cli.common import EXIT_USER_ERROR, CliExit, check_video, cli_errors, open_service
+from bot.cli.common import (
+    EXIT_USER_ERROR,
+    CliExit,
+    check_video,
+    cli_errors,
+    open_service,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,4 +99,4 @@ def register_chat_commands(app: typer.Typer) -> None:
     app.command("recommend")(recommend)
 
 
-__all__ = ["chat", "print_reply", "recommend", "register_chat_commands", "render_reply", "reply_json"]
+__all__ = ["chat", "recommend", "register_chat_commands"]

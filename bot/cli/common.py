@@ -1,6 +1,16 @@
-"""What every `musechat` command shares: the consoles, the exit codes, the error mappers.
+"""What every `musechat` command shares: the consoles, the exit codes, the one error mapper, the app.
 
 Imports no command module (bot/cli/main.py registers them), so no command imports another.
+
+Exit codes (`cli_errors`):
+- 0: done;
+- 2 (`EXIT_USER_ERROR`): something the user can fix in what they typed or gave: not a video,
+  truncated, too long, a missing file, an unknown conversation, nothing asked, a bad cron
+  expression or manifest, an unknown profile name, a folder that is not there;
+- 3 (`EXIT_UNAVAILABLE`): a dependency is missing or down: the database, the catalog (empty,
+  locked, built for another profile), model weights, a checkpoint that does not fit;
+- 1: anything else is a bug: logged with its traceback, reported as one, never disguised as a
+  user error.
 """
 
 from __future__ import annotations
@@ -11,56 +21,17 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 
 from bot.adapters.terminal import console, out, print_error  # noqa: F401 - out: the results console every command prints to
-from bot.settings import get_settings
+from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+EXIT_BUG = 1  # an unexpected error: a bug, with its traceback in the log
 EXIT_USER_ERROR = 2  # bad input: a message, never a traceback
 EXIT_UNAVAILABLE = 3  # a dependency (database, weights) is missing or down
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the engine's typed errors into a one-line message and an exit code."""
-    from engine.encoders.hf import BackboneUnavailable
-    from engine.media import MediaError
-
-    try:
-        yield
-    except BackboneUnavailable as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except MediaError as e:
-        console.print(f"[red]error:[/red] {e.user_message}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except FileNotFoundError as e:
-        console.print(f"[red]error:[/red] file not found: {e.filename or e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-
-
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """A dead or outdated database is a message and exit code 3, not a traceback."""
-    from storage.db import StorageError
-
-    try:
-        yield
-    except StorageError as e:
-        console.print(f"[red]error:[/red] {getattr(e, 'user_message', None) or e}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-
-
-def load_encoders_with_status(profile: str | None):
-    from engine.profiles import load_encoders
-
-    s = get_settings()
-    with console.status(f"loading the '{profile or s.profile}' models..."):
-        return load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
-
-
 
 
 class CliExit(Exception):
@@ -71,71 +42,97 @@ class CliExit(Exception):
         self.code = code
 
 
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Map every user-facing failure to one line and an exit code (module docstring)."""
+def _classify(e: BaseException) -> tuple[int, str] | None:
+    """(exit code, message) of a typed error; None for anything else (a bug)."""
+    from bot.adapters.download import DownloadError
+    from bot.app import RandomWeightsError
     from bot.service.catalog_admin import CatalogAdminError
-    from bot.service.conversation import (
+    from bot.service.errors import (
         CatalogMismatchError,
         ConversationError,
         EmptyCatalogError,
-        NothingToAskError,
-        UnknownConversationError,
     )
+    from bot.service.scheduler import CronError
     from engine.checkpoint import CheckpointMismatchError
     from engine.encoders.hf import BackboneUnavailable
     from engine.media import MediaError
+    from engine.profiles import UnknownProfileError
     from storage.catalog import CatalogError
     from storage.db import StorageError
 
+    if isinstance(e, CliExit):
+        return e.code, str(e)
+    if isinstance(e, (EmptyCatalogError, CatalogMismatchError, RandomWeightsError)):
+        return EXIT_UNAVAILABLE, e.user_message
+    if isinstance(e, (MediaError, ConversationError, DownloadError)):
+        return EXIT_USER_ERROR, e.user_message
+    if isinstance(e, FileNotFoundError):
+        return EXIT_USER_ERROR, f"file not found: {e.filename or e}"
+    if isinstance(e, (CatalogAdminError, CronError, UnknownProfileError)):
+        return EXIT_USER_ERROR, str(e)
+    if isinstance(e, (StorageError, CatalogError, CheckpointMismatchError, BackboneUnavailable)):
+        return EXIT_UNAVAILABLE, getattr(e, "user_message", None) or str(e)
+    if isinstance(e, PermissionError):  # an unwritable data directory: the machine's set-up, not a bug
+        return EXIT_UNAVAILABLE, f"permission denied: {e.filename or e}"
+    return None
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Map every failure to one line and an exit code (module docstring); bugs keep their traceback in the log."""
     try:
         yield
-    except CliExit as e:
-        print_error(str(e))
-        raise typer.Exit(e.code) from None
-    except MediaError as e:
-        print_error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except FileNotFoundError as e:
-        print_error(f"file not found: {e.filename or e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except (EmptyCatalogError, CatalogMismatchError) as e:
-        print_error(e.user_message)
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except (UnknownConversationError, NothingToAskError) as e:
-        print_error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except ConversationError as e:
-        print_error(e.user_message)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except (StorageError, CatalogError, CatalogAdminError, CheckpointMismatchError, BackboneUnavailable) as e:
-        print_error(getattr(e, "user_message", None) or str(e))
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except (OSError, ValueError) as e:  # e.g. an unknown profile name, an unwritable data directory
-        print_error(str(e))
-        raise typer.Exit(EXIT_UNAVAILABLE if isinstance(e, OSError) else EXIT_USER_ERROR) from None
+    except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - classified below; a bug is re-reported as one
+        typed = _classify(e)
+        if typed is None:
+            log.error("unexpected error (a bug)", exc_info=e)
+            console.print_exception(show_locals=False) if log.isEnabledFor(logging.DEBUG) else None
+            print_error(f"internal error (a bug, please report it): {type(e).__name__}: {e}")
+            raise typer.Exit(EXIT_BUG) from None
+        code, message = typed
+        print_error(message)
+        raise typer.Exit(code) from None
+
+
+# the names the commands used before the one mapper; they are that mapper
+user_errors = cli_errors
+storage_errors = cli_errors
+
+
+def load_encoders_with_status(profile: str | None):
+    from engine.profiles import load_encoders
+
+    s = get_settings()
+    with console.status(f"loading the '{profile or s.profile}' models..."):
+        return load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
 
 
 @asynccontextmanager
-async def open_service(profile: str | None) -> AsyncIterator[Any]:
-    """The conversation service from the settings, with a progress line while it loads."""
-    from bot.service.conversation import ConversationService
+async def open_app(settings: Settings | None = None, *, profile: str | None = None) -> AsyncIterator[Any]:
+    """The application (bot/app.py) from the settings: storage opened once, models when asked for."""
+    from bot.app import App
 
+    s = settings or get_settings()
+    with console.status("starting…") as status:
+        app = await App.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+@asynccontextmanager
+async def open_service(profile: str | None, settings: Settings | None = None) -> AsyncIterator[Any]:
+    """The conversation service from the settings, with a progress line while it loads."""
     from transformers.utils import logging as hf_logging
 
-    from engine.encoders.hf import BackboneUnavailable
-
     hf_logging.disable_progress_bar()  # the rich status line says what loads; no tqdm bars under it
-    s = get_settings()
-    with console.status("starting…") as status:
-        try:
-            svc = await ConversationService.open(s, profile=profile, progress=lambda m: status.update(f"{m}…"))
-        except (FileNotFoundError, BackboneUnavailable) as e:  # model weights missing: not the user's video
-            raise CliExit(str(e), EXIT_UNAVAILABLE) from None
-    try:
+    async with open_app(settings, profile=profile) as app:
+        with console.status("starting…") as status:
+            svc = await app.service(progress=lambda m: status.update(f"{m}…"))
         yield svc
-    finally:
-        await svc.close()
 
 
 def check_video(video: Path | None) -> None:
@@ -148,5 +145,3 @@ def check_video(video: Path | None) -> None:
 
     s = get_settings()
     probe(video, limits=s.engine_config().limits, require_video=True, ffmpeg=s.ffmpeg_binary)
-
-

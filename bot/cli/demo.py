@@ -18,11 +18,19 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from bot.adapters.terminal import out, print_reply, run_chat, save_preview, with_status
-from bot.cli.common import EXIT_UNAVAILABLE, CliExit, cli_errors, open_service
+from bot.adapters.terminal import (
+    out,
+    print_reply,
+    refresh_with_progress,
+    run_chat,
+    save_preview,
+    with_status,
+)
+from bot.cli.common import EXIT_UNAVAILABLE, CliExit, cli_errors, console, open_app
 from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -68,49 +76,53 @@ def build_demo_folder(music_dir: Path, dest: Path, per_package: dict[str, int] |
     return folders
 
 
-async def prepare_catalog(settings: Settings) -> None:
+async def prepare_catalog(settings: Settings, admin: Any) -> None:
     """Add the demo folders to the catalog and refresh it (progress bars; incremental)."""
-    from bot.cli.catalog import open_admin, refresh_with_progress
-
     folders = build_demo_folder(settings.music_dir, settings.data_dir / "demo-music")
     if not folders:
-
         raise CliExit(f"no demo music in {settings.music_dir}: run scripts/fetch_music.sh", EXIT_UNAVAILABLE)
-    async with open_admin(settings) as admin:
-        known = {str(f.path) for f in await admin.list_folders()}
-        for folder in folders:
-            if str(folder.resolve()) not in known:
-                await admin.add_folder(folder)
-        out.print(f"demo catalog: {sum(1 for f in folders for _ in f.glob('*.ogg'))} real tracks from {len(folders)} Debian packages")
-        await refresh_with_progress(admin)
+    known = {str(f.path) for f in await admin.list_folders()}
+    for folder in folders:
+        if str(folder.resolve()) not in known:
+            await admin.add_folder(folder)
+    out.print(f"demo catalog: {sum(1 for f in folders for _ in f.glob('*.ogg'))} real tracks from {len(folders)} Debian packages")
+    await refresh_with_progress(admin)
 
 
-async def _interactive(video: Path, profile: str | None, out_dir: Path) -> None:
-    async with open_service(profile) as svc:
-        await run_chat(svc, video, None, None, out_dir)
-
-
-async def scripted_chat(video: Path, profile: str | None, out_dir: Path) -> None:
+async def scripted_chat(svc: Any, video: Path, out_dir: Path) -> None:
     """The conversation a person would have, played without a terminal."""
-
-    async with open_service(profile) as svc:
-        reply = await with_status(
-            lambda cb: svc.start(video=video, platform="terminal", channel_id=f"demo-{uuid.uuid4().hex[:12]}", user_id="demo", on_status=cb),
-            f"decoding and embedding {video.name}…",
-        )
-        cid = reply.conversation_id
+    reply = await with_status(
+        lambda cb: svc.start(video=video, platform="terminal", channel_id=f"demo-{uuid.uuid4().hex[:12]}", user_id="demo", on_status=cb),
+        f"decoding and embedding {video.name}…",
+    )
+    cid = reply.conversation_id
+    print_reply(reply)
+    for line in SCRIPT:
+        out.print(f"you> {line}")
+        if line == "/another":
+            reply = await with_status(lambda cb: svc.another(cid, on_status=cb), "looking for another…")
+        elif line == "/use":
+            reply = await with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
+        else:
+            reply = await with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
         print_reply(reply)
-        for line in SCRIPT:
-            out.print(f"you> {line}")
-            if line == "/another":
-                reply = await with_status(lambda cb: svc.another(cid, on_status=cb), "looking for another…")
-            elif line == "/use":
-                reply = await with_status(lambda cb: svc.use_this(cid, on_status=cb), "rendering the preview…")
-            else:
-                reply = await with_status(lambda cb: svc.message(cid, line, on_status=cb), "thinking…")
-            print_reply(reply)
-            save_preview(reply, out_dir)
-        out.print(f"continue this conversation with: musechat chat --resume {cid}")
+        save_preview(reply, out_dir)
+    out.print(f"continue this conversation with: musechat chat --resume {cid}")
+
+
+async def _demo(settings: Settings, video: Path, interactive: bool, out_dir: Path) -> None:
+    """One application for the whole demo: the catalog is opened once, for the refresh and the chat."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    async with open_app(settings) as app:
+        await prepare_catalog(settings, app.admin())
+        with console.status("starting…") as status:
+            svc = await app.service(progress=lambda m: status.update(f"{m}…"))
+        if interactive:
+            await run_chat(svc, video, None, None, out_dir)
+        else:
+            await scripted_chat(svc, video, out_dir)
 
 
 def demo(
@@ -121,16 +133,11 @@ def demo(
     """Run the first-run demo: build a catalog of real music and chat about a sample video."""
     import asyncio
 
-
     settings = get_settings()
     if profile:  # the catalog must be built with the profile that will answer
         settings = settings.model_copy(update={"profile": profile})
     with cli_errors():
         video = sample_video()
-        asyncio.run(prepare_catalog(settings))
         if interactive is None:
             interactive = sys.stdin.isatty()
-        if interactive:
-            asyncio.run(_interactive(video, profile, out_dir))
-        else:
-            asyncio.run(scripted_chat(video, profile, out_dir))
+        asyncio.run(_demo(settings, video, interactive, out_dir))

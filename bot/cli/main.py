@@ -14,6 +14,7 @@ from bot.cli.db import register_db_commands
 from bot.cli.demo import demo
 from bot.cli.models import register_model_commands
 from bot.cli.reasoner import register_reasoner_commands
+from bot.cli.serve import register_serve_command
 from bot.cli.training import register_training_commands
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 register_model_commands(app)  # version, embed, tag
 register_db_commands(app)  # db upgrade|status, media cleanup
 register_chat_commands(app)  # chat, recommend
-register_catalog_commands(app)  # catalog ..., serve
+register_catalog_commands(app)  # catalog ...
+register_serve_command(app)  # serve
 register_training_commands(app)  # data, train, eval
 register_reasoner_commands(app)  # reasoner ...
 app.command("demo")(demo)

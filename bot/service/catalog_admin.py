@@ -68,6 +68,7 @@ from bot.service.catalog_layout import (  # noqa: F401 - re-exported
     catalog_schema,
     features_key,
 )
+from bot.service.pool import CATALOG, ModelPool
 from engine.media import MediaError, MediaLimits
 from engine.profiles import Encoders, ProfileConfig
 from engine.render import EXCERPT_FADE_S, ExcerptFormat, cut_excerpt
@@ -450,6 +451,7 @@ class CatalogAdmin:
         ffmpeg: str | None = None,
         excerpt_format: ExcerptFormat = "ogg",
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
+        pool: ModelPool | None = None,
     ) -> None:
         if isinstance(encoders, Encoders):
             profile = encoders.profile
@@ -471,6 +473,13 @@ class CatalogAdmin:
         self._hash_index_path = Path(data_dir) / FEATURES_DIR / HASH_INDEX_FILE
         self._encoders = encoders
         self._lock = asyncio.Lock()
+        self.pool = pool  # shared with the conversation service in `serve`: refresh work takes the catalog lane
+
+    async def _model_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One model call of a refresh: on the shared pool's catalog lane (users' turns first), else a thread."""
+        if self.pool is not None:
+            return await self.pool.run(fn, *args, lane=CATALOG)
+        return await asyncio.to_thread(fn, *args)
 
     # --- folders ------------------------------------------------------------------------------
 
@@ -651,7 +660,7 @@ class CatalogAdmin:
             key, entry = _manifest_lookup(manifests.get(source.id, {}), rel)
             if key is not None:
                 used_entries[source.id].add(key)
-            by_sha[sha] = self._describe(path, sha, source, file_tags, entry)
+            by_sha[sha] = await asyncio.to_thread(self._describe, path, sha, source, file_tags, entry)  # stats files
         progress(RefreshProgress("scan", len(files), len(files)))
         for source_id, manifest in manifests.items():
             unused = sorted(set(manifest) - used_entries[source_id])
@@ -715,7 +724,7 @@ class CatalogAdmin:
         progress(RefreshProgress("analyse", 0, len(todo)))
         try:
             while True:
-                item = await asyncio.to_thread(next, results, None)
+                item = await self._model_call(next, results, None)  # one track: decode wait + embed
                 if item is None:
                     break
                 job, result = item
@@ -758,7 +767,8 @@ class CatalogAdmin:
                 batch.append(t)
             await self._update_text(batch, report)
             await self._cut_excerpts(batch, report, progress, offset=start, total=len(tracks))
-            await asyncio.to_thread(writer.upsert, [self._point(t) for t in batch])
+            points = await self._model_call(lambda b=batch: [self._point(t) for t in b])  # the music tower runs here
+            await asyncio.to_thread(writer.upsert, points)
             for t in batch:
                 infos.append(self._info(t))
                 t.analysis = None  # the batch is written: let it go
@@ -776,7 +786,7 @@ class CatalogAdmin:
         if not stale:
             return
         encoders = await asyncio.to_thread(self._get_encoders)
-        vectors = await asyncio.to_thread(sentence_vectors, encoders.text, [s for _, s in stale])
+        vectors = await self._model_call(sentence_vectors, encoders.text, [s for _, s in stale])
         for (t, sentence), vector in zip(stale, vectors, strict=True):
             assert t.analysis is not None
             t.analysis = t.analysis.with_text(sentence, vector)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -66,12 +67,6 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.service.assets import TrackAssets, TrackExtras
-from bot.service.catalog_layout import (
-    FEATURES_DIR,
-    FeatureCache,
-    catalog_schema,
-    features_key,
-)
 from bot.service.contract import (
     Action,
     ActionKind,
@@ -96,6 +91,7 @@ from bot.service.errors import (
     NothingToAskError,
     NotOwnerError,
     OutdatedActionError,
+    ShuttingDownError,
     UnknownConversationError,
     VideoGoneError,
 )
@@ -137,13 +133,12 @@ from storage.conversation_store import (
     Recommendation,
     Turn,
 )
-from storage.db import ensure_schema, make_engine
 from storage.locks import (
     DEFAULT_LOCK_TIMEOUT_S,
     ConversationBusyError,
     conversation_lock,
 )
-from storage.media_store import MediaNotFoundError, MediaStore, RetentionPolicy
+from storage.media_store import MediaNotFoundError, MediaStore
 from storage.models import ConversationStatus, FeedbackKind
 from storage.track_store import TrackStore
 
@@ -244,6 +239,25 @@ class ServiceConfig:
 # =================================================================================================
 
 
+def _request(method: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Reply]]:
+    """A public request: refused while the service drains (shutdown), counted while it runs."""
+
+    @functools.wraps(method)
+    async def wrapper(self: ConversationService, *args: Any, **kwargs: Any) -> Reply:
+        if self._draining:
+            raise ShuttingDownError("I am restarting right now; send that again in a minute.")
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    return wrapper
+
+
 class ConversationService:
     """Conversations over a catalog (module docstring). Safe for many concurrent conversations."""
 
@@ -259,6 +273,7 @@ class ConversationService:
         config: ServiceConfig | None = None,
         limits: MediaLimits | None = None,
         ffmpeg: str | None = None,
+        pool: ModelPool | None = None,  # shared with the catalog admin (bot/app.py); None: the service's own
     ) -> None:
         self.engine = engine
         self.catalog = catalog
@@ -269,9 +284,13 @@ class ConversationService:
         self.assets = assets or TrackAssets(TrackStore(sql), None)
         self.limits = limits or engine.config.limits
         self.ffmpeg = ffmpeg if ffmpeg is not None else engine.config.ffmpeg
-        self.pool = ModelPool(self.config.workers)
+        self._draining = False  # True once `drain` began: new requests are refused
+        self._active = 0  # requests running now
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else ModelPool(self.config.workers)
         self._licences: tuple[str | None, tuple[str, ...]] = (None, ())  # (live version, licences)
-        self._owned: list[Callable[[], Awaitable[None] | None]] = []
         if self.config.reasoner not in REASONER_MODES:
             raise ValueError(f"unknown reasoner {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
         if self.config.reasoner == REASONER_HTTP and not (self.config.reasoner_url and self.config.reasoner_model):
@@ -284,71 +303,6 @@ class ConversationService:
             mix_original_sound=self.config.mix_original_sound,
         )  # fmt: skip
         self.reasons = ReasonWriter(config=self.config, engine=engine, assets=self.assets)
-
-    # --- construction from settings -------------------------------------------------------------
-
-    @classmethod
-    async def open(
-        cls,
-        settings: Any,
-        *,
-        profile: str | None = None,
-        config: ServiceConfig | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> ConversationService:
-        """Everything from `bot.settings.Settings`: schema upgrade (embedded SQLite), catalog, models.
-
-        Raises the storage layer's errors (an unreachable database, an outdated PostgreSQL schema,
-        a locked embedded catalog) for the caller to report.
-        """
-
-        from engine.profiles import resolve_profile
-        from storage.catalog import open_catalog
-
-        say = progress or (lambda _: None)
-        config = config or settings.service_config()
-        engine_config = settings.engine_config()
-        if profile:
-            engine_config = dataclasses.replace(engine_config, profile=profile)
-        profile_name = engine_config.profile
-        say("checking the database")
-        await ensure_schema(settings.sql_url)
-        sql = make_engine(settings.sql_url)
-        catalog = None
-        try:
-            cfg = resolve_profile(profile_name, settings.backbone_overrides)
-            fusion = engine_config.fusion_checkpoint is not None
-            say("opening the catalog")
-            catalog = await asyncio.to_thread(
-                open_catalog, url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir,
-                schema=catalog_schema(cfg, fusion=fusion),
-            )  # fmt: skip
-            media = MediaStore(
-                settings.media_dir,
-                max_file_bytes=settings.max_upload_bytes,
-                retention=RetentionPolicy(
-                    max_age_s=settings.media_max_age_days * 86400.0,
-                    max_total_bytes=int(settings.media_max_total_mb * 2**20),
-                ),
-            )
-            limits = engine_config.limits
-            engine = Engine(engine_config)
-            say(f"loading the '{profile_name}' models")
-            await asyncio.to_thread(engine.warm_up)
-            features = FeatureCache(Path(settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
-            service = cls(
-                engine=engine, catalog=catalog, store=ConversationStore(sql), sql=sql, media=media,
-                assets=TrackAssets(TrackStore(sql), features), config=config, limits=limits, ffmpeg=settings.ffmpeg_binary,
-            )  # fmt: skip
-            await service.warm_up()
-            settle_heap()
-        except BaseException:
-            if catalog is not None:
-                catalog.close()
-            await sql.dispose()
-            raise
-        service._owned = [catalog.close, sql.dispose]
-        return service
 
     async def warm_up(self) -> None:
         """Check the catalog fits the models, and read what the first turn would pay for (licences).
@@ -376,18 +330,33 @@ class ConversationService:
                 f"({exc}): run musechat catalog refresh with this profile",
             ) from exc
 
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking new requests; wait up to `grace_s` for those in flight. True when none is left."""
+        self._draining = True
+        if self._active:
+            log.info("draining: %d request(s) in flight, waiting up to %.0f s", self._active, grace_s)
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning("drain: %d request(s) still running after %.0f s", self._active, grace_s)
+                return False
+        return True
+
     async def close(self) -> None:
-        """Stop the pool; close what `open` opened."""
-        await asyncio.to_thread(self.pool.shutdown)
+        """Finish or cancel the background work (video decodes, excerpt cuts); stop the pool if it is the service's own."""
+        await self.videos.close()
+        await self.renderer.close()
+        if self._own_pool:
+            await asyncio.to_thread(self.pool.shutdown)
         self.reasons.close()
-        for close in self._owned:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
-        self._owned = []
 
     # --- public API (bot/service/contract.py) ---------------------------------------------------
 
+    @_request
     async def start(
         self,
         keys: PlatformKeys | None = None,
@@ -456,6 +425,7 @@ class ConversationService:
                 out=out, options=options, t0=t0,
             )  # fmt: skip
 
+    @_request
     async def message(
         self, conversation_id: int, text: str, *, user_id: str | None = None, events: EventSink | None = None,
         options: ReplyOptions | None = None, k: int | None = None, on_status: LegacyStatusCallback | None = None,
@@ -474,6 +444,7 @@ class ConversationService:
             return await self._next_turn(conversation_id, text[m.end() :], FeedbackKind.ANOTHER, out=out, options=options)
         return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, out=out, options=options)
 
+    @_request
     async def act(
         self, action: Action, *, user_id: str, events: EventSink | None = None, options: ReplyOptions | None = None,
     ) -> Reply:  # fmt: skip
@@ -506,6 +477,7 @@ class ConversationService:
             action.conversation_id, action.text, FeedbackKind.REFINE, out=out, options=options, on_turn=action.turn_index,
         )  # fmt: skip
 
+    @_request
     async def feedback(
         self, conversation_id: int, text: str, *, k: int = 1, on_status: LegacyStatusCallback | None = None,
         on_reason_token: ReasonTokenCallback | None = None, events: EventSink | None = None, options: ReplyOptions | None = None,
@@ -514,6 +486,7 @@ class ConversationService:
         out = _Emitter(events, on_status, on_reason_token)
         return await self._next_turn(conversation_id, text, FeedbackKind.REFINE, out=out, options=self._options(options, k))
 
+    @_request
     async def another(
         self, conversation_id: int, *, text: str = "", k: int = 1, on_status: LegacyStatusCallback | None = None,
         on_reason_token: ReasonTokenCallback | None = None, events: EventSink | None = None, options: ReplyOptions | None = None,
@@ -522,6 +495,7 @@ class ConversationService:
         out = _Emitter(events, on_status, on_reason_token)
         return await self._next_turn(conversation_id, text, FeedbackKind.ANOTHER, out=out, options=self._options(options, k))
 
+    @_request
     async def use_this(
         self, conversation_id: int, *, on_status: LegacyStatusCallback | None = None, events: EventSink | None = None,
         options: ReplyOptions | None = None,

@@ -62,3 +62,7 @@ class DuplicateActionError(ConversationError):
 
 class NothingLeftError(ConversationError):
     """No track left that the user has not heard (or that matches the filters)."""
+
+
+class ShuttingDownError(ConversationError):
+    """The process is stopping (SIGTERM): requests in flight finish, new ones are refused."""

@@ -81,10 +81,14 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(CRONTAB_DAYS[d] for d in sorted(days))
 
 
+class CronError(ValueError):
+    """A cron expression that cannot be read; `str(e)` says what is wrong."""
+
+
 def parse_cron(expr: str, *, timezone: str = DEFAULT_TIMEZONE) -> CronTrigger:
     """A cron expression (module docstring: 5 crontab fields, or 6 with seconds first) -> CronTrigger.
 
-    Raises ValueError with what is wrong.
+    Raises CronError (a ValueError) with what is wrong.
     """
     fields = expr.split()
     if len(fields) == 5:
@@ -93,7 +97,7 @@ def parse_cron(expr: str, *, timezone: str = DEFAULT_TIMEZONE) -> CronTrigger:
     elif len(fields) == 6:
         second, minute, hour, day, month, dow = fields
     else:
-        raise ValueError(
+        raise CronError(
             f"a cron expression has 5 fields (minute hour day month weekday) or 6 (seconds first), got {expr!r}"
         )
     try:
@@ -102,7 +106,7 @@ def parse_cron(expr: str, *, timezone: str = DEFAULT_TIMEZONE) -> CronTrigger:
             day_of_week=crontab_weekdays(dow), timezone=timezone,
         )  # fmt: skip
     except ValueError as exc:
-        raise ValueError(f"bad cron expression {expr!r}: {exc}") from None
+        raise CronError(f"bad cron expression {expr!r}: {exc}") from None
 
 
 async def save_refresh_schedule(jobs: JobStore, cron: str, *, enabled: bool = True, timezone: str = DEFAULT_TIMEZONE) -> JobSchedule:
@@ -131,6 +135,7 @@ class RefreshScheduler:
         self._scheduler = AsyncIOScheduler(timezone=timezone)
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
         self._running = False
+        self._task: asyncio.Task[Any] | None = None  # the run in progress
         self.started_runs = 0  # runs begun by the schedule or run_now
         self.skipped_runs = 0  # firings dropped because a run was still going
 
@@ -174,9 +179,18 @@ class RefreshScheduler:
             return
         await self._run()
 
+    async def aclose(self) -> None:
+        """Stop firing and cancel a run in progress (a cancelled refresh leaves the live version serving)."""
+        self.shutdown()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _run(self) -> None:
         self._running = True
         self.started_runs += 1
+        self._task = asyncio.current_task()
         try:
             await self._job()
         except RefreshInProgressError:
@@ -186,6 +200,7 @@ class RefreshScheduler:
             log.exception("scheduled %s failed", self.name)
         finally:
             self._running = False
+            self._task = None
 
     def _on_skipped(self, event: JobExecutionEvent) -> None:
         self.skipped_runs += 1

@@ -1,13 +1,9 @@
-"""`musechat catalog ...` and `musechat serve` end to end (tiny profile, synthesised music)."""
+"""`musechat catalog ...` end to end (tiny profile, synthesised music)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -88,25 +84,6 @@ def test_schedule_is_stored() -> None:
     result = run("catalog", "schedule", "0 3 * * *")
     assert result.exit_code == 0, result.output
     assert "0 3 * * *" in result.output and "enabled" in result.output
-
-
-def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
-    env = os.environ | {"MUSECHAT_DATA_DIR": str(tmp_path / "data"), "MUSECHAT_PROFILE": "tiny"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bot", "serve", "--cron", "0 3 * * *"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        first = proc.stdout.readline()
-        assert "catalog refresh scheduled" in first, first
-        assert time.monotonic() < deadline
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-        assert "stopped" in rest and proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_a_dead_database_is_exit_3(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,6 +52,7 @@ def data_dir(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     shutil.copytree(built, data)
     monkeypatch.setenv("MUSECHAT_DATA_DIR", str(data))
     monkeypatch.setenv("MUSECHAT_PROFILE", "tiny")
+    monkeypatch.setenv("MUSECHAT_ALLOW_RANDOM_WEIGHTS", "1")  # the tiny profile answers only when allowed
     monkeypatch.delenv("MUSECHAT_DATABASE_URL", raising=False)
     monkeypatch.delenv("MUSECHAT_QDRANT_URL", raising=False)
     get_settings.cache_clear()
@@ -251,7 +252,7 @@ class Terminal:
 
 def _pty_env(data: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUSECHAT_")}
-    return env | {"MUSECHAT_DATA_DIR": str(data), "MUSECHAT_PROFILE": "tiny", "COLUMNS": "200", "TERM": "xterm-256color"}
+    return env | {"MUSECHAT_DATA_DIR": str(data), "MUSECHAT_PROFILE": "tiny", "MUSECHAT_ALLOW_RANDOM_WEIGHTS": "1", "COLUMNS": "200", "TERM": "xterm-256color"}
 
 
 @pytest.mark.slow

@@ -1,0 +1,195 @@
+"""The composition root: settings -> SQL engine, catalog, media store, models, service, admin, model pool.
+
+Every entry point builds the application here (CLI commands, `musechat serve`, tests, benchmarks)
+and nothing else opens storage. One `App` per process:
+
+- the SQL engine (SQLite file by default, PostgreSQL by URL), migrated to head when embedded;
+- the catalog, opened ONCE: the embedded catalog takes a directory lock that a second open would
+  refuse even inside this process, so the conversation service, the catalog admin and the
+  scheduled refresh all share this one;
+- the media store; the model pool (interactive and catalog lanes, bot/service/pool.py);
+- the conversation service (`await app.service()`: loads the models once) and the catalog admin
+  (`app.admin()`: shares the service's encoders once they are loaded, else loads its own lazily,
+  only when a refresh has something to embed).
+
+The `tiny` profile has random weights: its recommendations are noise. Chats and `serve` refuse it
+unless `MUSECHAT_ALLOW_RANDOM_WEIGHTS` (or `allow_random_weights=True`, for tests) says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.service.catalog_admin import CatalogAdmin, load_fusion
+from bot.service.catalog_layout import (
+    FEATURES_DIR,
+    FeatureCache,
+    catalog_schema,
+    features_key,
+)
+from bot.service.conversation import ConversationService, ServiceConfig, TrackAssets
+from bot.service.errors import ConversationError
+from bot.service.pool import ModelPool, settle_heap
+from bot.settings import Settings
+from storage.catalog import MusicCatalog, open_catalog
+from storage.conversation_store import ConversationStore
+from storage.db import ensure_schema, make_engine
+from storage.media_store import MediaStore, RetentionPolicy
+from storage.track_store import TrackStore
+
+log = logging.getLogger(__name__)
+
+RANDOM_PROFILES = frozenset({"tiny"})  # profiles whose weights are random (tests)
+
+Progress = Callable[[str], None]
+
+
+class RandomWeightsError(ConversationError):
+    """A chat or `serve` asked to run a profile with random weights."""
+
+
+class App:
+    """One process's storage, models and services (module docstring). Use `await App.open(...)`, then `close()`."""
+
+    def __init__(
+        self, *, settings: Settings, sql: Any, catalog: MusicCatalog, media: MediaStore, profile: str,
+        config: ServiceConfig, pool: ModelPool, sql_schema: str | None = None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.sql = sql
+        self.catalog = catalog
+        self.media = media
+        self.profile = profile
+        self.config = config
+        self.pool = pool
+        self.sql_schema = sql_schema
+        self._service: ConversationService | None = None
+        self._service_lock = asyncio.Lock()
+        self._admin: CatalogAdmin | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        profile: str | None = None,
+        config: ServiceConfig | None = None,
+        sql_schema: str | None = None,
+        progress: Progress | None = None,
+    ) -> App:
+        """Open storage (not the models: `service()` loads them). Raises the storage layer's errors
+        (an unreachable database, an outdated PostgreSQL schema, a locked embedded catalog)."""
+        from engine.profiles import resolve_profile
+
+        say = progress or (lambda _: None)
+        profile = profile or settings.profile
+        cfg = resolve_profile(profile, settings.backbone_overrides)  # an unknown profile fails here, before any I/O
+        config = config or settings.service_config()
+        say("checking the database")
+        if settings.sql_url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await ensure_schema(settings.sql_url, schema=sql_schema)
+        sql = make_engine(settings.sql_url, schema=sql_schema)
+        try:
+            say("opening the catalog")
+            catalog = await asyncio.to_thread(
+                open_catalog, url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir,
+                schema=catalog_schema(cfg, fusion=settings.fusion_checkpoint is not None),
+            )  # fmt: skip
+        except BaseException:
+            await sql.dispose()
+            raise
+        media = MediaStore(
+            settings.media_dir,
+            max_file_bytes=settings.max_upload_bytes,
+            retention=RetentionPolicy(
+                max_age_s=settings.media_max_age_days * 86400.0, max_total_bytes=int(settings.media_max_total_mb * 2**20)
+            ),
+        )
+        pool = ModelPool(config.workers)
+        return cls(settings=settings, sql=sql, catalog=catalog, media=media, profile=profile, config=config, pool=pool, sql_schema=sql_schema)
+
+    # --- the conversation service ---------------------------------------------------------------
+
+    async def service(self, *, allow_random_weights: bool | None = None, progress: Progress | None = None) -> ConversationService:
+        """The conversation service, its models loaded and warmed up once per process."""
+        allowed = self.settings.allow_random_weights if allow_random_weights is None else allow_random_weights
+        if self.profile in RANDOM_PROFILES and not allowed:
+            raise RandomWeightsError(
+                f"The '{self.profile}' profile has random weights (for tests): its picks are noise. "
+                "Use MUSECHAT_PROFILE=lite, or set MUSECHAT_ALLOW_RANDOM_WEIGHTS=1 to run it anyway."
+            )
+        async with self._service_lock:
+            if self._service is None:
+                self._service = await self._build_service(progress or (lambda _: None))
+        return self._service
+
+    async def _build_service(self, say: Progress) -> ConversationService:
+        from engine.engine import Engine
+
+        engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
+        engine = Engine(engine_config)
+        say(f"loading the '{self.profile}' models")
+        await asyncio.to_thread(engine.warm_up)
+        features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
+        service = ConversationService(
+            engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
+            assets=TrackAssets(TrackStore(self.sql), features), config=self.config, limits=engine_config.limits,
+            ffmpeg=self.settings.ffmpeg_binary, pool=self.pool,
+        )  # fmt: skip
+        await service.warm_up()
+        settle_heap()
+        return service
+
+    # --- catalog administration -----------------------------------------------------------------
+
+    def admin(self) -> CatalogAdmin:
+        """The catalog admin over the same catalog, database, media store and model pool."""
+        if self._admin is None:
+            from engine.profiles import load_encoders, resolve_profile
+
+            s = self.settings
+            profile = resolve_profile(self.profile, s.backbone_overrides)
+            ckpt = s.fusion_checkpoint
+            fusion = load_fusion(ckpt, profile, device=s.device) if ckpt is not None else None
+
+            def encoders():  # the service's, when it is loaded; else the admin's own (a refresh with work to do)
+                if self._service is not None:
+                    return self._service.engine.encoders
+                return load_encoders(profile, device=s.device)
+
+            self._admin = CatalogAdmin(
+                engine=self.sql, catalog=self.catalog, media_store=self.media, data_dir=s.data_dir, encoders=encoders,
+                profile=profile, fusion=fusion, ffmpeg=s.ffmpeg_binary, pool=self.pool,
+            )  # fmt: skip
+        return self._admin
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the service (its background work), the pool, the catalog and the database, once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._service is not None:
+                await self._service.close()
+            await asyncio.to_thread(self.pool.shutdown)
+        finally:
+            self.catalog.close()
+            await self.sql.dispose()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["App", "RandomWeightsError"]
