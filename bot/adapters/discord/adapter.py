@@ -156,6 +156,8 @@ class DiscordAdapter:
     `edit_interval_s`: least time between two edits of one message while a reason streams.
     """
 
+    name = PLATFORM  # for serve's health report
+
     def __init__(
         self,
         service: Any,
