@@ -204,6 +204,15 @@ class DiscordAdapter:
         """Log in and hold the gateway connection until `close()` (discord.py reconnects by itself)."""
         try:
             await self.client.start(self._token())
+        except discord.LoginFailure:
+            log.error("discord: the token was refused; check MUSECHAT_DISCORD_TOKEN")
+            raise
+        except discord.PrivilegedIntentsRequired:
+            log.error(
+                "discord: the gateway refused the message-content intent: enable it for the bot in the developer "
+                "portal, or unset MUSECHAT_DISCORD_MESSAGE_CONTENT (the bot works without it)"
+            )
+            raise
         finally:
             await self._close_session()
 
@@ -259,9 +268,12 @@ class DiscordAdapter:
     def _live(target: Target, interval: float) -> LiveMessage:
         return LiveMessage(target, min_interval_s=interval)
 
-    async def _show_error(self, live: LiveMessage, sentence: str) -> None:
-        """Put a sentence where the reply was going; never raise (the error is already being handled)."""
-        live.show(content=render.clip(sentence, render.MAX_CONTENT_CHARS), embeds=[], view=None)
+    async def _show_error(self, live: LiveMessage, sentence: str, *, keep_card: bool = False) -> None:
+        """Put a sentence where the reply was going (above a card already shown); never raise."""
+        if keep_card:
+            live.show(content=render.clip(sentence, render.MAX_CONTENT_CHARS))
+        else:
+            live.show(content=render.clip(sentence, render.MAX_CONTENT_CHARS), embeds=[], view=None)
         try:
             await live.flush()
         except Exception:
@@ -401,8 +413,9 @@ class DiscordAdapter:
             )
             await stream.finish(reply)
         except Exception as exc:
-            await self._show_error(live, self._sentence(exc, budget, f"start by user {keys.user_id}"))
-            return False
+            sentence = self._sentence(exc, budget, f"start by user {keys.user_id}")
+            await self._show_error(live, sentence, keep_card=stream.reply is not None)
+            return stream.reply is not None  # a card was shown: its thread is still worth opening
         finally:
             await live.close()
         return True
@@ -453,7 +466,8 @@ class DiscordAdapter:
                 await live.flush()  # a status shown before the error has landed (or failed) by now
             posted = getattr(live.target, "message", None) is not None
             if posted and not isinstance(exc, _quiet_errors()):
-                await self._show_error(live, sentence)  # the message the turn started becomes the answer
+                # the message the turn started becomes the answer (above its card, if one was shown)
+                await self._show_error(live, sentence, keep_card=stream.reply is not None)
             else:
                 await self._note(interaction, sentence)  # only the presser sees it
         finally:
@@ -528,6 +542,7 @@ class DiscordAdapter:
                 with contextlib.suppress(discord.HTTPException):
                     await message.reply(exc.user_message, mention_author=False)
         except Exception as exc:
-            await self._show_error(live, self._sentence(exc, budget, f"feedback by user {user_id} in conversation {cid}"))
+            sentence = self._sentence(exc, budget, f"feedback by user {user_id} in conversation {cid}")
+            await self._show_error(live, sentence, keep_card=stream.reply is not None)
         finally:
             await live.close()

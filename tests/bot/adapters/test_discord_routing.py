@@ -105,3 +105,18 @@ async def test_an_untyped_failure_is_logged_and_answered_with_an_apology(
     (record,) = [r for r in caplog.records if r.exc_info]
     assert "RuntimeError: a bug in the service" in caplog.text and record.levelno == logging.ERROR
     assert not is_settled(answer)
+
+
+@pytest.mark.slow
+async def test_without_the_thread_permission_the_conversation_goes_on_in_the_channel(
+    fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
+) -> None:
+    fake.fail("POST", "/channels/*/messages/*/threads", status=403, body={"code": 50013, "message": "Missing Permissions"})
+    payload = await slash(fake, adapter, bikes_mp4)
+    card_id, card = await first_card(fake, payload)  # the card is there; the thread was refused
+    assert card_id not in fake.channels
+    another = fake.component(buttons(card)[1][1], user_id=OWNER, message=card)
+    adapter.client._connection.parse_interaction_create(another)
+    await fake.expect("POST", f"/channels/{card_id}/messages", timeout=TIMEOUT_S)  # the thread: unknown
+    second = await next_card(fake, fake.channel_id, 1)  # so the channel itself
+    assert buttons(second)[0][1].endswith(":2")
