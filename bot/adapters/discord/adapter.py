@@ -35,6 +35,7 @@ import discord
 from discord import app_commands
 
 from bot.adapters.discord import render
+from bot.adapters.discord.admin import admin_group
 from bot.adapters.discord.components import ACTION_TEMPLATE, ActionButton, FeedbackModal, modal_text
 from bot.adapters.discord.live import EDIT_INTERVAL_S, ChannelTarget, InteractionTarget, LiveMessage, ReplyStream, Target
 from bot.adapters.download import DownloadError, DownloadLimits, check_announced_size, download_capped, safe_url
@@ -54,10 +55,12 @@ TOO_LARGE_CODE = 40005  # Discord: "Request entity too large"
 
 APOLOGY = "Sorry, something went wrong on my side. Nothing was lost; please try again in a moment."
 NOT_A_VIDEO = "That file is not a video I can use: send an mp4, mov or webm clip."
+HOW_TO_START = "Send me a video (mp4, mov or webm) with your message, or use /music."
 NO_VIDEO = "That message has no video attached: use this on a message with an mp4, mov or webm clip."
 EMPTY_FEEDBACK = "Write a few words about what should change, e.g. “less sad, more drums”."
 VIDEO_IN_THREAD = "This thread already has its video. For a new one, use /music in the channel."
 CHANNEL_BUSY = "I am already working on {n} videos in this channel; please try again in a minute."
+NOT_HERE = "I am not enabled in this channel; ask a server admin where to use me."
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -84,6 +87,14 @@ def is_video(att: discord.Attachment) -> bool:
 
 def first_video(attachments: Collection[discord.Attachment]) -> discord.Attachment | None:
     return next((a for a in attachments if is_video(a)), None)
+
+
+def _ids(value: Any) -> frozenset[int]:
+    """Discord ids from a setting: a list, or a comma-separated string ("123,456"); empty: no limit."""
+    if not value:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else value
+    return frozenset(int(str(v).strip()) for v in items if str(v).strip())
 
 
 def strip_mentions(text: str, bot_id: int) -> str:
@@ -126,6 +137,7 @@ class MuseChatClient(discord.Client):
             app_commands.Command(name="music", description="Suggest background music for a video", callback=_music)
         )
         self.tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=_find_music))
+        self.tree.add_command(admin_group())
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(ActionButton)
@@ -154,6 +166,11 @@ class DiscordAdapter:
     `cdn_hosts`: hosts attachments may be downloaded from (Discord's CDN; tests pass their fake's).
     `download_limits`: byte cap and timeouts (default: settings.max_upload_bytes, download.py's timeouts).
     `edit_interval_s`: least time between two edits of one message while a reason streams.
+    `allowed_guild_ids` / `allowed_channel_ids`: where the bot answers (empty: everywhere; a thread
+    counts as its parent channel; DMs always). Default: settings `discord_guild_ids` /
+    `discord_channel_ids` when the settings have them.
+    `admin`: the catalog admin for /music-admin (None: the command says it is not enabled here);
+    `admin_role_ids`: roles allowed besides Manage Server (default: settings `discord_admin_role_ids`).
     """
 
     name = PLATFORM  # for serve's health report
@@ -168,6 +185,10 @@ class DiscordAdapter:
         edit_interval_s: float = EDIT_INTERVAL_S,
         intents: discord.Intents | None = None,
         max_starts_per_channel: int = MAX_STARTS_PER_CHANNEL,
+        allowed_guild_ids: Collection[int] | None = None,
+        allowed_channel_ids: Collection[int] | None = None,
+        admin: Any | None = None,
+        admin_role_ids: Collection[int] | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -182,6 +203,11 @@ class DiscordAdapter:
         self._thread_parents: dict[int, int | None] = {}  # channel id -> parent id (threads), None (not a thread)
         self.max_starts_per_channel = max_starts_per_channel
         self._starting: dict[int, int] = {}  # channel id -> videos being started there now
+        pick = lambda given, name: frozenset(given) if given is not None else _ids(getattr(settings, name, None))  # noqa: E731
+        self.allowed_guild_ids = pick(allowed_guild_ids, "discord_guild_ids")
+        self.allowed_channel_ids = pick(allowed_channel_ids, "discord_channel_ids")
+        self.admin = admin
+        self.admin_role_ids = pick(admin_role_ids, "discord_admin_role_ids")
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -300,6 +326,24 @@ class DiscordAdapter:
         thread = self.client.get_partial_messageable(thread_id, guild_id=guild_id, type=discord.ChannelType.public_thread)
         return Home(thread, fallback=channel)
 
+    async def _allowed(self, guild_id: int | None, channel: Any) -> bool:
+        """DMs always; in a guild, the allowed guilds and channels (a thread counts as its parent)."""
+        if guild_id is None:
+            return True
+        if self.allowed_guild_ids and guild_id not in self.allowed_guild_ids:
+            return False
+        if self.allowed_channel_ids and channel is not None:
+            parent = await self._thread_parent(channel)
+            return (parent or channel.id) in self.allowed_channel_ids
+        return True
+
+    async def _refuse_here(self, interaction: discord.Interaction) -> bool:
+        """Answer NOT_HERE ephemerally (True) where the bot is not enabled."""
+        if await self._allowed(interaction.guild_id, interaction.channel):
+            return False
+        await interaction.response.send_message(NOT_HERE, ephemeral=True)
+        return True
+
     async def _home_for_component(self, interaction: discord.Interaction) -> Home:
         """Where the reply to a button or modal goes: the card's thread (or DM)."""
         channel = interaction.channel
@@ -349,6 +393,8 @@ class DiscordAdapter:
         await self._start_from_interaction(interaction, video, "")
 
     async def _start_from_interaction(self, interaction: discord.Interaction, att: discord.Attachment, text: str) -> None:
+        if await self._refuse_here(interaction):
+            return
         try:
             self._check_attachment(att)
         except DownloadError as exc:
@@ -435,6 +481,8 @@ class DiscordAdapter:
 
     async def on_button(self, interaction: discord.Interaction, action: Action) -> None:
         """A card's button: Feedback… opens the modal; the others go to the service."""
+        if await self._refuse_here(interaction):
+            return
         if action.kind is ActionKind.REFINE:
             await interaction.response.send_modal(FeedbackModal(action))
             return
@@ -443,6 +491,8 @@ class DiscordAdapter:
 
     async def on_modal_submit(self, interaction: discord.Interaction, custom_id: str) -> None:
         """The Feedback… modal's text: a REFINE action on the card's turn."""
+        if await self._refuse_here(interaction):
+            return
         action = Action.parse(custom_id, text=modal_text(interaction.data).strip())
         if not action.text:
             await interaction.response.send_message(EMPTY_FEEDBACK, ephemeral=True)
@@ -509,6 +559,9 @@ class DiscordAdapter:
     async def _on_message(self, message: discord.Message) -> None:
         me = self.client.user
         assert me is not None
+        guild_id = message.guild.id if message.guild else getattr(message.channel, "guild_id", None)
+        if not await self._allowed(guild_id, message.channel):
+            return
         mentioned = any(u.id == me.id for u in message.mentions)
         is_dm = message.guild is None and getattr(message.channel, "guild_id", None) is None
         video = first_video(message.attachments)
@@ -517,6 +570,8 @@ class DiscordAdapter:
         if cid is None:
             if video is not None and (mentioned or is_dm):
                 await self._start_from_message(message, video, text)
+            elif mentioned or is_dm:  # someone talks to the bot outside a conversation: say how to start
+                await message.reply(NOT_A_VIDEO if message.attachments else HOW_TO_START, mention_author=False)
             return
         assert home is not None
         if not text:

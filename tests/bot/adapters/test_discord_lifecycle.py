@@ -10,6 +10,7 @@ import discord
 import pytest
 
 from bot.adapters.discord import DiscordAdapter
+from bot.adapters.discord.adapter import NOT_HERE
 from bot.settings import Settings
 from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord
 
@@ -78,9 +79,53 @@ async def test_sync_registers_music_and_the_context_menu(fake: FakeDiscord, guil
     path = f"/applications/{fake.app_id}/guilds/{fake.guild_id}/commands" if guild else f"/applications/{fake.app_id}/commands"
     put = await fake.expect("PUT", path)
     by_name = {c["name"]: c for c in put.json}
-    assert sorted(names) == sorted(by_name) == ["Find music for this video", "music"]
+    assert sorted(names) == sorted(by_name) == ["Find music for this video", "music", "music-admin"]
     music = by_name["music"]
     assert music["type"] == 1
     assert [(o["name"], o["type"], o.get("required", False)) for o in music["options"]] == [("video", 11, True), ("prompt", 3, False)]
     assert by_name["Find music for this video"]["type"] == 3  # a message context menu
+    admin = by_name["music-admin"]
+    assert [(o["name"], o["type"]) for o in admin["options"]] == [("refresh", 1), ("status", 1)]  # subcommands
+    assert int(admin["default_member_permissions"]) == 1 << 5  # Manage Server
+    assert admin["dm_permission"] is False  # guilds only
     assert fake.requests("PUT", "/applications/*/commands" if guild else "/applications/*/guilds/*/commands") == []
+
+
+@pytest.mark.parametrize(
+    ("guilds", "channels", "allowed"),
+    [((), (), True), (("guild",), (), True), ((1,), (), False), ((), ("channel",), True), ((), (2,), False)],
+    ids=["no-limits", "this-guild", "other-guild", "this-channel", "other-channel"],
+)
+async def test_allowed_guilds_and_channels(fake: FakeDiscord, guilds: tuple, channels: tuple, allowed: bool) -> None:
+    ids = {"guild": fake.guild_id, "channel": fake.channel_id}
+    adapter = DiscordAdapter(
+        NoService(),
+        settings(),
+        allowed_guild_ids=[ids.get(g, g) for g in guilds],
+        allowed_channel_ids=[ids.get(c, c) for c in channels],
+    )
+    await adapter.login()
+    try:
+        url = fake.add_cdn_file("cat.png", b"x")
+        att = fake.attachment_payload(url, filename="cat.png", size=1, content_type="image/png")
+        payload = fake.slash_command("music", user_id=USER_ID, options=[{"name": "video", "type": 11, "value": att["id"]}], attachments=[att])
+        adapter.client._connection.parse_interaction_create(payload)
+        cb = await fake.expect("POST", f"/interactions/{payload['id']}/{payload['token']}/callback")
+        expected = "That file is not a video I can use: send an mp4, mov or webm clip." if allowed else NOT_HERE
+        assert (cb.json["data"]["content"], cb.json["data"]["flags"]) == (expected, 64)
+        # a message with a video that mentions the bot: refused quietly where the bot is not enabled
+        msg = fake.user_message(channel_id=fake.channel_id, user_id=USER_ID, content="", attachments=[att], mentions_bot=True)
+        adapter.client._connection.parse_message_create(msg)
+        if allowed:
+            reply = await fake.expect("POST", f"/channels/{fake.channel_id}/messages")
+            assert reply.json["content"] == expected
+        else:
+            await fake.no_request("POST", f"/channels/{fake.channel_id}/messages")
+    finally:
+        await adapter.close()
+
+
+def test_ids_from_settings_strings_and_lists() -> None:
+    from bot.adapters.discord.adapter import _ids
+
+    assert _ids("1, 2,,3") == {1, 2, 3} and _ids([4, "5"]) == {4, 5} and _ids(None) == frozenset()
