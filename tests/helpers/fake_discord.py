@@ -33,7 +33,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -94,7 +94,7 @@ def _pattern(path: str) -> re.Pattern[str]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -132,7 +132,7 @@ class FakeDiscord:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeDiscord:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=200 * 2**20)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._api)
         app.router.add_get("/cdn/{name}", self._cdn)
@@ -563,12 +563,12 @@ class FakeDiscord:
             if failure.times > 0 and failure.method == rec.method and failure.pattern.match(path):
                 failure.times -= 1
                 return _json(failure.body, status=failure.status, headers=failure.headers)
-        if not request.path.startswith(API_PREFIX + "/interactions") and not request.path.startswith(API_PREFIX + "/webhooks"):
-            if request.headers.get("Authorization") != f"Bot {BOT_TOKEN}":
-                return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        tokened = request.path.startswith((API_PREFIX + "/interactions", API_PREFIX + "/webhooks"))  # no bot token there
+        if not tokened and request.headers.get("Authorization") != f"Bot {BOT_TOKEN}":
+            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
         return await self._route(rec)
 
-    async def _route(self, rec: Recorded) -> web.Response:  # noqa: C901 - one table of routes
+    async def _route(self, rec: Recorded) -> web.Response:
         m, p, body = rec.method, rec.path, rec.json or {}
         seg = p.strip("/").split("/")
         if (m, p) == ("GET", "/users/@me"):

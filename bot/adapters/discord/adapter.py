@@ -36,9 +36,27 @@ from discord import app_commands
 
 from bot.adapters.discord import render
 from bot.adapters.discord.admin import admin_group
-from bot.adapters.discord.components import ACTION_TEMPLATE, ActionButton, FeedbackModal, modal_text
-from bot.adapters.discord.live import EDIT_INTERVAL_S, ChannelTarget, InteractionTarget, LiveMessage, ReplyStream, Target
-from bot.adapters.download import DownloadError, DownloadLimits, check_announced_size, download_capped, safe_url
+from bot.adapters.discord.components import (
+    ACTION_TEMPLATE,
+    ActionButton,
+    FeedbackModal,
+    modal_text,
+)
+from bot.adapters.discord.live import (
+    EDIT_INTERVAL_S,
+    ChannelTarget,
+    InteractionTarget,
+    LiveMessage,
+    ReplyStream,
+    Target,
+)
+from bot.adapters.download import (
+    DownloadError,
+    DownloadLimits,
+    check_announced_size,
+    download_capped,
+    safe_url,
+)
 from bot.service.contract import Action, ActionKind, PlatformKeys, ReplyOptions
 
 log = logging.getLogger(__name__)
@@ -73,7 +91,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _quiet_errors() -> tuple[type[BaseException], ...]:
     """Errors answered only to the presser (ephemeral), never in the channel."""
-    from bot.service.errors import DuplicateActionError, NotOwnerError, OutdatedActionError
+    from bot.service.errors import (
+        DuplicateActionError,
+        NotOwnerError,
+        OutdatedActionError,
+    )
 
     return (NotOwnerError, OutdatedActionError, DuplicateActionError)
 
@@ -203,7 +225,7 @@ class DiscordAdapter:
         self._thread_parents: dict[int, int | None] = {}  # channel id -> parent id (threads), None (not a thread)
         self.max_starts_per_channel = max_starts_per_channel
         self._starting: dict[int, int] = {}  # channel id -> videos being started there now
-        pick = lambda given, name: frozenset(given) if given is not None else _ids(getattr(settings, name, None))  # noqa: E731
+        pick = lambda given, name: frozenset(given) if given is not None else _ids(getattr(settings, name, None))
         self.allowed_guild_ids = pick(allowed_guild_ids, "discord_guild_ids")
         self.allowed_channel_ids = pick(allowed_channel_ids, "discord_channel_ids")
         self.admin = admin
@@ -458,7 +480,7 @@ class DiscordAdapter:
                 keys, video=data, text=text, video_name=att.filename, events=stream, options=self._options(budget)
             )
             await stream.finish(reply)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure gets a sentence; untyped ones are logged
             sentence = self._sentence(exc, budget, f"start by user {keys.user_id}")
             await self._show_error(live, sentence, keep_card=stream.reply is not None)
             return stream.reply is not None  # a card was shown: its thread is still worth opening
@@ -468,7 +490,7 @@ class DiscordAdapter:
 
     def _sentence(self, exc: BaseException, budget: int, what: str) -> str:
         """The chat sentence for an error: typed -> its own sentence; 40005 -> the upload limit; else an apology."""
-        if isinstance(exc, DownloadError) or isinstance(exc, _user_errors()):
+        if isinstance(exc, (DownloadError, *_user_errors())):
             log.info("discord: %s refused: %s", what, exc)
             return exc.user_message  # type: ignore[attr-defined]
         if isinstance(exc, discord.HTTPException) and exc.code == TOO_LARGE_CODE:
@@ -510,7 +532,7 @@ class DiscordAdapter:
         try:
             reply = await self.service.act(action, user_id=user_id, events=stream, options=self._options(budget))
             await stream.finish(reply)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure gets a sentence; untyped ones are logged
             sentence = self._sentence(exc, budget, f"{action.kind.value} by user {user_id}")
             with contextlib.suppress(Exception):
                 await live.flush()  # a status shown before the error has landed (or failed) by now
@@ -596,7 +618,7 @@ class DiscordAdapter:
             if mentioned:
                 with contextlib.suppress(discord.HTTPException):
                     await message.reply(exc.user_message, mention_author=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure gets a sentence; untyped ones are logged
             sentence = self._sentence(exc, budget, f"feedback by user {user_id} in conversation {cid}")
             await self._show_error(live, sentence, keep_card=stream.reply is not None)
         finally:

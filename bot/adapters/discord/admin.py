@@ -81,8 +81,10 @@ def progress_text(p: Any) -> str:
 def report_text(report: Any) -> str:
     lines = [
         f"✅ Catalog refreshed: {report.tracks} tracks live (version {report.version_name or '?'}).",
-        f"Added {report.added}, changed {report.changed}, removed {report.removed}; "
-        f"analysed {report.analysed}, reused {report.reused}; {report.seconds:.0f} s.",
+        (
+            f"Added {report.added}, changed {report.changed}, removed {report.removed}; "
+            f"analysed {report.analysed}, reused {report.reused}; {report.seconds:.0f} s."
+        ),
     ]
     if report.failures:
         lines.append(f"⚠️ {len(report.failures)} file(s) failed, e.g. {report.failures[0].path}: {report.failures[0].error}")

@@ -171,7 +171,7 @@ class LiveMessage:
             try:
                 await self.target.render(want)
                 self._error = None
-            except Exception as exc:  # kept for flush(); a later render may still succeed
+            except Exception as exc:  # noqa: BLE001 - kept for flush(); a later render may still succeed
                 log.warning("rendering a message failed: %s", exc)
                 self._error = exc
             self._last = loop.time()
@@ -199,7 +199,12 @@ class ReplyStream:
         self._uploaded: set[str] = set()  # paths of the files already attached
 
     async def __call__(self, event: Any) -> None:
-        from bot.service.contract import CardEvent, FinalEvent, ReasonTokenEvent, StatusEvent
+        from bot.service.contract import (
+            CardEvent,
+            FinalEvent,
+            ReasonTokenEvent,
+            StatusEvent,
+        )
 
         if isinstance(event, StatusEvent):
             if self.reply is None:

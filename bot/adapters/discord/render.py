@@ -74,7 +74,7 @@ def track_tags(track: TrackCard) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 60}:{s % 60:02d}"
 
 

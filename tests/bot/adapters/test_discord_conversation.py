@@ -58,7 +58,7 @@ def is_settled(message: dict[str, Any]) -> bool:
     return bool(embeds) and "▌" not in (embeds[0].get("description") or "") and "reason:" in embeds[0]["footer"]["text"]
 
 
-async def until(predicate, what: str, timeout: float = TIMEOUT_S) -> Any:  # noqa: ANN001
+async def until(predicate, what: str, timeout: float = TIMEOUT_S) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while not (value := predicate()):
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
@@ -183,7 +183,7 @@ async def test_video_card_feedback_another_use_this(fake: FakeDiscord, adapter: 
 async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path) -> None:
     payload = await slash(fake, adapter, bikes_mp4)
     card_id, card = await first_card(fake, payload)
-    use_id, another_id, refine_id, restart_id = (cid for _, cid in buttons(card))
+    _use_id, another_id, refine_id, restart_id = (cid for _, cid in buttons(card))
 
     # someone else's press: an ephemeral note, nothing in the thread
     stranger = press(fake, adapter, another_id, card, user=STRANGER)
@@ -250,7 +250,7 @@ async def test_a_small_budget_re_encodes_the_preview_or_says_it_is_too_large(
     card_id, card = await first_card(fake, payload)
     use = fake.component(buttons(card)[0][1], user_id=OWNER, message=card, size_limit=budget)
     adapter.client._connection.parse_interaction_create(use)
-    done = lambda: [m for m in bot_messages(fake, card_id) if m["content"] and not m["content"].startswith("⏳")]  # noqa: E731
+    done = lambda: [m for m in bot_messages(fake, card_id) if m["content"] and not m["content"].startswith("⏳")]
     (reply,) = await until(done, "the preview reply")
     files = uploads(fake, ".mp4")
     if budget > 100 * 1024:

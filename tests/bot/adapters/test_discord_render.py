@@ -13,7 +13,15 @@ from bot.adapters.discord import render
 from bot.adapters.discord.components import ActionButton, FeedbackModal, modal_text
 from bot.adapters.discord.live import LiveMessage, Render, ReplyStream
 from bot.service import Reply, ReplyKind, TrackCard
-from bot.service.contract import Action, ActionKind, CardEvent, FinalEvent, MediaFile, ReasonTokenEvent, StatusEvent
+from bot.service.contract import (
+    Action,
+    ActionKind,
+    CardEvent,
+    FinalEvent,
+    MediaFile,
+    ReasonTokenEvent,
+    StatusEvent,
+)
 from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord
 
 ALL_ACTIONS = (ActionKind.USE, ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)
@@ -164,7 +172,7 @@ async def test_events_stream_onto_one_message_status_card_reason_final(tmp_path:
     target = Recorder()
     stream = ReplyStream(LiveMessage(target, min_interval_s=0.0), budget=10 * 2**20)
 
-    async def step(event) -> Render:  # noqa: ANN001
+    async def step(event) -> Render:
         await stream(event)
         await stream.live.flush()
         return target.renders[-1]

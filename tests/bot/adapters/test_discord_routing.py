@@ -12,12 +12,14 @@ import pytest
 
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.discord.adapter import APOLOGY
-from tests.bot.adapters.test_discord_conversation import (
+from tests.bot.adapters.test_discord_conversation import (  # noqa: F401  (fixtures)
     BUTTONS,
     OWNER,
     TIMEOUT_S,
+    adapter,
     bot_messages,
     buttons,
+    fake,
     first_card,
     is_settled,
     next_card,
@@ -26,8 +28,6 @@ from tests.bot.adapters.test_discord_conversation import (
 )
 from tests.helpers.fake_discord import FakeDiscord
 from tests.helpers.service import Env, built, data_dir, env, tiny  # noqa: F401
-
-from tests.bot.adapters.test_discord_conversation import adapter, fake  # noqa: F401  (fixtures)
 
 
 def video_attachment(fake: FakeDiscord, video: Path) -> dict[str, Any]:

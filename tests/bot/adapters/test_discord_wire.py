@@ -84,7 +84,7 @@ async def test_slash_command_with_attachment_defer_edit_thread_and_messages(fake
             posted = await thread.send("in the thread", file=discord.File(io.BytesIO(b"ID3" + bytes(50)), filename="x.mp3"))
             await posted.edit(content="edited")
             done.set_result(None)
-        except Exception as exc:  # surface it in the test, not in discord.py's log
+        except Exception as exc:  # noqa: BLE001 - surface it in the test, not in discord.py's log
             done.set_exception(exc)
 
     await client.login(BOT_TOKEN)
