@@ -31,7 +31,8 @@ import datetime as dt
 import itertools
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -62,6 +63,7 @@ class Recorded:
     json: Any  # the JSON body, or the multipart payload_json; None when there was none
     files: tuple[RecordedFile, ...] = ()
     multipart: bool = False
+    at: float = field(default_factory=time.monotonic)  # when it arrived (seconds, monotonic)
 
     def file(self, index: int = 0) -> RecordedFile:
         return self.files[index]
@@ -75,6 +77,7 @@ class _Failure:
     body: dict[str, Any]
     headers: dict[str, str]
     times: int
+    when: Callable[[Recorded], bool] | None = None
 
 
 @dataclass
@@ -226,13 +229,17 @@ class FakeDiscord:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         times: int = 1,
+        when: Callable[[Recorded], bool] | None = None,
     ) -> None:
-        """Make the next `times` matching requests fail (default: a 429 with retry_after 0.2 s)."""
+        """Make the next `times` matching requests fail (default: a 429 with retry_after 0.2 s).
+
+        `when`: only requests for which it is true (e.g. an edit that carries an embed).
+        """
         if body is None:
             body = {"message": "You are being rate limited.", "retry_after": 0.2, "global": False}
         hdrs = {"Via": "1.1 google"} if status == 429 else {}
         hdrs.update(headers or {})
-        self._failures.append(_Failure(method.upper(), _pattern(path), status, body, hdrs, times))
+        self._failures.append(_Failure(method.upper(), _pattern(path), status, body, hdrs, times, when))
 
     def fail_too_large(self, method: str, path: str, *, times: int = 1) -> None:
         """The next upload is over the channel's limit: 413 with code 40005, as Discord answers."""
@@ -560,7 +567,12 @@ class FakeDiscord:
         path = "/" + request.match_info["tail"]
         rec = await self._record(request, path)
         for failure in self._failures:
-            if failure.times > 0 and failure.method == rec.method and failure.pattern.match(path):
+            if (
+                failure.times > 0
+                and failure.method == rec.method
+                and failure.pattern.match(path)
+                and (failure.when is None or failure.when(rec))
+            ):
                 failure.times -= 1
                 return _json(failure.body, status=failure.status, headers=failure.headers)
         tokened = request.path.startswith((API_PREFIX + "/interactions", API_PREFIX + "/webhooks"))  # no bot token there

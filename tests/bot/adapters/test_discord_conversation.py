@@ -7,6 +7,7 @@ a small upload budget; an @mention with a video."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,36 @@ async def test_a_video_that_mentions_the_bot_starts_a_conversation(fake: FakeDis
     await fake.expect("POST", f"/channels/{fake.channel_id}/messages/{status_id}/threads", timeout=TIMEOUT_S)
     assert [label for label, _ in buttons(card)] == BUTTONS
     assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(status_id)) is not None
+
+
+@pytest.mark.slow
+async def test_the_reason_streams_into_the_card_with_spaced_edits_through_a_429(
+    fake: FakeDiscord, data_dir: Path, tiny: Any, bikes_mp4: Path
+) -> None:
+    from bot.service import ServiceConfig
+
+    interval = 0.05  # seconds between edits (production: about 1 s); the tiny LM writes fast
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)) as e:
+        adapter = DiscordAdapter(e.service, settings(), cdn_hosts={"127.0.0.1"}, edit_interval_s=interval)
+        await adapter.login()
+        try:
+            def streaming(rec: Any) -> bool:  # an edit while the reason is being written
+                embeds = (rec.json or {}).get("embeds") or []
+                return bool(embeds) and (embeds[0].get("description") or "").endswith("▌")
+
+            slow = {"message": "slow", "retry_after": 0.2, "global": False}
+            fake.fail("PATCH", "/webhooks/*/*/messages/@original", body=slow, when=streaming)
+            payload = await slash(fake, adapter, bikes_mp4)
+            card_id, card = await first_card(fake, payload)
+        finally:
+            await adapter.close()
+    edits = fake.requests("PATCH", f"/webhooks/{fake.app_id}/{payload['token']}/messages/@original")
+    shown = [r.json["embeds"][0]["description"] for r in edits if r.json.get("embeds")]
+    assert any(d.endswith(" ▌") for d in shown)  # the card came while the reason was being written
+    final = card["embeds"][0]
+    assert not final["description"].endswith("▌") and final["description"] == shown[-1]  # the final text landed
+    assert "reason:" in final["footer"]["text"]
+    # never more than one edit per interval (a 429'd edit and its retry are one edit)
+    distinct = [r for r, prev in zip(edits, [None, *edits]) if prev is None or r.json != prev.json]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(distinct)]
+    assert all(g >= interval - 0.05 for g in gaps), gaps
