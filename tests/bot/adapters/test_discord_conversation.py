@@ -308,7 +308,7 @@ async def test_the_reason_streams_into_the_card_with_spaced_edits_through_a_429(
             slow = {"message": "slow", "retry_after": 0.2, "global": False}
             fake.fail("PATCH", "/webhooks/*/*/messages/@original", body=slow, when=streaming)
             payload = await slash(fake, adapter, bikes_mp4)
-            card_id, card = await first_card(fake, payload)
+            _card_id, card = await first_card(fake, payload)
         finally:
             await adapter.close()
     edits = fake.requests("PATCH", f"/webhooks/{fake.app_id}/{payload['token']}/messages/@original")
