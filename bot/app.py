@@ -58,7 +58,7 @@ class App:
 
     def __init__(
         self, *, settings: Settings, sql: Any, catalog: MusicCatalog, media: MediaStore, profile: str,
-        config: ServiceConfig, pool: ModelPool, sql_schema: str | None = None,
+        config: ServiceConfig, pool: ModelPool, sql_schema: str | None = None, encoders: Any = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.sql = sql
@@ -68,6 +68,7 @@ class App:
         self.config = config
         self.pool = pool
         self.sql_schema = sql_schema
+        self._encoders = encoders  # engine.profiles.Encoders already loaded (tests, benchmarks); None: load them
         self._service: ConversationService | None = None
         self._service_lock = asyncio.Lock()
         self._admin: CatalogAdmin | None = None
@@ -81,6 +82,7 @@ class App:
         profile: str | None = None,
         config: ServiceConfig | None = None,
         sql_schema: str | None = None,
+        encoders: Any = None,
         progress: Progress | None = None,
     ) -> App:
         """Open storage (not the models: `service()` loads them). Raises the storage layer's errors
@@ -113,7 +115,10 @@ class App:
             ),
         )
         pool = ModelPool(config.workers)
-        return cls(settings=settings, sql=sql, catalog=catalog, media=media, profile=profile, config=config, pool=pool, sql_schema=sql_schema)
+        return cls(
+            settings=settings, sql=sql, catalog=catalog, media=media, profile=profile, config=config, pool=pool,
+            sql_schema=sql_schema, encoders=encoders,
+        )  # fmt: skip
 
     # --- the conversation service ---------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class App:
         from engine.engine import Engine
 
         engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
-        engine = Engine(engine_config)
+        engine = Engine(engine_config, encoders=self._encoders)
         say(f"loading the '{self.profile}' models")
         await asyncio.to_thread(engine.warm_up)
         features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
@@ -162,6 +167,8 @@ class App:
             def encoders():  # the service's, when it is loaded; else the admin's own (a refresh with work to do)
                 if self._service is not None:
                     return self._service.engine.encoders
+                if self._encoders is not None:
+                    return self._encoders
                 return load_encoders(profile, device=s.device)
 
             self._admin = CatalogAdmin(

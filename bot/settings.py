@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, description="Slack signing secret (HTTP mode)")
     slack_mode: str = Field("socket", description="Slack: socket (default, no public URL) | http")
     slack_http_port: int = Field(3000, description="Slack HTTP mode: port of /slack/events")
+    slack_http_host: str = Field("0.0.0.0", description="Slack HTTP mode: address to listen on")
+    slack_admin_user_ids: str = Field("", description="Slack user ids (comma-separated) allowed to use /music-admin")
     health_host: str = Field("127.0.0.1", description="`serve`: address of /healthz and /readyz")
     health_port: int = Field(8081, description="`serve`: port of /healthz and /readyz (0: none)")
     redis_url: str | None = Field(None, description="Redis URL: Slack event de-duplication, the job queue")
@@ -81,6 +83,10 @@ class Settings(BaseSettings):
         from storage.db import default_sqlite_url
 
         return self.database_url or default_sqlite_url(self.data_dir)
+
+    @property
+    def slack_admins(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.slack_admin_user_ids.split(",") if x.strip())
 
     @property
     def media_dir(self) -> Path:

@@ -30,5 +30,8 @@ if ! redis_ok; then
         --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null || true
     for _ in $(seq 15); do redis_ok && break; sleep 1; done
 fi
-pg_ok && echo "[services] PostgreSQL answers on 127.0.0.1:5432" || echo "[services] WARNING: PostgreSQL does not answer; its tests will skip"
-redis_ok && echo "[services] Redis answers on 127.0.0.1:6379" || echo "[services] WARNING: Redis does not answer; its tests will skip"
+# Both run on every developer and CI machine (DESIGN.md): a run without them must fail, not skip.
+rc=0
+if pg_ok; then echo "[services] PostgreSQL answers on 127.0.0.1:5432"; else echo "[services] ERROR: PostgreSQL does not answer on 127.0.0.1:5432" >&2; rc=1; fi
+if redis_ok; then echo "[services] Redis answers on 127.0.0.1:6379"; else echo "[services] ERROR: Redis does not answer on 127.0.0.1:6379" >&2; rc=1; fi
+exit "$rc"

@@ -66,3 +66,36 @@ def media_factory(tmp_path_factory: pytest.TempPathFactory):
         return lavfi(root / name, *inputs, args=args)
 
     return make
+
+
+# --- the services every machine runs (DESIGN.md): a run without them fails before any test -------
+
+REDIS_URL = os.environ.get("MUSECHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SERVICE_PROBE_TIMEOUT_S = 3.0  # seconds to decide that a service does not answer
+
+
+def _dead_services() -> list[str]:
+    import asyncio
+
+    import redis
+
+    from tests.helpers.sql import postgres_unavailable_reason
+
+    dead = []
+    reason = asyncio.run(postgres_unavailable_reason())
+    if reason is not None:
+        dead.append(reason)
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=SERVICE_PROBE_TIMEOUT_S, socket_timeout=SERVICE_PROBE_TIMEOUT_S).ping()
+    except redis.RedisError as exc:
+        dead.append(f"no Redis server answers at {REDIS_URL}: {exc}")
+    return dead
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """PostgreSQL and Redis are part of the test environment: their tests fail, never skip, without them."""
+    if session.config.option.collectonly:
+        return
+    dead = _dead_services()
+    if dead:
+        pytest.exit("the test services are down (start them: bash scripts/services.sh):\n  " + "\n  ".join(dead), returncode=3)

@@ -15,6 +15,7 @@ One process hosts, over one application (bot/app.py, so one catalog and one mode
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 20.0  # seconds turns in flight get to finish on shutdown (compose: stop_grace_period 30s)
 RETENTION_EVERY_S = 3600.0  # seconds between media-store clean-ups
+EVENT_MEMORY_S = 3600.0  # seconds a platform event id is remembered (Slack retries within ~5 minutes)
 READY_TIMEOUT_S = 3.0  # seconds a readiness check may take
 
 
@@ -130,16 +132,27 @@ class Host:
 
     # --- jobs -------------------------------------------------------------------------------------
 
+    async def retention(self) -> None:
+        """One clean-up: media past the retention policy, platform event ids older than their retry window."""
+        from storage.db import utcnow
+        from storage.event_store import EventStore
+
+        report = await asyncio.to_thread(self.app.media.cleanup)
+        pruned = await EventStore(self.app.sql).prune(older_than=utcnow() - datetime.timedelta(seconds=EVENT_MEMORY_S))
+        self.status.retention_runs += 1
+        log.info(
+            "retention: removed %d media file(s), freed %.1f MiB; forgot %d platform event id(s)",
+            len(report.removed), report.freed_bytes / 2**20, pruned,
+        )  # fmt: skip
+
     async def _retention_loop(self) -> None:
         assert self.retention_every_s is not None
         while True:
             await asyncio.sleep(self.retention_every_s)
             try:
-                report = await asyncio.to_thread(self.app.media.cleanup)
-                self.status.retention_runs += 1
-                log.info("media retention: removed %d file(s), freed %.1f MiB", len(report.removed), report.freed_bytes / 2**20)
+                await self.retention()
             except Exception:  # noqa: BLE001 - the next run tries again
-                log.exception("media retention failed")
+                log.exception("retention failed")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

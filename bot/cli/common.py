@@ -130,9 +130,16 @@ async def open_service(profile: str | None, settings: Settings | None = None) ->
 
     hf_logging.disable_progress_bar()  # the rich status line says what loads; no tqdm bars under it
     async with open_app(settings, profile=profile) as app:
-        with console.status("starting…") as status:
-            svc = await app.service(progress=lambda m: status.update(f"{m}…"))
-        yield svc
+        yield await load_service(app)
+
+
+async def load_service(app: Any) -> Any:
+    """The app's conversation service, loading its models under a status line."""
+    with console.status("starting…") as status:
+        try:
+            return await app.service(progress=lambda m: status.update(f"{m}…"))
+        except FileNotFoundError as e:  # model weights missing: the installation, not the user's input
+            raise CliExit(str(e), EXIT_UNAVAILABLE) from None
 
 
 def check_video(video: Path | None) -> None:

@@ -30,7 +30,7 @@ from bot.adapters.terminal import (
     save_preview,
     with_status,
 )
-from bot.cli.common import EXIT_UNAVAILABLE, CliExit, cli_errors, console, open_app
+from bot.cli.common import EXIT_UNAVAILABLE, CliExit, cli_errors, load_service, open_app
 from bot.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ async def _demo(settings: Settings, video: Path, interactive: bool, out_dir: Pat
     hf_logging.disable_progress_bar()
     async with open_app(settings) as app:
         await prepare_catalog(settings, app.admin())
-        with console.status("starting…") as status:
-            svc = await app.service(progress=lambda m: status.update(f"{m}…"))
+        svc = await load_service(app)
         if interactive:
             await run_chat(svc, video, None, None, out_dir)
         else:

@@ -122,8 +122,10 @@ def chosen_platforms(settings: Settings, platform: str) -> list[str]:
     return wanted
 
 
-def build_adapters(names: list[str], service: Any, settings: Settings) -> list[Any]:
-    """The adapter objects (imported only when configured: their platform libraries load then)."""
+def build_adapters(names: list[str], service: Any, settings: Settings, app: Any = None) -> list[Any]:
+    """The adapter objects (imported only when configured: their platform libraries load then).
+
+    `app` (bot/app.py) gives the admin commands the catalog admin of this process."""
     adapters = []
     for name in names:
         if name == "discord":
@@ -133,7 +135,12 @@ def build_adapters(names: list[str], service: Any, settings: Settings) -> list[A
         elif name == "slack":
             from bot.adapters.slack import SlackAdapter
 
-            adapters.append(SlackAdapter(service, settings))
+            adapters.append(
+                SlackAdapter(
+                    service, settings, http_host=settings.slack_http_host,
+                    catalog_admin=app.admin() if app is not None else None, admin_user_ids=settings.slack_admins,
+                )  # fmt: skip
+            )
     return adapters
 
 
@@ -147,7 +154,7 @@ async def _serve(settings: Settings, platform: str, cron: str | None, grace_s: f
     names = chosen_platforms(settings, platform)
     async with open_app(settings) as app:
         host = Host(
-            app, adapters=lambda service: build_adapters(names, service, settings), cron=cron, health_host=settings.health_host,
+            app, adapters=lambda service: build_adapters(names, service, settings, app), cron=cron, health_host=settings.health_host,
             health_port=settings.health_port or None, grace_s=grace_s,
         )  # fmt: skip
 

@@ -18,22 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from bot.service.catalog_admin import CatalogAdmin
-from bot.service.catalog_layout import (
-    FEATURES_DIR,
-    FeatureCache,
-    catalog_schema,
-    features_key,
-)
-from bot.service.conversation import ConversationService, ServiceConfig, TrackAssets
-from engine.engine import Engine, EngineConfig
+from bot.app import App
+from bot.service.conversation import ConversationService, ServiceConfig
+from bot.settings import Settings
 from engine.media import MediaLimits, ffmpeg_binary
 from engine.profiles import Encoders, load_encoders
-from storage.catalog.edge import EdgeCatalog
-from storage.conversation_store import ConversationStore
-from storage.db import default_sqlite_url, ensure_schema, make_engine
+from storage.catalog import MusicCatalog
 from storage.media_store import MediaStore
-from storage.track_store import TrackStore
+from tests.helpers.sql import (
+    POSTGRES_URL,
+    SqlTarget,
+    create_pg_schema,
+    drop_pg_schema,
+    head_sql,
+    require_postgres_or_fail,
+)
 
 # (package/file, clip length in seconds, folder): two licences, two lengths
 CLIPS = [
@@ -69,21 +68,27 @@ def make_clips(music_dir: Path, out: Path, clips=CLIPS) -> dict[str, Path]:
     return folders
 
 
-async def index(data: Path, encoders: Encoders, folders: dict[str, tuple[Path, str | None]]) -> None:
-    """Register folders (path, licence) and refresh, with the real indexer."""
-    url = default_sqlite_url(data)
-    await ensure_schema(url)
-    sql = make_engine(url)
-    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
+def app_settings(data: Path, encoders: Encoders, *, limits: MediaLimits | None = None, sql: SqlTarget | None = None) -> Settings:
+    """Settings of an application over `data` (tiny profile allowed: these are tests)."""
+    extra: dict = {}
+    if limits is not None:
+        extra |= {"max_video_seconds": limits.max_seconds, "max_upload_bytes": limits.max_bytes, "ffmpeg_timeout_s": limits.timeout_s}
+    if sql is not None and sql.backend == "postgresql":
+        extra["database_url"] = sql.url
+    return Settings(_env_file=None, data_dir=data, profile=encoders.profile.name, allow_random_weights=True, **extra)
+
+
+async def index(data: Path, encoders: Encoders, folders: dict[str, tuple[Path, str | None]], *, sql: SqlTarget | None = None) -> None:
+    """Register folders (path, licence) and refresh, with the real indexer of the application (bot/app.py)."""
+    app = await App.open(app_settings(data, encoders, sql=sql), encoders=encoders, sql_schema=sql.schema if sql else None)
     try:
-        admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data / "media"), data_dir=data, encoders=encoders)
+        admin = app.admin()
         for path, licence in folders.values():
             await admin.add_folder(path, licence=licence)
         report = await admin.refresh()
         assert not report.failures, report.failures
     finally:
-        catalog.close()
-        await sql.dispose()
+        await app.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,40 +109,46 @@ def built(tmp_path_factory: pytest.TempPathFactory, music_dir: Path, tiny: Encod
 class Env:
     data: Path
     service: ConversationService
-    catalog: EdgeCatalog
+    catalog: MusicCatalog
     sql: object
     media: MediaStore
     encoders: Encoders
     calls: list[Path]  # every video the engine decoded
+    app: App | None = None
+    target: SqlTarget | None = None  # the PostgreSQL schema, None: the SQLite file in `data`
 
 
 @asynccontextmanager
 async def open_service(data: Path, encoders: Encoders, *, config: ServiceConfig | None = None,
-                       limits: MediaLimits | None = None) -> AsyncIterator[Env]:  # fmt: skip
-    """A service over `data`, as a fresh process would open it; counts the videos it decodes."""
-    sql = make_engine(default_sqlite_url(data))
-    catalog = EdgeCatalog(data / "catalog", catalog_schema(encoders.profile, fusion=False))
-    media = MediaStore(data / "media")
-    engine = Engine(EngineConfig(profile=encoders.profile.name, limits=limits or MediaLimits()), encoders=encoders)
-    calls: list[Path] = []
-    decode = engine.video_features
-
-    def counting(path, **kw):  # noqa: ANN001, ANN202
-        calls.append(Path(path))
-        return decode(path, **kw)
-
-    engine.video_features = counting  # type: ignore[method-assign]
-    service = ConversationService(
-        engine=engine, catalog=catalog, store=ConversationStore(sql), sql=sql, media=media,
-        assets=TrackAssets(TrackStore(sql), FeatureCache(data / FEATURES_DIR / features_key(encoders.profile))),
-        config=config, limits=limits,
-    )  # fmt: skip
+                       limits: MediaLimits | None = None, sql: SqlTarget | None = None) -> AsyncIterator[Env]:  # fmt: skip
+    """A service over `data` (and `sql`, default the SQLite file in it), as a fresh process would open it
+    (bot/app.py); counts the videos it decodes."""
+    app = await App.open(app_settings(data, encoders, limits=limits, sql=sql), config=config, encoders=encoders,
+                         sql_schema=sql.schema if sql else None)  # fmt: skip
     try:
-        yield Env(data, service, catalog, sql, media, encoders, calls)
+        service = await app.service()
+        calls: list[Path] = []
+        decode = service.engine.video_features
+
+        def counting(path, **kw):  # noqa: ANN001, ANN202
+            calls.append(Path(path))
+            return decode(path, **kw)
+
+        service.engine.video_features = counting  # type: ignore[method-assign]
+        yield Env(data, service, app.catalog, app.sql, app.media, encoders, calls, app, sql)
     finally:
-        await service.close()
-        catalog.close()
-        await sql.dispose()  # type: ignore[attr-defined]
+        await app.close()
+
+
+@asynccontextmanager
+async def postgres_target() -> AsyncIterator[SqlTarget]:
+    """A PostgreSQL schema of its own, migrated to head, dropped afterwards (fails, never skips, when PostgreSQL is down)."""
+    await require_postgres_or_fail()
+    schema = await create_pg_schema(head_sql())
+    try:
+        yield SqlTarget("postgresql", POSTGRES_URL, schema)
+    finally:
+        await drop_pg_schema(schema)
 
 
 @pytest.fixture
@@ -146,7 +157,18 @@ def data_dir(built: Path, tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-async def env(data_dir: Path, tiny: Encoders) -> AsyncIterator[Env]:
-    async with open_service(data_dir, tiny) as e:
-        yield e
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def env(request: pytest.FixtureRequest, built: Path, data_dir: Path, tiny: Encoders) -> AsyncIterator[Env]:
+    """The service over a copy of the built catalog, on SQLite and on PostgreSQL.
+
+    PostgreSQL: a schema of its own, filled by a refresh of the same folders (the feature cache is
+    in the copied data directory, so nothing is embedded again)."""
+    if request.param == "sqlite":
+        async with open_service(data_dir, tiny) as e:
+            yield e
+        return
+    async with postgres_target() as target:
+        folders = {f.name: (f, LICENCES[f.name]) for f in sorted((built / "music").iterdir()) if f.is_dir()}
+        await index(data_dir, tiny, folders, sql=target)
+        async with open_service(data_dir, tiny, sql=target) as e:
+            yield e

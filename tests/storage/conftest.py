@@ -3,90 +3,32 @@ machines the project is built on").
 
 - SQLite: a fresh file per test, copied from a session-wide file migrated once to head.
 - PostgreSQL: a fresh schema per test in the ``test`` database (the engine's ``search_path``
-  points at it), dropped afterwards. Skipped, saying why, only when no server answers.
+  points at it), dropped afterwards. A dead server fails the test, saying why (tests/helpers/sql.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 from alembic import command
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import alembic_config, default_sqlite_url, make_engine, upgrade
-
-POSTGRES_URL = os.environ.get("MUSECHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-PROBE_TIMEOUT_S = 3.0  # seconds to decide that no PostgreSQL server answers
-
-
-@dataclass(frozen=True)
-class SqlTarget:
-    backend: str  # "sqlite" | "postgresql"
-    url: str
-    schema: str | None = None  # PostgreSQL schema holding this test's tables
-
-    def engine(self, **kwargs: object) -> AsyncEngine:
-        return make_engine(self.url, schema=self.schema, **kwargs)  # type: ignore[arg-type]
-
-    async def upgrade(self, revision: str = "head") -> None:
-        await upgrade(self.url, revision=revision, schema=self.schema)
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def pg_admin() -> asyncpg.Connection:
-    """A plain asyncpg connection to the test database, for creating and dropping schemas."""
-    return await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=PROBE_TIMEOUT_S)
-
-
-_probe: dict[str, str | None] = {}
-
-
-async def postgres_unavailable_reason() -> str | None:
-    """None when the test PostgreSQL answers, else why not (probed once per session)."""
-    if "reason" not in _probe:
-        try:
-            conn = await pg_admin()
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            _probe["reason"] = f"no PostgreSQL server answers at {make_url(POSTGRES_URL).render_as_string()}: {exc}"
-        else:
-            await conn.close()
-            _probe["reason"] = None
-    return _probe["reason"]
-
-
-async def create_pg_schema(script: str | None = None) -> str:
-    """Create a schema of its own; run ``script`` (SQL) inside it if given."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    conn = await pg_admin()
-    try:
-        await conn.execute(f'CREATE SCHEMA "{name}"')
-        if script is not None:
-            await conn.execute(f'SET search_path TO "{name}"')
-            await conn.execute(script)
-    finally:
-        await conn.close()
-    return name
-
-
-async def drop_pg_schema(name: str) -> None:
-    conn = await pg_admin()
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+from storage.db import alembic_config, default_sqlite_url, upgrade
+from tests.helpers.sql import (  # noqa: F401 - re-exported to the storage tests
+    POSTGRES_URL,
+    SqlTarget,
+    create_pg_schema,
+    drop_pg_schema,
+    pg_admin,
+    postgres_unavailable_reason,
+    require_postgres_or_fail,
+)
 
 
 @pytest.fixture(scope="session")
@@ -111,9 +53,7 @@ def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def require_postgres() -> None:
-    reason = await postgres_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    await require_postgres_or_fail()
 
 
 @pytest.fixture
@@ -135,9 +75,7 @@ async def empty_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield SqlTarget("sqlite", default_sqlite_url(tmp_path))
         return
-    reason = await postgres_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    await require_postgres_or_fail()
     schema = await create_pg_schema()
     try:
         yield SqlTarget("postgresql", POSTGRES_URL, schema)
@@ -155,9 +93,7 @@ async def sql_target(
         shutil.copyfile(migrated_sqlite_template, make_url(url).database or "")
         yield SqlTarget("sqlite", url)
         return
-    reason = await postgres_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    await require_postgres_or_fail()
     schema = await create_pg_schema(postgres_head_sql)
     try:
         yield SqlTarget("postgresql", POSTGRES_URL, schema)

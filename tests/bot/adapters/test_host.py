@@ -100,3 +100,25 @@ async def test_sigterm_lets_turns_in_flight_finish_and_refuses_new_ones(built: P
         if not runner.done():
             await runner
         await app.close()
+
+
+async def test_retention_cleans_old_media_and_forgets_old_platform_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.adapters.host as host_mod
+    from storage.event_store import EventStore
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", profile="tiny", allow_random_weights=True, media_max_age_days=0.0)
+    app = await App.open(settings)
+    try:
+        kept_before = app.media.put_bytes(b"an old excerpt")
+        events = EventStore(app.sql)
+        assert await events.mark_processed(platform="slack", event_id="Ev1")
+        monkeypatch.setattr(host_mod, "EVENT_MEMORY_S", -60.0)  # every event is past its retry window
+        host = Host(app, health_port=None)
+        await asyncio.sleep(0.01)
+        await host.retention()
+        assert not app.media.exists(kept_before.sha256)
+        assert not await events.was_processed(platform="slack", event_id="Ev1")
+        assert await events.mark_processed(platform="slack", event_id="Ev1")  # a fresh delivery would be handled again
+        assert host.status.retention_runs == 1
+    finally:
+        await app.close()

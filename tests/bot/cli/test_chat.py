@@ -108,6 +108,35 @@ def test_chat_session_in_process(data_dir: Path, bikes_mp4: Path, tmp_path: Path
     assert len(turns) == 4 and turns[3].recommendations[0].track_id not in {t.recommendations[0].track_id for t in turns[:3]}
 
 
+def test_use_this_in_words_writes_the_preview_like_the_command(data_dir: Path, bikes_mp4: Path, tmp_path: Path) -> None:
+    result = run("chat", str(bikes_mp4), "--out-dir", str(tmp_path / "previews"), input="use this\n/quit\n")
+    assert result.exit_code == 0, result.output
+    preview = Path(re.search(r"preview written to (\S+\.mp4)", ANSI.sub("", result.output)).group(1))
+    assert preview.parent == (tmp_path / "previews").resolve() and probe(preview).video is not None
+
+
+def test_the_random_weights_profile_is_refused_unless_allowed(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MUSECHAT_ALLOW_RANDOM_WEIGHTS")
+    get_settings.cache_clear()
+    result = run("recommend", "--text", "calm piano")
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "random weights" in result.output and "MUSECHAT_ALLOW_RANDOM_WEIGHTS" in result.output
+
+
+def test_an_unexpected_error_is_a_bug_exit_1_never_a_user_error(data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from bot.service.conversation import ConversationService
+
+    async def broken(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise KeyError("a bug in the service")
+
+    monkeypatch.setattr(ConversationService, "start", broken)
+    with caplog.at_level("ERROR"):
+        result = run("recommend", "--text", "calm piano")
+    assert result.exit_code == 1, result.output
+    assert "internal error (a bug" in result.output and "KeyError" in result.output
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)  # the traceback is in the log
+
+
 def test_text_only_chat_and_a_filter_that_matches_nothing(data_dir: Path) -> None:
     result = run("chat", "--text", "calm piano for a wedding video", input="GPL only\n/quit\n")
     assert result.exit_code == 0, result.output

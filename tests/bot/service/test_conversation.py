@@ -105,10 +105,8 @@ async def test_five_turns_no_repeats_everything_persisted_then_a_restart_resumes
     assert [t.recommendations[0].reason for t in state.turns] == [r.track.reason for r in replies]
 
     # a new process on the same database, catalog and media store continues with turn 6
-    await env.service.close()
-    env.catalog.close()
-    await env.sql.dispose()  # type: ignore[attr-defined]
-    async with open_service(data_dir, tiny) as env2:
+    await env.app.close()
+    async with open_service(data_dir, tiny, sql=env.target) as env2:
         r6 = await env2.service.feedback(cid, "slower")
         assert r6.turn_index == 6 and r6.track.track_id not in shown
         assert env2.calls == []  # the cached features came from the media store: no decoding
