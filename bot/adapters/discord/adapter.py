@@ -191,7 +191,7 @@ class DiscordAdapter:
     `allowed_guild_ids` / `allowed_channel_ids`: where the bot answers (empty: everywhere; a thread
     counts as its parent channel; DMs always). Default: settings `discord_guild_ids` /
     `discord_channel_ids` when the settings have them.
-    `admin`: the catalog admin for /music-admin (None: the command says it is not enabled here);
+    `catalog_admin`: the catalog admin for /music-admin (None: the command says it is not enabled here);
     `admin_role_ids`: roles allowed besides Manage Server (default: settings `discord_admin_role_ids`).
     """
 
@@ -209,7 +209,7 @@ class DiscordAdapter:
         max_starts_per_channel: int = MAX_STARTS_PER_CHANNEL,
         allowed_guild_ids: Collection[int] | None = None,
         allowed_channel_ids: Collection[int] | None = None,
-        admin: Any | None = None,
+        catalog_admin: Any | None = None,
         admin_role_ids: Collection[int] | None = None,
     ) -> None:
         self.service = service
@@ -228,7 +228,7 @@ class DiscordAdapter:
         pick = lambda given, name: frozenset(given) if given is not None else _ids(getattr(settings, name, None))
         self.allowed_guild_ids = pick(allowed_guild_ids, "discord_guild_ids")
         self.allowed_channel_ids = pick(allowed_channel_ids, "discord_channel_ids")
-        self.admin = admin
+        self.catalog_admin = catalog_admin
         self.admin_role_ids = pick(admin_role_ids, "discord_admin_role_ids")
 
     # --- lifecycle ------------------------------------------------------------------------------------

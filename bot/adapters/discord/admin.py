@@ -67,7 +67,7 @@ async def _refuse(adapter: DiscordAdapter, interaction: discord.Interaction) -> 
         log.info("discord: user %s was refused /music-admin", interaction.user.id)
         await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
         return True
-    if adapter.admin is None:
+    if adapter.catalog_admin is None:
         await interaction.response.send_message(NO_ADMIN, ephemeral=True)
         return True
     return False
@@ -122,7 +122,7 @@ async def on_refresh(adapter: DiscordAdapter, interaction: discord.Interaction) 
 
     log.info("discord: user %s started a catalog refresh", interaction.user.id)
     try:
-        report = await adapter.admin.refresh(progress=progress, trigger=f"discord user {interaction.user.id}")
+        report = await adapter.catalog_admin.refresh(progress=progress, trigger=f"discord user {interaction.user.id}")
         live.show(content=report_text(report))
     except CatalogAdminError as exc:
         live.show(content=f"The refresh did not run: {exc}")
@@ -142,7 +142,7 @@ async def on_status(adapter: DiscordAdapter, interaction: discord.Interaction) -
         return
     await interaction.response.defer(thinking=True, ephemeral=True)
     try:
-        text = status_text(await adapter.admin.status())
+        text = status_text(await adapter.catalog_admin.status())
     except Exception:
         log.exception("discord: catalog status failed")
         text = "I could not read the catalog's status; the bot's log has the details."

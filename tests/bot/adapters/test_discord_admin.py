@@ -32,7 +32,7 @@ def admin_for(env: Env) -> CatalogAdmin:
 
 async def adapter_with(env: Env, admin: Any) -> DiscordAdapter:
     settings = Settings(_env_file=None, discord_token=BOT_TOKEN)  # type: ignore[call-arg]
-    adapter = DiscordAdapter(env.service, settings, admin=admin, admin_role_ids={ADMIN_ROLE}, edit_interval_s=0.0)
+    adapter = DiscordAdapter(env.service, settings, catalog_admin=admin, admin_role_ids={ADMIN_ROLE}, edit_interval_s=0.0)
     await adapter.login()
     return adapter
 
