@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ NO_VIDEO = "That message has no video attached: use this on a message with an mp
 EMPTY_FEEDBACK = "Write a few words about what should change, e.g. “less sad, more drums”."
 VIDEO_IN_THREAD = "This thread already has its video. For a new one, use /music in the channel."
 CHANNEL_BUSY = "I am already working on {n} videos in this channel; please try again in a minute."
+COOLDOWN = "You are going a bit fast: please try again in {s} s."
 NOT_HERE = "I am not enabled in this channel; ask a server admin where to use me."
 
 
@@ -193,6 +195,9 @@ class DiscordAdapter:
     `discord_channel_ids` when the settings have them.
     `catalog_admin`: the catalog admin for /music-admin (None: the command says it is not enabled here);
     `admin_role_ids`: roles allowed besides Manage Server (default: settings `discord_admin_role_ids`).
+    `limiter`: per-user cooldowns kept in SQL (storage.rate_limit_store.RateLimitStore, built by serve):
+    `await limiter.acquire(platform=, user_key=)` -> a decision with `allowed` and `retry_after_s`;
+    None: no cooldown.
     """
 
     name = PLATFORM  # for serve's health report
@@ -211,6 +216,7 @@ class DiscordAdapter:
         allowed_channel_ids: Collection[int] | None = None,
         catalog_admin: Any | None = None,
         admin_role_ids: Collection[int] | None = None,
+        limiter: Any | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -230,6 +236,7 @@ class DiscordAdapter:
         self.allowed_channel_ids = pick(allowed_channel_ids, "discord_channel_ids")
         self.catalog_admin = catalog_admin
         self.admin_role_ids = pick(admin_role_ids, "discord_admin_role_ids")
+        self.limiter = limiter
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -359,6 +366,25 @@ class DiscordAdapter:
             return (parent or channel.id) in self.allowed_channel_ids
         return True
 
+    async def _wait_s(self, user_id: int) -> int:
+        """Seconds this user must wait before another turn (0: go ahead); the limiter's SQL buckets survive restarts."""
+        if self.limiter is None:
+            return 0
+        try:
+            decision = await self.limiter.acquire(platform=PLATFORM, user_key=str(user_id))
+        except Exception:  # noqa: BLE001 - a broken limiter must not stop the bot: let the turn through
+            log.exception("discord: the cooldown check failed for user %s", user_id)
+            return 0
+        return 0 if decision.allowed else max(1, math.ceil(decision.retry_after_s))
+
+    async def _refuse_fast(self, interaction: discord.Interaction) -> bool:
+        """Answer COOLDOWN ephemerally (True) when the user must wait."""
+        wait = await self._wait_s(interaction.user.id)
+        if not wait:
+            return False
+        await interaction.response.send_message(COOLDOWN.format(s=wait), ephemeral=True)
+        return True
+
     async def _refuse_here(self, interaction: discord.Interaction) -> bool:
         """Answer NOT_HERE ephemerally (True) where the bot is not enabled."""
         if await self._allowed(interaction.guild_id, interaction.channel):
@@ -427,6 +453,8 @@ class DiscordAdapter:
         if self._starting.get(channel_id, 0) >= self.max_starts_per_channel:
             await interaction.response.send_message(CHANNEL_BUSY.format(n=self._starting[channel_id]), ephemeral=True)
             return
+        if await self._refuse_fast(interaction):
+            return
         with self._slot(channel_id):
             response = await interaction.response.defer(thinking=True)  # within Discord's 3 s
             message_id = response.message_id if response is not None and response.message_id else (await interaction.original_response()).id
@@ -449,6 +477,9 @@ class DiscordAdapter:
         channel_id = message.channel.id
         if self._starting.get(channel_id, 0) >= self.max_starts_per_channel:
             await message.reply(CHANNEL_BUSY.format(n=self._starting[channel_id]), mention_author=False)
+            return
+        if wait := await self._wait_s(message.author.id):
+            await message.reply(COOLDOWN.format(s=wait), mention_author=False)
             return
         with self._slot(channel_id):
             status = await message.reply(render.status_text("Fetching your video…"), mention_author=False)
@@ -508,6 +539,8 @@ class DiscordAdapter:
         if action.kind is ActionKind.REFINE:
             await interaction.response.send_modal(FeedbackModal(action))
             return
+        if await self._refuse_fast(interaction):
+            return
         await interaction.response.defer()  # a deferred update: nothing visible until the reply
         await self._act(interaction, action)
 
@@ -518,6 +551,8 @@ class DiscordAdapter:
         action = Action.parse(custom_id, text=modal_text(interaction.data).strip())
         if not action.text:
             await interaction.response.send_message(EMPTY_FEEDBACK, ephemeral=True)
+            return
+        if await self._refuse_fast(interaction):
             return
         await interaction.response.defer()
         await self._act(interaction, action)
@@ -606,6 +641,10 @@ class DiscordAdapter:
         from bot.service.errors import NotOwnerError
 
         user_id = str(message.author.id)
+        if wait := await self._wait_s(message.author.id):
+            with contextlib.suppress(discord.HTTPException):
+                await message.reply(COOLDOWN.format(s=wait), mention_author=False)
+            return
         budget = render.upload_budget(guild=message.guild)
         live = self._live(ChannelTarget(home.channel, fallback=home.fallback), self.edit_interval_s)
         stream = ReplyStream(live, budget=budget)

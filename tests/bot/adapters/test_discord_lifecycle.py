@@ -129,3 +129,37 @@ def test_ids_from_settings_strings_and_lists() -> None:
     from bot.adapters.discord.adapter import _ids
 
     assert _ids("1, 2,,3") == {1, 2, 3} and _ids([4, "5"]) == {4, 5} and _ids(None) == frozenset()
+
+
+async def test_per_user_cooldown_in_sql_survives_a_new_adapter(fake: FakeDiscord, tmp_path) -> None:  # noqa: ANN001
+    from storage.db import default_sqlite_url, ensure_schema, make_engine
+    from storage.rate_limit_store import RateLimitStore
+
+    url = default_sqlite_url(tmp_path)
+    await ensure_schema(url)
+    sql = make_engine(url)
+    try:
+        limiter = RateLimitStore(sql, capacity=1, refill_per_s=1 / 60)  # one turn a minute
+        video = fake.add_cdn_file("clip.mp4", b"\x00" * 100)
+        att = fake.attachment_payload(video, filename="clip.mp4", size=100)
+
+        def music() -> dict:
+            return fake.slash_command("music", user_id=USER_ID, options=[{"name": "video", "type": 11, "value": att["id"]}], attachments=[att])
+
+        first = DiscordAdapter(NoService(), settings(), limiter=limiter)  # production hosts: the download is refused
+        await first.login()
+        p1 = music()
+        first.client._connection.parse_interaction_create(p1)
+        assert (await fake.expect("POST", f"/interactions/{p1['id']}/{p1['token']}/callback")).json == {"type": 5}
+        await first.close()
+
+        again = DiscordAdapter(NoService(), settings(), limiter=RateLimitStore(sql, capacity=1, refill_per_s=1 / 60))
+        await again.login()  # a restarted bot: the bucket is in SQL
+        p2 = music()
+        again.client._connection.parse_interaction_create(p2)
+        cb = await fake.expect("POST", f"/interactions/{p2['id']}/{p2['token']}/callback")
+        assert cb.json["type"] == 4 and cb.json["data"]["flags"] == 64
+        assert cb.json["data"]["content"] in {f"You are going a bit fast: please try again in {s} s." for s in (59, 60)}
+        await again.close()
+    finally:
+        await sql.dispose()
