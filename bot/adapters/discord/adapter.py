@@ -17,7 +17,16 @@ first card goes through bot-token REST in the thread (`send`, message edits), ne
 interaction follow-ups (their token dies after 15 minutes), except ephemeral notes.
 
 Buttons on older cards: the service decides (OutdatedActionError: "that suggestion is outdated",
-shown ephemerally; Start over always works).
+shown ephemerally; Start over always works). Buttons are the owner's (NotOwnerError, ephemeral);
+a second "Use this" on one card is refused (DuplicateActionError, ephemeral).
+
+Limits, all answered with a sentence: the attachment's type and announced size before any
+download (then a byte cap, timeouts, Discord's CDN hosts only: bot/adapters/download.py); an
+optional per-user cooldown kept in SQL (`limiter`); at most MAX_STARTS_PER_CHANNEL videos worked
+on at once per channel; optional allowed guilds/channels. Uploads are budgeted per attachment
+(render.upload_budget) and a 413/40005 becomes a sentence. Typed errors (ConversationError,
+MediaError, DownloadError) show their own sentence; anything else is logged with its traceback
+and answered with APOLOGY. /music-admin lives in admin.py.
 """
 
 from __future__ import annotations
