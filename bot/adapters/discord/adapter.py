@@ -134,6 +134,26 @@ def strip_mentions(text: str, bot_id: int) -> str:
     return re.sub(rf"<@!?{bot_id}>", " ", text or "").strip()
 
 
+class RedactInteractionTokens(logging.Filter):
+    """Blank interaction/webhook tokens in discord.py's logs (its debug lines print request URLs)."""
+
+    PATTERN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = self.PATTERN.sub(r"\1<token>", text)
+        if redacted != text:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _redact_discord_logs() -> None:
+    for name in ("discord.http", "discord.webhook.async_", "discord.interactions"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactInteractionTokens) for f in logger.filters):
+            logger.addFilter(RedactInteractionTokens())
+
+
 @dataclass(frozen=True)
 class Home:
     """Where a conversation's messages go: its thread (or DM), and where to go when that is gone."""
@@ -236,6 +256,7 @@ class DiscordAdapter:
             intents = discord.Intents.default()  # no members, no presences
             intents.message_content = bool(getattr(settings, "discord_message_content", False))
         self.client = MuseChatClient(self, intents=intents)
+        _redact_discord_logs()
         self._session: aiohttp.ClientSession | None = None
         self._thread_parents: dict[int, int | None] = {}  # channel id -> parent id (threads), None (not a thread)
         self.max_starts_per_channel = max_starts_per_channel

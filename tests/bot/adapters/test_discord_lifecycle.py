@@ -163,3 +163,21 @@ async def test_per_user_cooldown_in_sql_survives_a_new_adapter(fake: FakeDiscord
         await again.close()
     finally:
         await sql.dispose()
+
+
+async def test_interaction_tokens_are_blanked_in_discord_py_logs(fake: FakeDiscord, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    adapter = DiscordAdapter(NoService(), settings())
+    await adapter.login()
+    try:
+        url = fake.add_cdn_file("cat.png", b"x")
+        att = fake.attachment_payload(url, filename="cat.png", size=1, content_type="image/png")
+        payload = fake.slash_command("music", user_id=USER_ID, options=[{"name": "video", "type": 11, "value": att["id"]}], attachments=[att])
+        with caplog.at_level(logging.DEBUG, logger="discord"):
+            adapter.client._connection.parse_interaction_create(payload)
+            await fake.expect("POST", f"/interactions/{payload['id']}/{payload['token']}/callback")
+        assert f"/interactions/{payload['id']}/<token>/callback" in caplog.text  # discord.py's debug line, redacted
+        assert payload["token"] not in caplog.text and BOT_TOKEN not in caplog.text
+    finally:
+        await adapter.close()
