@@ -44,7 +44,6 @@ def sub(fake: FakeDiscord, name: str, *, permissions: int, roles: list[int] | No
     return payload
 
 
-@pytest.mark.slow
 async def test_refresh_reports_progress_then_its_report(fake: FakeDiscord, env: Env) -> None:
     adapter = await adapter_with(env, admin_for(env))
     try:
@@ -62,7 +61,6 @@ async def test_refresh_reports_progress_then_its_report(fake: FakeDiscord, env: 
         await adapter.close()
 
 
-@pytest.mark.slow
 async def test_status_for_an_admin_role(fake: FakeDiscord, env: Env) -> None:
     adapter = await adapter_with(env, admin_for(env))
     try:
@@ -75,7 +73,6 @@ async def test_status_for_an_admin_role(fake: FakeDiscord, env: Env) -> None:
         await adapter.close()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("has_admin", "sentence"), [(True, NOT_ADMIN), (False, NO_ADMIN)], ids=["member", "no-admin-here"])
 async def test_refused_ephemerally(fake: FakeDiscord, env: Env, has_admin: bool, sentence: str) -> None:
     adapter = await adapter_with(env, admin_for(env) if has_admin else None)

@@ -121,7 +121,6 @@ async def ephemeral_note(fake: FakeDiscord, payload: dict[str, Any]) -> str:
     return note.json["content"]
 
 
-@pytest.mark.slow
 async def test_video_card_feedback_another_use_this(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
     payload = await slash(fake, adapter, bikes_mp4)
     original = f"/webhooks/{fake.app_id}/{payload['token']}/messages/@original"
@@ -180,7 +179,6 @@ async def test_video_card_feedback_another_use_this(fake: FakeDiscord, adapter: 
     assert len(uploads(fake, ".mp4")) == 1
 
 
-@pytest.mark.slow
 async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path) -> None:
     payload = await slash(fake, adapter, bikes_mp4)
     card_id, card = await first_card(fake, payload)
@@ -216,7 +214,6 @@ async def test_owner_only_outdated_modal_and_start_over(fake: FakeDiscord, adapt
     assert buttons(third)[0][1].endswith(":3")
 
 
-@pytest.mark.slow
 async def test_a_restarted_bot_handles_a_press_on_a_card_the_old_one_sent(
     fake: FakeDiscord, data_dir: Path, tiny: Any, bikes_mp4: Path
 ) -> None:
@@ -242,7 +239,6 @@ async def test_a_restarted_bot_handles_a_press_on_a_card_the_old_one_sent(
             await new.close()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("budget", [300 * 1024, 20 * 1024], ids=["re-encoded", "impossible"])
 async def test_a_small_budget_re_encodes_the_preview_or_says_it_is_too_large(
     fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path, budget: int
@@ -262,7 +258,6 @@ async def test_a_small_budget_re_encodes_the_preview_or_says_it_is_too_large(
         assert reply["content"]
 
 
-@pytest.mark.slow
 async def test_a_413_on_the_preview_upload_is_answered_with_a_sentence(
     fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
 ) -> None:
@@ -274,7 +269,6 @@ async def test_a_413_on_the_preview_upload_is_answered_with_a_sentence(
     assert note.startswith("The preview is larger than this channel's upload limit (10 MiB)")
 
 
-@pytest.mark.slow
 async def test_a_video_that_mentions_the_bot_starts_a_conversation(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
     data = bikes_mp4.read_bytes()
     url = fake.add_cdn_file("bikes.mp4", data)
@@ -290,7 +284,6 @@ async def test_a_video_that_mentions_the_bot_starts_a_conversation(fake: FakeDis
     assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(status_id)) is not None
 
 
-@pytest.mark.slow
 async def test_the_reason_streams_into_the_card_with_spaced_edits_through_a_429(
     fake: FakeDiscord, data_dir: Path, tiny: Any, bikes_mp4: Path
 ) -> None:

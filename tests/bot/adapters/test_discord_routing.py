@@ -35,7 +35,6 @@ def video_attachment(fake: FakeDiscord, video: Path) -> dict[str, Any]:
     return fake.attachment_payload(fake.add_cdn_file(video.name, data), filename=video.name, size=len(data))
 
 
-@pytest.mark.slow
 async def test_context_menu_on_a_message_with_a_video(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
     target = fake.user_message(channel_id=fake.channel_id, user_id=OWNER + 1, content="my ride", attachments=[video_attachment(fake, bikes_mp4)])
     payload = fake.message_command("Find music for this video", user_id=OWNER, target=target)
@@ -47,7 +46,6 @@ async def test_context_menu_on_a_message_with_a_video(fake: FakeDiscord, adapter
     assert await env.service.find(platform="discord", channel_id=str(fake.channel_id), thread_id=str(card_id)) is not None
 
 
-@pytest.mark.slow
 async def test_a_dm_conversation_lives_in_the_dm_channel(fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path) -> None:
     dm = fake.snowflake()
     fake.channels[dm] = fake.dm_channel_payload(dm, OWNER)
@@ -62,7 +60,6 @@ async def test_a_dm_conversation_lives_in_the_dm_channel(fake: FakeDiscord, adap
     assert second["embeds"][0]["title"] != card["embeds"][0]["title"]
 
 
-@pytest.mark.slow
 async def test_a_reply_to_the_first_card_in_the_channel_goes_to_its_thread(
     fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
 ) -> None:
@@ -74,7 +71,6 @@ async def test_a_reply_to_the_first_card_in_the_channel_goes_to_its_thread(
     assert buttons(second)[0][1].endswith(":2")
 
 
-@pytest.mark.slow
 async def test_words_without_the_intent_arrive_empty_and_are_ignored(
     fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
 ) -> None:
@@ -86,7 +82,6 @@ async def test_words_without_the_intent_arrive_empty_and_are_ignored(
     assert bot_messages(fake, card_id) == []
 
 
-@pytest.mark.slow
 async def test_an_untyped_failure_is_logged_and_answered_with_an_apology(
     fake: FakeDiscord, adapter: DiscordAdapter, env: Env, bikes_mp4: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -107,7 +102,6 @@ async def test_an_untyped_failure_is_logged_and_answered_with_an_apology(
     assert not is_settled(answer)
 
 
-@pytest.mark.slow
 async def test_without_the_thread_permission_the_conversation_goes_on_in_the_channel(
     fake: FakeDiscord, adapter: DiscordAdapter, bikes_mp4: Path
 ) -> None:
