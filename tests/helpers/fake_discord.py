@@ -614,6 +614,14 @@ class FakeDiscord:
                 if cid not in self.channels:
                     return _json({"message": "Unknown Channel", "code": 10003}, status=404)
                 return _json(self.channels[cid])
+            if len(seg) == 3 and seg[2] == "messages" and m == "GET":  # history: newest first
+                before = int(rec.query.get("before", 0)) or None
+                found = [
+                    msg
+                    for mid, msg in sorted(self.messages.items(), reverse=True)
+                    if int(msg["channel_id"]) == cid and (before is None or mid < before)
+                ]
+                return _json(found[: int(rec.query.get("limit", 50))])
             if len(seg) == 3 and seg[2] == "messages" and m == "POST":
                 if cid not in self.channels:
                     return _json({"message": "Unknown Channel", "code": 10003}, status=404)

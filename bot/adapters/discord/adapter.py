@@ -12,7 +12,9 @@ bot's reply to an @mention); a thread is then opened from that message. A thread
 message has the message's id, so the conversation is keyed from the start as
 `(platform="discord", channel_id=<parent>, thread_id=<that message id>)`, before the thread exists,
 and is found again by SQL (`service.find`), never from discord.py's cache: a restarted bot
-continues every thread. In a DM the key is the DM channel (thread_id ""). Everything after the
+continues every thread. A DM holds one conversation per video (keyed by its first card); a DM
+message belongs to the card it replies to, else to the newest card (read from the cards' button
+ids in the DM's history, which Discord keeps across restarts). Everything after the
 first card goes through bot-token REST in the thread (`send`, message edits), never through
 interaction follow-ups (their token dies after 15 minutes), except ephemeral notes.
 
@@ -78,6 +80,7 @@ REASON_BUDGET_S = 30.0  # seconds the reasoner may write (the card is shown at o
 EXCERPT_FORMAT = "ogg"  # Discord plays .ogg (opus) attachments inline
 THREAD_ARCHIVE_MINUTES = 1440
 CONTEXT_MENU_NAME = "Find music for this video"
+DM_HISTORY_LIMIT = 25  # messages looked through for a DM's newest card
 MAX_STARTS_PER_CHANNEL = 2  # videos worked on at once in one channel (per bot process)
 TOO_LARGE_CODE = 40005  # Discord: "Request entity too large"
 
@@ -437,7 +440,8 @@ class DiscordAdapter:
         """The conversation's keys for a start in `channel`, and whether a thread must be opened."""
         user_id, name = str(user.id), getattr(user, "display_name", "") or user.name
         if guild_id is None or isinstance(channel, discord.DMChannel):
-            return PlatformKeys(PLATFORM, str(channel.id), user_id, user_name=name), False
+            # one DM holds many conversations, one per video: keyed by the first card (see _dm_conversation)
+            return PlatformKeys(PLATFORM, str(channel.id), user_id, str(anchor_id), user_name=name), False
         parent = await self._thread_parent(channel)
         if parent is not None:  # started inside a thread: the conversation lives there
             return PlatformKeys(PLATFORM, str(parent), user_id, str(channel.id), str(guild_id), name), False
@@ -631,8 +635,9 @@ class DiscordAdapter:
         channel = message.channel
         guild_id = message.guild.id if message.guild else getattr(channel, "guild_id", None)
         if guild_id is None:
-            key, home = (str(channel.id), ""), Home(channel)
-        elif (parent := await self._thread_parent(channel)) is not None:
+            cid = await self._dm_conversation(message)
+            return cid, Home(channel) if cid is not None else None
+        if (parent := await self._thread_parent(channel)) is not None:
             key, home = (str(parent), str(channel.id)), Home(channel)
         elif message.reference is not None and message.reference.message_id is not None:
             # a reply, in the channel, to a first card: the conversation of the thread started from it
@@ -642,6 +647,31 @@ class DiscordAdapter:
             return None, None
         cid = await self.service.find(platform=PLATFORM, channel_id=key[0], thread_id=key[1])
         return cid, home if cid is not None else None
+
+    async def _dm_conversation(self, message: discord.Message) -> int | None:
+        """A DM's conversation: the one of the card the message replies to, else of the newest card.
+
+        DMs have no threads, and one DM holds a conversation per video, so the conversation is read
+        from the cards themselves (their buttons carry its id; Discord keeps them across restarts).
+        """
+        ref = message.reference.resolved if message.reference is not None else None
+        if isinstance(ref, discord.Message) and (cid := self._card_conversation(ref)) is not None:
+            return cid
+        async for earlier in message.channel.history(limit=DM_HISTORY_LIMIT, before=message):
+            if (cid := self._card_conversation(earlier)) is not None:
+                return cid
+        return None
+
+    def _card_conversation(self, message: discord.Message) -> int | None:
+        """The conversation id a bot card's buttons name, if it is one of this bot's cards."""
+        if self.client.user is None or message.author.id != self.client.user.id:
+            return None
+        for row in message.components:
+            for item in getattr(row, "children", ()):
+                custom_id = getattr(item, "custom_id", None) or ""
+                if ACTION_TEMPLATE.fullmatch(custom_id):
+                    return Action.parse(custom_id).conversation_id
+        return None
 
     async def _on_message(self, message: discord.Message) -> None:
         me = self.client.user
@@ -653,8 +683,8 @@ class DiscordAdapter:
         is_dm = message.guild is None and getattr(message.channel, "guild_id", None) is None
         video = first_video(message.attachments)
         text = strip_mentions(message.content, me.id)
-        cid, home = await self._conversation_of(message)
-        if cid is None:
+        cid, home = (None, None) if is_dm and video is not None else await self._conversation_of(message)
+        if cid is None:  # (a video in a DM always starts a new conversation: a DM holds many)
             if video is not None and (mentioned or is_dm):
                 await self._start_from_message(message, video, text)
             elif mentioned or is_dm:  # someone talks to the bot outside a conversation: say how to start

@@ -52,12 +52,29 @@ async def test_a_dm_conversation_lives_in_the_dm_channel(fake: FakeDiscord, adap
     msg = fake.user_message(channel_id=dm, user_id=OWNER, attachments=[video_attachment(fake, bikes_mp4)], dm=True)
     adapter.client._connection.parse_message_create(msg)  # no mention needed in a DM
     card = await next_card(fake, dm, 0)
-    assert await env.service.find(platform="discord", channel_id=str(dm), thread_id="") is not None
+    assert await env.service.find(platform="discord", channel_id=str(dm), thread_id=card["id"]) == conversation(card)
     assert fake.requests("POST", "/channels/*/messages/*/threads") == []  # no threads in DMs
     words = fake.user_message(channel_id=dm, user_id=OWNER, content="more drums", dm=True)  # DMs carry content
     adapter.client._connection.parse_message_create(words)
-    second = await next_card(fake, dm, 1)
+    second = await next_card(fake, dm, 1)  # the newest card's conversation (read from the DM's history)
     assert second["embeds"][0]["title"] != card["embeds"][0]["title"]
+    first_conv = conversation(card)
+    assert conversation(second) == first_conv
+
+    # another video in the same DM: a new conversation; a reply to an older card goes to that card's
+    again = fake.user_message(channel_id=dm, user_id=OWNER, attachments=[video_attachment(fake, bikes_mp4)], dm=True)
+    adapter.client._connection.parse_message_create(again)
+    third = await next_card(fake, dm, 2)
+    assert conversation(third) != first_conv
+    reply = fake.user_message(channel_id=dm, user_id=OWNER, content="calmer", dm=True, reference=second)
+    adapter.client._connection.parse_message_create(reply)
+    fourth = await next_card(fake, dm, 3)
+    assert conversation(fourth) == first_conv
+    assert int(buttons(fourth)[0][1].split(":")[3]) == 3  # the first conversation's third turn
+
+
+def conversation(card: dict[str, Any]) -> int:
+    return int(buttons(card)[0][1].split(":")[2])
 
 
 async def test_a_reply_to_the_first_card_in_the_channel_goes_to_its_thread(
