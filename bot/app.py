@@ -124,16 +124,20 @@ class App:
 
     async def service(self, *, allow_random_weights: bool | None = None, progress: Progress | None = None) -> ConversationService:
         """The conversation service, its models loaded and warmed up once per process."""
+        self.check_weights(allow_random_weights)
+        async with self._service_lock:
+            if self._service is None:
+                self._service = await self._build_service(progress or (lambda _: None))
+        return self._service
+
+    def check_weights(self, allow_random_weights: bool | None = None) -> None:
+        """Refuse a profile with random weights unless allowed (module docstring): before any slow work."""
         allowed = self.settings.allow_random_weights if allow_random_weights is None else allow_random_weights
         if self.profile in RANDOM_PROFILES and not allowed:
             raise RandomWeightsError(
                 f"The '{self.profile}' profile has random weights (for tests): its picks are noise. "
                 "Use MUSECHAT_PROFILE=lite, or set MUSECHAT_ALLOW_RANDOM_WEIGHTS=1 to run it anyway."
             )
-        async with self._service_lock:
-            if self._service is None:
-                self._service = await self._build_service(progress or (lambda _: None))
-        return self._service
 
     async def _build_service(self, say: Progress) -> ConversationService:
         from engine.engine import Engine

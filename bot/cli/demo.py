@@ -116,6 +116,7 @@ async def _demo(settings: Settings, video: Path, interactive: bool, out_dir: Pat
 
     hf_logging.disable_progress_bar()
     async with open_app(settings) as app:
+        app.check_weights()  # before the catalog is built, not after
         await prepare_catalog(settings, app.admin())
         svc = await load_service(app)
         if interactive:

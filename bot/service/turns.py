@@ -28,6 +28,7 @@ from storage.catalog import (
     CatalogFilter,
     Hit,
     MusicCatalog,
+    NoExamplesError,
     SchemaError,
     TrackRecord,
     UnknownTrackError,
@@ -162,10 +163,8 @@ class Retriever:
                     raise
                 neg_ids = [t for t in neg_ids if t not in gone]
                 pos_ids = [t for t in pos_ids if t not in gone]
-            except ValueError as exc:
-                if "recommend needs" in str(exc):  # nothing left to recommend around
-                    return []
-                raise
+            except NoExamplesError:  # every example left the catalog: nothing to recommend around
+                return []
 
     def rerank(self, retrieved: Retrieved, extras: Mapping[str, TrackExtras]) -> tuple[Ranking, list[CandidateRow]]:
         t0 = time.perf_counter()

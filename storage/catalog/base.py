@@ -338,11 +338,15 @@ def average_vector_query(positives: Sequence[np.ndarray], negatives: Sequence[np
     return avg_pos + avg_pos - avg_neg
 
 
+class NoExamplesError(ValueError):
+    """A recommend query with no example left to recommend around (all of them left the catalog)."""
+
+
 def check_recommend_examples(
     strategy: RecommendStrategy, n_positive: int, n_negative: int
 ) -> None:
     if n_positive + n_negative == 0:
-        raise ValueError("recommend needs at least one positive or negative example")
+        raise NoExamplesError("recommend needs at least one positive or negative example")
     if strategy is RecommendStrategy.AVERAGE_VECTOR and n_positive == 0:
         raise ValueError("the average_vector strategy needs at least one positive example")
 

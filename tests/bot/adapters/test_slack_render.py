@@ -147,3 +147,22 @@ def test_first_video(files: list, expected: str | None) -> None:
 
 def test_mention_free() -> None:
     assert render.mention_free("<@U0BOT>  more   drums", "U0BOT") == "more drums"
+
+
+def test_the_manifest_in_the_readme_names_what_the_adapter_listens_to() -> None:
+    """bot/adapters/slack/manifest.yaml: the shortcut's callback id and the slash commands the adapter registers."""
+    from pathlib import Path
+
+    import yaml
+
+    import bot.adapters.slack.adapter as adapter_mod
+    from bot.adapters.slack import render as render_mod
+
+    manifest = yaml.safe_load((Path(adapter_mod.__file__).with_name("manifest.yaml")).read_text())
+    source = Path(adapter_mod.__file__).read_text()
+    commands = [c["command"] for c in manifest["features"]["slash_commands"]]
+    assert commands == ["/music", "/music-admin"] and all(f'"{c}"' in source for c in commands)
+    (shortcut,) = manifest["features"]["shortcuts"]
+    assert shortcut["type"] == "message" and shortcut["callback_id"] == render_mod.SHORTCUT_CALLBACK
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"files:read", "files:write", "chat:write", "commands"} <= scopes

@@ -28,6 +28,7 @@ def test_demo_folder_links_a_mix_of_real_tracks_with_their_copyright(music_dir: 
 def test_scripted_demo_end_to_end(music_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSECHAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MUSECHAT_MUSIC_DIR", str(music_dir))
+    monkeypatch.setenv("MUSECHAT_ALLOW_RANDOM_WEIGHTS", "1")  # tiny: random weights, allowed for this test
     monkeypatch.delenv("MUSECHAT_DATABASE_URL", raising=False)
     monkeypatch.setattr(demo_mod, "DEMO_TRACKS_PER_PACKAGE", {"hedgewars-data": 3, "extremetuxracer-data": 3})
     get_settings.cache_clear()
@@ -48,6 +49,7 @@ def test_scripted_demo_end_to_end(music_dir: Path, tmp_path: Path, monkeypatch: 
 def test_demo_without_music_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSECHAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MUSECHAT_MUSIC_DIR", str(tmp_path / "nothing"))
+    monkeypatch.setenv("MUSECHAT_ALLOW_RANDOM_WEIGHTS", "1")
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(app, ["demo", "--profile", "tiny", "--scripted"])
@@ -55,3 +57,16 @@ def test_demo_without_music_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
         get_settings.cache_clear()
     assert result.exit_code != 0
     assert "fetch_music.sh" in result.output and "Traceback" not in result.output
+
+
+def test_demo_refuses_random_weights_before_building_anything(music_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSECHAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MUSECHAT_MUSIC_DIR", str(music_dir))
+    monkeypatch.delenv("MUSECHAT_ALLOW_RANDOM_WEIGHTS", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["demo", "--profile", "tiny", "--scripted"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 3 and "random weights" in result.output
+    assert "demo catalog" not in result.output and not (tmp_path / "data" / "demo-music").exists()

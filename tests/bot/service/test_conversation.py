@@ -459,3 +459,60 @@ async def test_a_reasoner_timeout_falls_back_to_the_labelled_tag_summary(data_di
     assert r.kind is ReplyKind.RECOMMENDATION and r.track is not None  # the track still comes
     assert r.track.reason_source == "tag summary"
     assert "The model's reason is unavailable" in r.track.reason
+
+
+# --- what a turn writes, and when -----------------------------------------------------------------
+
+
+async def test_a_turn_that_fails_to_store_leaves_no_feedback_row_either(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feedback that leads to a turn and the turn itself are one transaction."""
+    svc = env.service
+    r1 = await svc.start(text="calm piano", channel_id="tx", user_id="u")
+
+    async def broken(conn, turn_id, recs):  # noqa: ANN001, ANN202
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(svc.store), "_insert_recommendations", staticmethod(broken))
+    with pytest.raises(RuntimeError, match="disk full"):
+        await svc.another(r1.conversation_id)
+    monkeypatch.undo()
+    state = await svc.state(r1.conversation_id)
+    assert [t.index for t in state.turns] == [1] and state.feedback == ()
+    r2 = await svc.another(r1.conversation_id)  # and the conversation goes on where it was
+    assert r2.turn_index == 2 and [f.kind for f in (await svc.state(r1.conversation_id)).feedback] == [FeedbackKind.ANOTHER]
+
+
+async def test_use_this_records_the_choice_only_once_the_preview_exists(env: Env, bikes_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.render import RenderError
+
+    svc = env.service
+    r1 = await svc.start(video=bikes_mp4, channel_id="use", user_id="u")
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RenderError("ffmpeg preview failed (rc=1)")
+
+    monkeypatch.setattr(svc.renderer, "render_preview", broken)
+    with pytest.raises(MediaError) as failed:
+        await svc.use_this(r1.conversation_id)
+    assert failed.value.user_message  # a sentence for the chat
+    state = await svc.state(r1.conversation_id)
+    assert state.feedback == () and state.conversation.status is ConversationStatus.ACTIVE
+    monkeypatch.undo()
+    done = await svc.use_this(r1.conversation_id)
+    assert done.preview is not None and [f.kind for f in (await svc.state(r1.conversation_id)).feedback] == [FeedbackKind.ACCEPT]
+
+
+async def test_a_cancelled_waiter_does_not_take_the_shared_decode_from_the_others(env: Env, bunny_mp4: Path) -> None:
+    """Two users send the same video at once; the first leaves (cancelled): the second still gets its answer."""
+    svc = env.service
+    data = bunny_mp4.read_bytes()
+    first = asyncio.create_task(svc.start(video=data, channel_id="same-1", user_id="a"))
+    await asyncio.sleep(0.3)  # the first is decoding
+    second = asyncio.create_task(svc.start(video=data, channel_id="same-2", user_id="b"))
+    await asyncio.sleep(0.1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    reply = await asyncio.wait_for(second, 120)
+    assert reply.kind is ReplyKind.RECOMMENDATION
+    assert len(env.calls) == 1  # decoded once, for both
