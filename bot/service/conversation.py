@@ -132,7 +132,7 @@ from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
-from engine.render import PreviewTooLargeError
+from engine.render import PreviewTooLargeError, human_bytes
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
 from storage.catalog.ids import track_id_for
 from storage.conversation_store import (
@@ -582,7 +582,7 @@ class ConversationService:
                 await notify(out.status, "making the preview small enough to upload here")
                 try:
                     path = await self.pool.run(self.renderer.fit_preview, path, budget, on_status=out.status)
-                    note = f" (re-encoded to fit the {budget / 2**20:.0f} MiB upload limit here)"
+                    note = f" (re-encoded to fit the {human_bytes(budget)} upload limit here)"
                 except PreviewTooLargeError as exc:
                     path, note = None, exc.user_message
             preview = None if path is None else MediaFile.of(path, f"musechat-{safe_filename(payload.title)}.mp4")
