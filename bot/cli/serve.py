@@ -153,6 +153,7 @@ def build_adapters(names: list[str], service: Any, settings: Settings, app: Any 
                 SlackAdapter(
                     service, settings, http_host=settings.slack_http_host,
                     catalog_admin=app.admin() if app is not None else None, admin_user_ids=settings.slack_admins,
+                    limiter=cooldowns(settings, app.sql) if app is not None else None,
                 )  # fmt: skip
             )
     return adapters
