@@ -4,7 +4,9 @@
 #   2. `musechat --help` lists the commands the stack runs (serve, db, demo; worker once it exists);
 #   3. `musechat db upgrade` against the PostgreSQL on 127.0.0.1 (host network), in a fresh
 #      database this script creates and drops: revision at head, the tables there;
-#   4. `musechat worker --check` (when the image has `worker`): exits non-zero with no worker alive;
+#   4. `musechat worker` (when the image has it), on queues of its own in the host's Redis:
+#      `--check` exits non-zero with no worker alive and 0 beside a live one (run inside its
+#      container, as compose's healthcheck is), and SIGTERM stops it (exit 0) within 40 s;
 #   5. `musechat demo --scripted` with no network and the demo music mounted read-only: it builds
 #      the catalog, plays the conversation and writes the preview (an mp4 with video and audio);
 #   6. `musechat serve` (the default command, no platform, no network) on the demo's /data: the
@@ -35,13 +37,17 @@ TOOLS="${MUSECHAT_CONTAINERS_SH:-../shared/tools/containers.sh}"
 PG_ADMIN="${MUSECHAT_CHECK_POSTGRES:-postgresql://postgres@127.0.0.1:5432/postgres}"
 REDIS_URL="${MUSECHAT_CHECK_REDIS:-redis://127.0.0.1:6379/15}"
 MUSIC="${MUSECHAT_MUSIC_DIR:-$HOME/.cache/musechat/music}"
-STOP_GRACE=30   # seconds: compose.yaml's stop_grace_period
+STOP_GRACE=30   # seconds: compose.yaml's stop_grace_period of the bots
+WORKER_GRACE=40  # seconds: compose.yaml's stop_grace_period of the workers
 SERVE_READY_TIMEOUT=240  # seconds for `serve` to load the lite models on a busy 2-core machine
 
 TAG="ctrcheck$$"
 DB="musechat_${TAG}"
 WORK="$(mktemp -d)"
 SERVE="musechat-${TAG}-serve"
+WORKER="musechat-${TAG}-worker"
+QUEUE="musechat-${TAG}"   # the worker check's own SAQ queues
+QUEUE_USED=0
 DATA_VOLUME="musechat-${TAG}-data"  # /data of the demo, then of serve (SQLite + embedded catalog)
 DB_CREATED=0
 CHECKED=()
@@ -71,7 +77,15 @@ asyncio.run(main())"
 
 cleanup() {
     rc=$?
-    "$ENGINE" rm -f "$SERVE" >/dev/null 2>&1 || true
+    "$ENGINE" rm -f "$SERVE" "$WORKER" >/dev/null 2>&1 || true
+    if [ "$QUEUE_USED" = 1 ]; then  # the check's queue keys, nothing else
+        run --network host -e REDIS_URL="$REDIS_URL" -e QUEUE="$QUEUE" "$IMAGE" python -c "
+import os, redis
+r = redis.Redis.from_url(os.environ['REDIS_URL'])
+keys = list(r.scan_iter(match='*' + os.environ['QUEUE'] + '*'))
+if keys:
+    r.delete(*keys)" >/dev/null 2>&1 || say "could not remove the Redis keys of $QUEUE"
+    fi
     "$ENGINE" volume rm -f "$DATA_VOLUME" >/dev/null 2>&1 || true
     if [ "$DB_CREATED" = 1 ]; then pg_admin "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || say "could not drop database $DB"; fi
     rm -rf "$WORK"
@@ -143,16 +157,40 @@ for t in alembic_version conversations turns recommendations tracks jobs process
 done
 passed "musechat db upgrade on PostgreSQL (fresh database $DB, dropped after): $(tr -s ' \n' ' ' <"$WORK/status.txt" | sed 's/ *$//'); $(wc -w <<<"$tables") tables ($(( $(now) - t0 )) s)"
 
-# --- 4. worker --check --------------------------------------------------------------------------
+# --- 4. worker: --check with none alive, a live worker, SIGTERM ------------------------------------
+# queues of their own on the host's Redis (removed after), as compose's healthcheck runs them
 if [ "$has_worker" = 1 ]; then
+    wenv=(-e MUSECHAT_REDIS_URL="$REDIS_URL" -e MUSECHAT_MODEL_RUNNER=saq
+          -e MUSECHAT_QUEUE_INTERACTIVE="$QUEUE-interactive" -e MUSECHAT_QUEUE_CATALOG="$QUEUE-catalog")
     set +e
-    run --network host -e MUSECHAT_REDIS_URL="$REDIS_URL" "$IMAGE" musechat worker --check >"$WORK/worker.txt" 2>&1
+    run --network host "${wenv[@]}" "$IMAGE" musechat worker --check >"$WORK/worker.txt" 2>&1
     wrc=$?
     set -e
     [ "$wrc" != 0 ] || { cat "$WORK/worker.txt"; fail "musechat worker --check passed with no worker alive"; }
-    passed "musechat worker --check exits $wrc with no worker alive on $REDIS_URL"
+    QUEUE_USED=1
+    t0=$(now)
+    "$ENGINE" run -d --name "$WORKER" --init --no-healthcheck --network host "${wenv[@]}" "$IMAGE" musechat worker >/dev/null \
+        || fail "could not start musechat worker"
+    alive=0
+    for _ in $(seq "$SERVE_READY_TIMEOUT"); do
+        if [ "$("$ENGINE" inspect --format '{{.State.Running}}' "$WORKER")" != true ]; then
+            "$ENGINE" logs "$WORKER" 2>&1 | tail -30; fail "musechat worker exited while starting"
+        fi
+        if "$ENGINE" exec "$WORKER" musechat worker --check >/dev/null 2>&1; then alive=1; break; fi
+        sleep 1
+    done
+    [ "$alive" = 1 ] || { "$ENGINE" logs "$WORKER" 2>&1 | tail -30; fail "musechat worker --check never passed beside a live worker"; }
+    t_alive=$(( $(now) - t0 ))
+    t1=$(now)
+    "$ENGINE" stop -t "$WORKER_GRACE" "$WORKER" >/dev/null 2>>"$WORK/podman.err"
+    t_stop=$(( $(now) - t1 ))
+    code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$WORKER")
+    [ "$code" = 0 ] || { "$ENGINE" logs "$WORKER" 2>&1 | tail -30; fail "musechat worker exited $code on SIGTERM"; }
+    [ "$t_stop" -lt "$WORKER_GRACE" ] || fail "musechat worker took ${t_stop} s to stop (grace ${WORKER_GRACE} s)"
+    "$ENGINE" rm "$WORKER" >/dev/null 2>>"$WORK/podman.err"
+    passed "musechat worker: --check exits $wrc with none alive, 0 beside a live worker (after ${t_alive} s); SIGTERM -> exit 0 in ${t_stop} s"
 else
-    say "SKIPPED: musechat worker --check (this build has no 'worker' command)"
+    say "SKIPPED: musechat worker (this build has no 'worker' command)"
 fi
 
 # --- 5. the scripted demo -------------------------------------------------------------------------

@@ -367,9 +367,11 @@ def test_gpu_worker_reserves_a_gpu_in_the_gpu_profile(services):
     for w in (gpu, cpu):
         assert w["healthcheck"]["test"] == ["CMD", "musechat", "worker", "--check"]
     # the override keeps every shared setting
-    shared = {k: v for k, v in cpu["environment"].items() if k != "MUSECHAT_DEVICE"}
-    assert {k: v for k, v in gpu["environment"].items() if k != "MUSECHAT_DEVICE"} == shared
+    own = ("MUSECHAT_DEVICE", "MUSECHAT_WORKER_DRAIN_S")
+    shared = {k: v for k, v in cpu["environment"].items() if k not in own}
+    assert {k: v for k, v in gpu["environment"].items() if k not in own} == shared
     assert services["bot-slack"]["environment"] == shared
+    assert shared["MUSECHAT_MODEL_RUNNER"] == "saq"
 
 
 def test_gpu_id_comes_from_the_env_file(services):
@@ -389,12 +391,14 @@ def test_bots_serve_their_platform_and_report_health(services):
 
 
 def test_stop_grace_period_outlasts_the_drain(services):
-    for name in APP_SERVICES:
-        if name == "migrate":
-            continue
+    """compose kills a container stop_grace_period after SIGTERM: the drain must end before."""
+    for name in BOTS:
         grace = duration_s(services[name]["stop_grace_period"])
-        assert grace > DRAIN_GRACE_S == 20.0, name
-        assert grace == 30.0, name
+        assert grace == 30.0 and grace > DRAIN_GRACE_S == 20.0, name  # serve's --grace default
+    for name in WORKERS:
+        svc = services[name]
+        drain = float(svc["environment"]["MUSECHAT_WORKER_DRAIN_S"])
+        assert duration_s(svc["stop_grace_period"]) == 40.0 > drain == 30.0, name
 
 
 def test_app_services_share_one_image_init_and_the_media_volume(services, config):
