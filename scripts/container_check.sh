@@ -77,7 +77,7 @@ asyncio.run(main())"
 
 cleanup() {
     rc=$?
-    "$ENGINE" rm -f "$SERVE" "$WORKER" >/dev/null 2>&1 || true
+    "$ENGINE" rm -f -v "$SERVE" "$WORKER" >/dev/null 2>&1 || true
     if [ "$QUEUE_USED" = 1 ]; then  # the check's queue keys, nothing else
         run --network host -e REDIS_URL="$REDIS_URL" -e QUEUE="$QUEUE" "$IMAGE" python -c "
 import os, redis
@@ -187,7 +187,7 @@ if [ "$has_worker" = 1 ]; then
     code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$WORKER")
     [ "$code" = 0 ] || { "$ENGINE" logs "$WORKER" 2>&1 | tail -30; fail "musechat worker exited $code on SIGTERM"; }
     [ "$t_stop" -lt "$WORKER_GRACE" ] || fail "musechat worker took ${t_stop} s to stop (grace ${WORKER_GRACE} s)"
-    "$ENGINE" rm "$WORKER" >/dev/null 2>>"$WORK/podman.err"
+    "$ENGINE" rm -v "$WORKER" >/dev/null 2>>"$WORK/podman.err"
     passed "musechat worker: --check exits $wrc with none alive, 0 beside a live worker (after ${t_alive} s); SIGTERM -> exit 0 in ${t_stop} s"
 else
     say "SKIPPED: musechat worker (this build has no 'worker' command)"
@@ -246,7 +246,7 @@ code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$SERVE")
 [ "$code" = 0 ] || { tail -30 "$WORK/serve.log"; fail "serve exited $code on SIGTERM"; }
 grep -q "^stopped" "$WORK/serve.log" || { tail -30 "$WORK/serve.log"; fail "serve did not drain and say 'stopped'"; }
 [ "$t_stop" -lt "$STOP_GRACE" ] || fail "serve took ${t_stop} s to stop (grace ${STOP_GRACE} s)"
-"$ENGINE" rm "$SERVE" >/dev/null 2>>"$WORK/podman.err"
+"$ENGINE" rm -v "$SERVE" >/dev/null 2>>"$WORK/podman.err"
 passed "musechat serve (no network, on the demo's data): HEALTHCHECK passed after ${t_health} s, /readyz 200 after ${t_ready} s, SIGTERM -> exit 0 in ${t_stop} s"
 
 # --- 7. podman-compose config -------------------------------------------------------------------------
