@@ -474,11 +474,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--refresh-tracks", type=int, default=40, help="real tracks the refresh of phase 4 embeds")
     ap.add_argument("--no-refresh", action="store_true", help="skip phase 4 (the refresh beside the conversations)")
+    ap.add_argument("--slow-callback-ms", type=float, default=None,
+                    help="diagnosis: asyncio debug mode, logging every loop callback slower than this (slows the run)")
     ap.add_argument("--workdir", default="/tmp/musechat-bench-conv")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    figures = asyncio.run(run(args))
+    if args.slow_callback_ms is not None:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+        async def debug_run() -> Figures:
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = args.slow_callback_ms / 1000
+            return await run(args)
+
+        figures = asyncio.run(debug_run())
+    else:
+        figures = asyncio.run(run(args))
     s = figures.summary()
     print(json.dumps(s | {"turn1_stages_s": figures.turn1_stages_s, "later_stages_s": figures.later_stages_s}, indent=2))
     for key, target in TARGETS.items():
