@@ -16,6 +16,7 @@ from bot.cli.models import register_model_commands
 from bot.cli.reasoner import register_reasoner_commands
 from bot.cli.serve import register_serve_command
 from bot.cli.training import register_training_commands
+from bot.cli.worker import register_worker_command
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ register_db_commands(app)  # db upgrade|status, media cleanup
 register_chat_commands(app)  # chat, recommend
 register_catalog_commands(app)  # catalog ...
 register_serve_command(app)  # serve
+register_worker_command(app)  # worker [--check]
 register_training_commands(app)  # data, train, eval
 register_reasoner_commands(app)  # reasoner ...
 app.command("demo")(demo)

@@ -8,8 +8,9 @@ so a job runs the same code whether a front-end or a worker runs it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.jobs.runner import PreviewResult, ReasonRequest, TokenCallback
 from bot.service.pool import ModelPool, StatusCallback, notify
@@ -77,6 +78,10 @@ class InProcessRunner:
             request.title, request.track_sha, list(request.tags), feedback=request.feedback, video_words=request.video_words,
             fallback=request.fallback, on_reason_token=on_token, timeout_s=request.timeout_s,
         )  # fmt: skip
+
+    async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
+        await self.pool.run(int)
+        return {"worker": "in-process", "pid": os.getpid()}
 
     async def close(self) -> None:
         """Nothing of its own: the pool belongs to the application (bot/app.py) or the service."""

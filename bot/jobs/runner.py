@@ -38,7 +38,8 @@ VIDEO_FEATURES = "video_features"
 EXCERPT = "excerpt"
 PREVIEW = "preview"
 REASON = "reason"
-JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON)
+PING = "ping"  # a round trip with no model work (health, the queue's overhead)
+JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, PING)
 
 TokenCallback = Callable[[str], Awaitable[None] | None]
 
@@ -113,20 +114,25 @@ class ModelRunner(Protocol):
         """(reason, reason_source): the LLM's reason (tokens to `on_token`, in order), else the labelled fallback."""
         ...
 
+    async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
+        """A round trip through the runner's pool (and queue) with no model work."""
+        ...
+
     async def close(self) -> None: ...
 
 
 __all__ = [
     "EXCERPT",
     "JOB_KINDS",
+    "PING",
+    "PREVIEW",
+    "REASON",
+    "VIDEO_FEATURES",
     "JobFailedError",
     "JobTimeoutError",
     "ModelRunner",
-    "PREVIEW",
     "PreviewResult",
     "QueueFullError",
-    "REASON",
     "ReasonRequest",
     "TokenCallback",
-    "VIDEO_FEATURES",
 ]
