@@ -61,6 +61,7 @@ WAIT_STEP_S = 2.0  # seconds between two looks at a job's status while waiting o
 STREAM_BLOCK_MS = 1000  # XREAD BLOCK of the reason-token stream, ms
 STREAM_MAXLEN = 2000  # entries kept in a reason-token stream
 STREAM_TTL_S = 600  # seconds a reason-token stream lives after its last entry
+ABORT_MARK_S = 6.0  # seconds SAQ refuses a key after aborting a job under it (its abort mark lives 5 s)
 REASON_MARGIN_S = 2  # seconds a reason job may run past the reasoner's own limit (it falls back by itself then)
 REASON_SOURCE_TAGS = "tag summary"  # bot/service/reasons.py (not imported: that module loads the engine's reasoner deps lazily anyway)
 
@@ -288,15 +289,7 @@ class SaqRunner:
                     f"I have too many requests right now ({waiting} waiting); please try again in a minute.",
                     f"queue {queue.name} holds {waiting} jobs, limit {self.queue_limit}",
                 )
-            new = Job(function=kind, kwargs=kwargs, key=key, **policy.job_fields())
-            if await queue.enqueue(new) is not None:
-                self.enqueued += 1
-                job = new
-            else:  # someone else enqueued it a moment ago
-                job = await queue.job(key)
-                self.reused += 1
-                if job is None:
-                    raise JobFailedError("Something went wrong on my side; please try again.", f"job {key} vanished")
+            job = await self._enqueue(queue, Job(function=kind, kwargs=kwargs, key=key, **policy.job_fields()))
         else:
             self.reused += 1
         await self._tell_position(queue, job, on_status)
@@ -311,6 +304,24 @@ class SaqRunner:
         if _is_error(result):
             raise_error(result["error"])
         return result
+
+    async def _enqueue(self, queue: Queue, new: Job) -> Job:
+        """Enqueue `new`, or the job already queued under its key (a double click).
+
+        SAQ also refuses a key for a few seconds after a job under it was aborted (its abort mark,
+        e.g. a sweep of a timed-out attempt): then this tries again until the mark expires."""
+        deadline = time.monotonic() + ABORT_MARK_S
+        while True:
+            if await queue.enqueue(new) is not None:
+                self.enqueued += 1
+                return new
+            job = await queue.job(new.key)
+            if job is not None and job.status not in TERMINAL_STATUSES:
+                self.reused += 1
+                return job
+            if time.monotonic() > deadline:
+                raise JobFailedError("Something went wrong on my side; please try again.", f"job {new.key} cannot be queued")
+            await asyncio.sleep(0.2)
 
     async def _tell_position(self, queue: Queue, job: Job, on_status: StatusCallback | None) -> None:
         if on_status is None:
