@@ -52,6 +52,7 @@ from bot.service.catalog_layout import (
     FEATURES_DIR,
     catalog_schema,
 )
+from bot.service.contract import CardEvent
 from bot.service.conversation import ReplyKind, ServiceConfig
 from bot.settings import Settings
 from engine import media as media_mod
@@ -77,7 +78,7 @@ CLIP_SECONDS = 30.0
 CLIP_SIZE = "1280:720"
 FEEDBACK = ["more drums", "another", "calmer, no vocals", "more upbeat", "another", "less epic, more piano",
             "under 3 minutes", "another", "happier", "slower"]  # fmt: skip
-TARGETS = {"turn1_p50_s": 3.0, "later_p50_s": 0.3, "loop_lag_max_s": 0.1, "refresh_loop_lag_max_s": 0.1}
+TARGETS = {"turn1_card_p50_s": 3.0, "turn1_p50_s": 3.0, "later_p50_s": 0.3, "loop_lag_max_s": 0.1, "refresh_loop_lag_max_s": 0.1}
 MUSIC = Path.home() / ".cache" / "musechat" / "music" / "wesnoth-1.16-music" / "battle-epic.ogg"
 TITLE_WORDS = ["river", "night", "storm", "garden", "echo", "summer", "iron", "glass", "morning", "ember", "harbor", "dust"]
 
@@ -87,6 +88,7 @@ class Figures:
     tracks: int
     workers: int
     turn1_s: list[float] = field(default_factory=list)
+    turn1_card_s: list[float] = field(default_factory=list)  # to the card event (the reason may follow)
     turn1_stages_s: dict[str, float] = field(default_factory=dict)  # median per stage
     later_s: list[float] = field(default_factory=list)
     later_stages_s: dict[str, float] = field(default_factory=dict)
@@ -113,6 +115,7 @@ class Figures:
             "tracks": self.tracks,
             "workers": self.workers,
             "turn1_p50_s": p(self.turn1_s, 50),
+            "turn1_card_p50_s": p(self.turn1_card_s, 50),
             "turn1_max_s": max(self.turn1_s) if self.turn1_s else float("nan"),
             "later_p50_s": p(self.later_s, 50),
             "later_p90_s": p(self.later_s, 90),
@@ -346,8 +349,15 @@ async def run(args: argparse.Namespace) -> Figures:
         for r in range(args.turn1_runs):
             video = variant(clip, videos, f"{run_id}-solo-{r}")
             t = time.perf_counter()
-            reply = await svc.start(video=video, channel_id=f"{run_id}-solo-{r}", user_id="bench")
+            card_at: list[float] = []
+
+            def on_event(event, t=t, card_at=card_at) -> None:  # noqa: ANN001 - the time the card went out
+                if isinstance(event, CardEvent):
+                    card_at.append(time.perf_counter() - t)
+
+            reply = await svc.start(video=video, channel_id=f"{run_id}-solo-{r}", user_id="bench", events=on_event)
             figures.turn1_s.append(time.perf_counter() - t)
+            figures.turn1_card_s.append(card_at[0])
             assert reply.kind is ReplyKind.RECOMMENDATION
             t1_timings.append(dict(reply.timings))
             counter.armed = True

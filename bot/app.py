@@ -111,16 +111,18 @@ class App:
                     open_catalog, url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir,
                     schema=catalog_schema(cfg, fusion=settings.fusion_checkpoint is not None),
                 )  # fmt: skip
-        except BaseException:
+            media = MediaStore(
+                settings.media_dir,
+                max_file_bytes=settings.max_upload_bytes,
+                retention=RetentionPolicy(
+                    max_age_s=settings.media_max_age_days * 86400.0, max_total_bytes=int(settings.media_max_total_mb * 2**20)
+                ),
+            )
+        except BaseException:  # nothing half-open is left behind
+            if store is not None:
+                store.close()
             await sql.dispose()
             raise
-        media = MediaStore(
-            settings.media_dir,
-            max_file_bytes=settings.max_upload_bytes,
-            retention=RetentionPolicy(
-                max_age_s=settings.media_max_age_days * 86400.0, max_total_bytes=int(settings.media_max_total_mb * 2**20)
-            ),
-        )
         pool = ModelPool(config.workers)
         return cls(
             settings=settings, sql=sql, catalog=store, media=media, profile=profile, config=config, pool=pool,

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # --- platforms (DESIGN.md, "The adapter contract"; README "Platform set-up") -------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token; set: `serve` runs the Discord adapter")
     discord_message_content: bool = Field(False, description="Discord: the privileged message-content intent is on in the portal")
+    discord_guild_ids: str = Field("", description="Discord: guild ids (comma-separated) the bot answers in; empty: all")
+    discord_channel_ids: str = Field("", description="Discord: channel ids (comma-separated) the bot answers in (threads: their parent); empty: all")
+    discord_admin_role_ids: str = Field("", description="Discord: role ids (comma-separated) allowed /music-admin besides Manage Server")
+    cooldown_turns: float = Field(6.0, description="per-user cooldown: turns a user may ask for in a burst (0: no cooldown)")
+    cooldown_refill_per_min: float = Field(6.0, description="per-user cooldown: turns given back per minute")
     slack_bot_token: SecretStr | None = Field(None, description="Slack bot token (xoxb-...); set: `serve` runs the Slack adapter")
     slack_app_token: SecretStr | None = Field(None, description="Slack app-level token (xapp-...) for Socket Mode")
     slack_signing_secret: SecretStr | None = Field(None, description="Slack signing secret (HTTP mode)")

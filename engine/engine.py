@@ -34,7 +34,14 @@ import torch
 from engine.media import MediaLimits
 from engine.steering import Preference
 from engine.video import VideoFeatures, video_features
-from engine.zeroshot import Candidates, ScoreBreakdown, TrackFeatures, ZeroShotScorer, ZeroShotWeights, standardise
+from engine.zeroshot import (
+    Candidates,
+    ScoreBreakdown,
+    TrackFeatures,
+    ZeroShotScorer,
+    ZeroShotWeights,
+    standardise,
+)
 
 log = logging.getLogger(__name__)
 

@@ -261,6 +261,16 @@ FIT_HEIGHTS = ((1500, 720), (600, 480), (0, 360))  # (video kbit/s at least, lar
 FIT_ATTEMPTS = 2  # encodes tried before giving up (each at 85 % of the previous bitrate)
 
 
+def human_bytes(n: int) -> str:
+    """A byte count as people read it: "10 MiB", "1.5 MiB", "500 KiB", "900 bytes"."""
+    if n >= 2**20:
+        mib = n / 2**20
+        return f"{mib:.0f} MiB" if mib >= 10 or mib == int(mib) else f"{mib:.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n} bytes"
+
+
 class PreviewTooLargeError(RenderError):
     """A preview cannot fit the byte budget at a watchable bitrate."""
 
@@ -295,13 +305,13 @@ def fit_preview(
     video_kbps = int(max_bytes * 8 * FIT_MARGIN / duration_s / 1000) - FIT_AUDIO_KBPS
     for _ in range(FIT_ATTEMPTS):
         if video_kbps < MIN_FIT_VIDEO_KBPS:
-            mib = max_bytes / 2**20
+            limit = human_bytes(max_bytes)
             raise PreviewTooLargeError(
-                f"your {duration_s:.0f} s video cannot fit this platform's {mib:.0f} MiB upload limit at a watchable "
+                f"your {duration_s:.0f} s video cannot fit this platform's {limit} upload limit at a watchable "
                 f"quality; send a clip shorter than {max(1, int(duration_s * video_kbps / MIN_FIT_VIDEO_KBPS))} s "
                 "for a preview",
                 user_message=(
-                    f"The preview of your {duration_s:.0f} s video would not fit the {mib:.0f} MiB upload limit here "
+                    f"The preview of your {duration_s:.0f} s video would not fit the {limit} upload limit here "
                     "at a watchable quality. Send a shorter clip, or use the excerpt above."
                 ),
             )

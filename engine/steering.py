@@ -335,7 +335,10 @@ class TagVocabulary:
     @classmethod
     def musicnn(cls) -> TagVocabulary:
         """The 50 MTT + 50 MSD tags of musicnn (DESIGN.md "Catalog tags"), as "mtt:x" / "msd:x"."""
-        from musicnn.configuration import MSD_LABELS, MTT_LABELS  # plain lists; no TensorFlow
+        from musicnn.configuration import (  # plain lists; no TensorFlow
+            MSD_LABELS,
+            MTT_LABELS,
+        )
 
         return cls.from_names([f"mtt:{t}" for t in MTT_LABELS] + [f"msd:{t}" for t in MSD_LABELS])
 

@@ -51,7 +51,16 @@ import torch
 
 from engine.encoders.base import TextEncoder
 from engine.encoders.musicnn import MSD_PREFIX, MTT_PREFIX, TOP_K_TAGS, top_tags
-from engine.media import CorruptMediaError, MediaError, MediaInfo, MediaLimits, Segment, decode_audio, plan_segments, probe
+from engine.media import (
+    CorruptMediaError,
+    MediaError,
+    MediaInfo,
+    MediaLimits,
+    Segment,
+    decode_audio,
+    plan_segments,
+    probe,
+)
 from engine.profiles import Encoders
 from engine.render import EXCERPT_S
 from engine.rhythm import rhythm

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from engine.encoders.base import ImageEncoder
-from engine.media import CorruptMediaError, MediaLimits, Segment, decode_frames_and_motion, plan_segments, probe
+from engine.media import (
+    CorruptMediaError,
+    MediaLimits,
+    Segment,
+    decode_frames_and_motion,
+    plan_segments,
+    probe,
+)
 
 log = logging.getLogger(__name__)
 

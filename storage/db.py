@@ -229,8 +229,8 @@ def _install_error_translation(engine: AsyncEngine, *, schema: str | None, conne
     @event.listens_for(sync_engine, "handle_error")
     def _error(ctx: ExceptionContext) -> None:
         exc = ctx.original_exception
-        if isinstance(exc, DatabaseUnavailableError):
-            return
+        if isinstance(exc, DatabaseUnavailableError) or not isinstance(exc, Exception):
+            return  # a cancelled task (CancelledError) or an interrupt is not a dead database: it propagates as is
         connecting = ctx.connection is None and ctx.execution_context is None
         if connecting or (ctx.is_disconnect and not ctx.is_pre_ping):
             raise DatabaseUnavailableError(describe(exc)) from exc

@@ -12,6 +12,7 @@ from bot.cli.chat import register_chat_commands
 from bot.cli.common import EXIT_UNAVAILABLE, EXIT_USER_ERROR, console
 from bot.cli.db import register_db_commands
 from bot.cli.demo import demo
+from bot.cli.discord import register_discord_commands
 from bot.cli.models import register_model_commands
 from bot.cli.reasoner import register_reasoner_commands
 from bot.cli.serve import register_serve_command
@@ -43,6 +44,7 @@ register_chat_commands(app)  # chat, recommend
 register_catalog_commands(app)  # catalog ...
 register_serve_command(app)  # serve
 register_worker_command(app)  # worker [--check]
+register_discord_commands(app)  # discord sync-commands
 register_training_commands(app)  # data, train, eval
 register_reasoner_commands(app)  # reasoner ...
 app.command("demo")(demo)

@@ -122,6 +122,15 @@ def chosen_platforms(settings: Settings, platform: str) -> list[str]:
     return wanted
 
 
+def cooldowns(settings: Settings, sql: Any) -> Any:
+    """Per-user cooldowns kept in SQL (a token bucket per user: they survive a restart); None when off."""
+    if settings.cooldown_turns <= 0 or settings.cooldown_refill_per_min <= 0:
+        return None
+    from storage.rate_limit_store import RateLimitStore
+
+    return RateLimitStore(sql, capacity=settings.cooldown_turns, refill_per_s=settings.cooldown_refill_per_min / 60.0)
+
+
 def build_adapters(names: list[str], service: Any, settings: Settings, app: Any = None) -> list[Any]:
     """The adapter objects (imported only when configured: their platform libraries load then).
 
@@ -131,7 +140,12 @@ def build_adapters(names: list[str], service: Any, settings: Settings, app: Any 
         if name == "discord":
             from bot.adapters.discord import DiscordAdapter
 
-            adapters.append(DiscordAdapter(service, settings))
+            adapters.append(
+                DiscordAdapter(
+                    service, settings, catalog_admin=app.admin() if app is not None else None,
+                    limiter=cooldowns(settings, app.sql) if app is not None else None,
+                )  # fmt: skip
+            )
         elif name == "slack":
             from bot.adapters.slack import SlackAdapter
 
@@ -139,6 +153,7 @@ def build_adapters(names: list[str], service: Any, settings: Settings, app: Any 
                 SlackAdapter(
                     service, settings, http_host=settings.slack_http_host,
                     catalog_admin=app.admin() if app is not None else None, admin_user_ids=settings.slack_admins,
+                    limiter=cooldowns(settings, app.sql) if app is not None else None,
                 )  # fmt: skip
             )
     return adapters

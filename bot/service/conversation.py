@@ -1,8 +1,10 @@
 """The conversation service: one video (or a few words), then as many turns of feedback as the user likes.
 
 DESIGN.md, "Data flow of one conversation", for every platform (terminal, Discord, Slack). An
-adapter hands the service a video and/or text and gets back a `Reply` dataclass to format. The
-turns follow the paper's two-turn protocol, extended to any number of turns (section 5):
+adapter speaks the contract of bot/service/contract.py: `start` (a video and/or words, with the
+platform keys), `message` (free words) and `act` (a button's structured `Action`); while a request
+runs the service emits its events (status, the card as soon as chosen, the reason's tokens, the
+final reply) and returns the `Reply`. The turns follow the paper's two-turn protocol, extended to any number of turns (section 5):
 
 - turn 1: the video (plus the user's words, if any): `Engine.query(video=..., text=...)`;
 - turn k >= 2: the video + the track recommended at turn k-1 as the candidate music x_mc (section
@@ -24,9 +26,11 @@ the conversation's SQL rows recommended. Each turn retrieves `candidate_pool` ca
 nearest-neighbour search on `Query.vector_name`, or a recommend query), fetches their vectors,
 re-ranks them (`Query.rerank`) and answers with the best.
 
-Persistence and restarts: every step is written through `ConversationStore` before the reply is
-returned (the feedback row on the previous turn, then the new turn with its recommendations, or
-with none when the catalog has no matching track left). Nothing else is kept between turns: the
+Persistence and restarts: every step is written through `ConversationStore` before the card goes
+out, in one transaction per turn (the feedback row on the previous turn, the new turn with its
+recommendations, or with none when the catalog has no matching track left, and the status); the
+LLM's reason, written after the card, then replaces the recommendation's tag summary. "Use this"
+records the choice once the preview exists. Nothing else is kept between turns: the
 state is derived from SQL, the video's features are cached in the media store (the serialised
 `VideoFeatures`, found through a small key file `<media root>/keys/video-features/...`, since the
 store itself is addressed by content), and the uploaded video is in the media store too. A new
@@ -34,16 +38,22 @@ process on the same database and catalog continues any conversation, and no audi
 during a conversation: excerpts come from the indexer (bot/service/catalog_admin.py); only when one is
 missing is it cut on the spot, within `excerpt_budget_s`, else the reply says it is unavailable.
 
+Buttons (`act`): only the conversation's owner may press them; a button of an older card than the
+latest raises `OutdatedActionError` ("start over" always works); a second "use this" on the same
+card raises `DuplicateActionError`. "Start over" forgets the feedback and rejections so far and
+answers a fresh first pick for the same video (nothing shown is shown again).
+
 Concurrency: one turn at a time per conversation (`storage.locks.conversation_lock`), any number
 of conversations at once. Model work (video decoding and embedding, query encoding, catalog
-search, re-ranking, ffmpeg renders) runs off the event loop in a bounded pool (`ModelPool`: a
-thread pool of N workers behind an asyncio semaphore of N); a request that has to wait for a
-worker is told how many requests are ahead of it through its `on_status` callback.
+search, re-ranking, ffmpeg renders) runs off the event loop in the model pool (bot/service/pool.py:
+N threads, an interactive lane before the catalog lane a refresh uses); a request that has to wait
+is told how many requests are ahead of it (a `StatusEvent`). While `drain` runs (shutdown), new
+requests are refused with `ShuttingDownError` and those in flight finish.
 
 A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
 `reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
-reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within
-`reasoner_timeout_s`, labelled by what its prompt held ("llm (title + tags, untrained soft token
+reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within the
+platform's `ReplyOptions.reason_budget_s` (default `reasoner_timeout_s`), after the card, labelled by what its prompt held ("llm (title + tags, untrained soft token
 left out)" or "llm + music token"). `ServiceConfig.reasoner = "http"` asks an OpenAI-compatible
 server instead (bot/service/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
 text only, labelled "llm via http (title + tags)". When either fails or times out, the tag summary is
@@ -125,6 +135,7 @@ from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
+from engine.render import human_bytes
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
 from storage.catalog.ids import track_id_for
 from storage.conversation_store import (
@@ -576,7 +587,7 @@ class ConversationService:
             path = None if rendered.media_key is None else self.media.path_for(rendered.media_key)
             note = rendered.too_large
             if rendered.fitted and budget is not None:
-                note = f" (re-encoded to fit the {budget / 2**20:.0f} MiB upload limit here)"
+                note = f" (re-encoded to fit the {human_bytes(budget)} upload limit here)"
             preview = None if path is None else MediaFile.of(path, f"musechat-{safe_filename(payload.title)}.mp4")
             # the choice is recorded once the preview exists (or cannot exist): a failed render records nothing
             await self.store.record_feedback(
@@ -710,7 +721,7 @@ class ConversationService:
         writes_reason = self.config.reasoner != REASONER_OFF
         reply = Reply(
             ReplyKind.RECOMMENDATION, conv.id, turn.index, mode, tracks=tuple(cards), understood=understood,
-            unmatched=unmatched, filters=plan.filters.describe(), ranking=shown, timings=timings,
+            unmatched=unmatched, filters=plan.filters.describe(), ranking=shown, timings=dict(timings),
             actions=AFTER_RECOMMENDATION, reason_pending=writes_reason,
         )  # fmt: skip
         await out.card(reply)  # the card never waits for the reason

@@ -45,7 +45,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from engine.encoders.base import ImageEncoder, MusicEmbedding, MusicEncoder, TextEncoder, TextTokens
+from engine.encoders.base import (
+    ImageEncoder,
+    MusicEmbedding,
+    MusicEncoder,
+    TextEncoder,
+    TextTokens,
+)
 from engine.encoders.efficientnet import frames_to_tensor, imagenet_labels, top_labels
 
 log = logging.getLogger(__name__)

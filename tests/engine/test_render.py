@@ -207,3 +207,13 @@ def test_the_same_cut_gives_the_same_bytes(stereo_track: Path, tmp_path: Path) -
     one = cut_excerpt(stereo_track, tmp_path / "one.ogg", start_s=3.0, duration_s=8.0)
     two = cut_excerpt(stereo_track, tmp_path / "two.ogg", start_s=3.0, duration_s=8.0)
     assert one.path.read_bytes() == two.path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(10 * 2**20, "10 MiB"), (25 * 2**20, "25 MiB"), (int(1.5 * 2**20), "1.5 MiB"), (500 * 1024, "500 KiB"), (900, "900 bytes"), (2**20, "1 MiB")],
+)
+def test_human_bytes(n: int, text: str) -> None:
+    from engine.render import human_bytes
+
+    assert human_bytes(n) == text

@@ -186,3 +186,30 @@ async def test_ensure_schema_only_checks_postgres_unless_asked(pg_target: SqlTar
 
 async def test_check_connection_on_a_live_database(sql_engine: AsyncEngine) -> None:
     await check_connection(sql_engine)
+
+
+async def test_a_cancelled_query_is_a_cancellation_not_a_dead_database(pg_target) -> None:  # noqa: ANN001
+    """A user who leaves cancels their turn mid-query: that must not read as "database unavailable".
+
+    PostgreSQL only: asyncpg interrupts the query; SQLite's thread runs a query to its end."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    engine = pg_target.engine()
+    slow = "SELECT pg_sleep(5)"
+
+    async def query() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(slow))
+
+    try:
+        task = asyncio.create_task(query())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with engine.connect() as conn:  # and the database still serves
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
+COOLDOWN = "You are going a little fast: try again in {seconds} s."
 EVENTS_PATH = "/slack/events"
 REASON_BUDGET_S = 60.0  # seconds the LLM may write a reason: Slack shows it as it grows
 FILE_LIMIT_BYTES = 2**30  # Slack's per-file upload limit (files_upload_v2): previews up to 1 GiB
@@ -96,11 +98,13 @@ class SlackAdapter:
         http_host: str = "0.0.0.0",
         catalog_admin: Any = None,  # bot.service.catalog_admin.CatalogAdmin: enables /music-admin
         admin_user_ids: Collection[str] = (),  # Slack user ids allowed to use /music-admin
+        limiter: Any = None,  # per-user cooldowns kept in SQL (storage.rate_limit_store.RateLimitStore); None: none
     ) -> None:
         if settings.slack_bot_token is None:
             raise ValueError("Slack needs a bot token: set MUSECHAT_SLACK_BOT_TOKEN (xoxb-...)")
         self.service = service
         self.settings = settings
+        self.limiter = limiter
         self.mode = (settings.slack_mode or "socket").lower()
         if self.mode not in ("socket", "http"):
             raise ValueError(f"MUSECHAT_SLACK_MODE must be socket or http, not {settings.slack_mode!r}")
@@ -463,6 +467,13 @@ class SlackAdapter:
         The placeholder appears with the service's first status event (a start posts its own at
         once), so a refused click (not the owner, an old card) leaves nothing in the thread.
         """
+        if self.limiter is not None:
+            decision = await self.limiter.acquire(platform=PLATFORM, user_key=reply.user_id)
+            if not decision.allowed:  # nothing public: a private note saying when to come back
+                wait = max(1, math.ceil(decision.retry_after_s))
+                log.info("slack: %s is cooling down (%d s)", reply.user_id, wait)
+                await self._ephemeral(reply.channel, reply.user_id, COOLDOWN.format(seconds=wait), thread_ts=reply.thread_ts)
+                return
         try:
             result = await call(reply.sink, self._options())
             await reply.finish(result)

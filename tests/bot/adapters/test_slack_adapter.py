@@ -720,3 +720,30 @@ async def test_tokens_never_reach_the_logs(fake: FakeSlack, service: ScriptedSer
             await adapter.close()
     assert "slack: U0USER starts a conversation in C0CHAN/4.2" in caplog.text
     assert BOT_TOKEN not in caplog.text and APP_TOKEN not in caplog.text and SIGNING_SECRET not in caplog.text
+
+
+async def test_a_user_going_too_fast_is_told_when_to_come_back_privately(fake: FakeSlack, service: ScriptedService, tmp_path: Path) -> None:
+    """Per-user cooldowns kept in SQL (the real RateLimitStore): the second turn of a burst of one is refused."""
+    from storage.db import default_sqlite_url, ensure_schema, make_engine
+    from storage.rate_limit_store import RateLimitStore
+
+    url = default_sqlite_url(tmp_path)
+    await ensure_schema(url)
+    engine = make_engine(url)
+    adapter = _adapter(fake, service, limiter=RateLimitStore(engine, capacity=1, refill_per_s=1 / 60))
+    try:
+        await dispatch(adapter, file_share(fake, ts="1700000100.000100"))
+        reply = {"type": "message", "user": USER, "text": f"<@{BOT_USER_ID}> more drums", "ts": "1700000300.000001",
+                 "thread_ts": "1700000100.000100", "channel": CHANNEL, "channel_type": "channel", "team": TEAM_ID}  # fmt: skip
+        posts_before = len(fake.calls("chat.postMessage"))
+        await dispatch(adapter, event_body(reply, event_id="Ev2"))
+        await _until(lambda: fake.calls("chat.postEphemeral"))
+        (eph,) = fake.calls("chat.postEphemeral")
+        assert eph.args["user"] == USER and "try again in" in eph.args["text"] and eph.args["thread_ts"] == "1700000100.000100"
+        import re
+
+        assert 50 <= int(re.search(r"try again in (\d+) s", eph.args["text"]).group(1)) <= 60  # a token comes back after a minute
+        assert service.kinds() == ["start"] and len(fake.calls("chat.postMessage")) == posts_before  # nothing public
+    finally:
+        await adapter.close()
+        await engine.dispose()

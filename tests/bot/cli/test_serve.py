@@ -151,3 +151,12 @@ def test_logs_never_carry_tokens_or_url_signatures(message: str, leaked: str) ->
     assert leaked not in record.getMessage() and "[redacted]" in record.getMessage()
 
 
+
+
+def test_cooldowns_come_from_the_settings_and_can_be_turned_off() -> None:
+    from bot.cli.serve import cooldowns
+    from storage.rate_limit_store import RateLimitStore
+
+    limiter = cooldowns(Settings(_env_file=None, cooldown_turns=4, cooldown_refill_per_min=12), sql=object())
+    assert isinstance(limiter, RateLimitStore) and limiter.capacity == 4 and limiter.refill_per_s == pytest.approx(0.2)
+    assert cooldowns(Settings(_env_file=None, cooldown_turns=0), sql=object()) is None

@@ -507,7 +507,10 @@ async def test_a_cancelled_waiter_does_not_take_the_shared_decode_from_the_other
     svc = env.service
     data = bunny_mp4.read_bytes()
     first = asyncio.create_task(svc.start(video=data, channel_id="same-1", user_id="a"))
-    await asyncio.sleep(0.3)  # the first is decoding
+    deadline = time.monotonic() + 60
+    while not env.calls:  # the first is decoding (the engine was called on a model thread)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     second = asyncio.create_task(svc.start(video=data, channel_id="same-2", user_id="b"))
     await asyncio.sleep(0.1)
     first.cancel()

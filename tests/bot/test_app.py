@@ -1,0 +1,55 @@
+"""bot/app.py: the composition root opens storage once per process and shares it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bot.app import App, RandomWeightsError
+from bot.settings import Settings
+from engine.profiles import Encoders, UnknownProfileError
+from storage.catalog import CatalogLockedError
+from tests.helpers.service import built, tiny  # noqa: F401 - fixtures
+
+
+def settings_for(data: Path, **kw: object) -> Settings:
+    return Settings(_env_file=None, data_dir=data, profile="tiny", **kw)  # type: ignore[arg-type]
+
+
+async def test_the_service_and_the_admin_share_one_catalog_database_and_pool(built: Path, tmp_path: Path, tiny: Encoders) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(built / "data", data)
+    app = await App.open(settings_for(data, allow_random_weights=True), encoders=tiny)
+    try:
+        svc = await app.service()
+        admin = app.admin()
+        assert svc.catalog is app.catalog is admin.catalog
+        assert svc.sql is app.sql and svc.pool is app.pool is admin.pool
+        assert await app.service() is svc  # the models load once
+        assert (await admin.status()).live_points == svc.catalog.count() > 0
+        # a second process (here: a second App) cannot open the embedded catalog
+        with pytest.raises(CatalogLockedError):
+            await App.open(settings_for(data, allow_random_weights=True))
+    finally:
+        await app.close()
+    await app.close()  # closing twice is harmless
+    again = await App.open(settings_for(data))  # the lock went with the first app
+    await again.close()
+
+
+async def test_random_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
+    app = await App.open(settings_for(tmp_path / "data"))
+    try:
+        with pytest.raises(RandomWeightsError) as refused:
+            await app.service()
+        assert "MUSECHAT_ALLOW_RANDOM_WEIGHTS" in refused.value.user_message
+    finally:
+        await app.close()
+
+
+async def test_an_unknown_profile_fails_before_anything_is_opened(tmp_path: Path) -> None:
+    with pytest.raises(UnknownProfileError):
+        await App.open(Settings(_env_file=None, data_dir=tmp_path / "data", profile="huge"))
+    assert not (tmp_path / "data").exists()
