@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -40,14 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from redis import Redis  # noqa: E402
+from redis import Redis
 
-from bot.app import App  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from engine.media import ffmpeg_binary  # noqa: E402
-from engine.profiles import load_encoders  # noqa: E402
-from tests.helpers.service import LICENCES, index, make_clips  # noqa: E402
-from tests.helpers.sql import POSTGRES_URL, create_pg_schema, drop_pg_schema, head_sql  # noqa: E402
+from bot.app import App
+from bot.settings import Settings
+from engine.media import ffmpeg_binary
+from engine.profiles import load_encoders
+from tests.helpers.service import LICENCES, index, make_clips
+from tests.helpers.sql import POSTGRES_URL, create_pg_schema, drop_pg_schema, head_sql
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MUSIC_DIR = Path(os.environ.get("MUSECHAT_MUSIC_DIR", Path.home() / ".cache" / "musechat" / "music"))
@@ -192,7 +191,6 @@ async def overhead(args: argparse.Namespace, data: Path, queues: tuple[str, str]
     finally:
         await app.close()
     from bot.jobs.saq_runner import SaqRunner
-
     from storage.media_store import MediaStore
 
     runner = await SaqRunner.open(s, media=MediaStore(data / "media"), features_tag=f"{args.profile}:1")

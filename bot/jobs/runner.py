@@ -39,7 +39,8 @@ EXCERPT = "excerpt"
 PREVIEW = "preview"
 REASON = "reason"
 PING = "ping"  # a round trip with no model work (health, the queue's overhead)
-JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, PING)
+CATALOG_REFRESH = "catalog_refresh"  # the `catalog` queue (SAQ runner only): a whole refresh, with heartbeats
+JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, PING, CATALOG_REFRESH)
 
 TokenCallback = Callable[[str], Awaitable[None] | None]
 
@@ -122,6 +123,7 @@ class ModelRunner(Protocol):
 
 
 __all__ = [
+    "CATALOG_REFRESH",
     "EXCERPT",
     "JOB_KINDS",
     "PING",

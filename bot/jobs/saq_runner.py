@@ -37,6 +37,7 @@ from saq import Job, Queue
 from saq.job import TERMINAL_STATUSES, Status
 
 from bot.jobs.runner import (
+    CATALOG_REFRESH,
     EXCERPT,
     PING,
     PREVIEW,
@@ -236,6 +237,12 @@ class SaqRunner:
                     log.warning("reason job %s: its token stream did not end", job_key)
         return str(result["reason"]), str(result["source"])
 
+    async def catalog_refresh(self, *, trigger: str = "queue", job_key: str = CATALOG_REFRESH) -> dict[str, Any]:
+        """A catalog refresh on a worker, through the `catalog` queue (long, heartbeats): what it did.
+
+        One key for every refresh: a second request while one is queued or running joins it."""
+        return await self._run(CATALOG_REFRESH, {"trigger": trigger}, key=job_key, queue=self.catalog, reuse=False)
+
     async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
         return await self._run(PING, {}, key=job_key or f"{PING}:{uuid.uuid4().hex}")
 
@@ -273,13 +280,15 @@ class SaqRunner:
 
     async def _run(
         self, kind: str, kwargs: dict[str, Any], *, key: str, on_status: StatusCallback | None = None,
-        queue: Queue | None = None, policy: JobPolicy | None = None,
+        queue: Queue | None = None, policy: JobPolicy | None = None, reuse: bool = True,
     ) -> dict[str, Any]:  # fmt: skip
-        """Enqueue (or find) the job under `key`, tell its position, wait for its result; typed errors."""
+        """Enqueue (or find) the job under `key`, tell its position, wait for its result; typed errors.
+
+        `reuse`: a finished job's result under the same key answers again (content-addressed work)."""
         queue = queue or self.interactive
         policy = policy or (self.catalog_policy if queue is self.catalog else self.policy)
         job = await queue.job(key)
-        if job is not None and job.status == Status.COMPLETE and not _is_error(job.result):
+        if reuse and job is not None and job.status == Status.COMPLETE and not _is_error(job.result):
             self.reused += 1
             return job.result
         if job is None or job.status in TERMINAL_STATUSES:

@@ -32,6 +32,7 @@ from saq.types import Context
 
 from bot.jobs.local import InProcessRunner
 from bot.jobs.runner import (
+    CATALOG_REFRESH,
     EXCERPT,
     PING,
     PREVIEW,
@@ -136,13 +137,44 @@ async def reason(ctx: Context, *, request: dict[str, Any], stream: str) -> dict[
     return await _guarded(ctx, work)
 
 
+async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, Any]:
+    """Refresh the catalog (the `catalog` queue: long, with heartbeats); what the refresh did.
+
+    Opens the catalog for the length of the job (bot/app.py), with this worker's loaded encoders.
+    With a Qdrant server (the stack) any worker can; with the embedded catalog only a worker on a
+    machine where no front-end holds the catalog's lock can."""
+    import dataclasses
+
+    from bot.app import App
+
+    runner = _runner(ctx)
+    settings = ctx["worker"].context["settings"]
+
+    async def work() -> dict[str, Any]:
+        app = await App.open(settings, encoders=runner.engine.encoders)
+        own, app.pool = app.pool, runner.pool  # its model calls take the worker pool's catalog lane: users' jobs first
+        try:
+            report = await app.admin().refresh(trigger=trigger)
+        finally:
+            app.pool = own
+            await app.close()
+        fields = ("job_id", "version_name", "files", "tracks", "analysed", "reused", "added", "changed", "removed", "seconds")
+        d = dataclasses.asdict(report)
+        return {k: d[k] for k in fields} | {"failures": [str(f) for f in report.failures]}
+
+    return await _guarded(ctx, work)
+
+
 async def ping(ctx: Context) -> dict[str, Any]:
     """A round trip through the queue and the model pool (no model work): which worker answered."""
     await _runner(ctx).pool.run(int)
     return {"worker": str(ctx["worker"].id), "pid": os.getpid()}
 
 
-FUNCTIONS = [(VIDEO_FEATURES, video_features), (EXCERPT, excerpt), (PREVIEW, preview), (REASON, reason), (PING, ping)]
+FUNCTIONS = [
+    (VIDEO_FEATURES, video_features), (EXCERPT, excerpt), (PREVIEW, preview), (REASON, reason), (PING, ping),
+    (CATALOG_REFRESH, catalog_refresh),
+]  # fmt: skip
 
 
 # --- the process --------------------------------------------------------------------------------
@@ -160,6 +192,7 @@ def make_workers(settings: Any, runner: InProcessRunner) -> list[Worker]:
         )  # fmt: skip
         w.SIGNALS = []  # this process handles the signals (it stops both workers)
         w.context["runner"] = runner
+        w.context["settings"] = settings
         workers.append(w)
     return workers
 

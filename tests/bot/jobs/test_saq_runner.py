@@ -7,6 +7,7 @@ tests/bot/jobs/test_worker_processes.py runs `musechat worker` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +15,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bot.jobs.runner import JobTimeoutError, QueueFullError, ReasonRequest
+from bot.app import App
+from bot.jobs.runner import (
+    CATALOG_REFRESH,
+    JobTimeoutError,
+    QueueFullError,
+    ReasonRequest,
+)
 from bot.jobs.saq_runner import SaqRunner, stream_key
 from bot.service.contract import StatusEvent
 from bot.service.conversation import ReplyKind, ServiceConfig
@@ -30,7 +37,7 @@ from tests.bot.jobs.conftest import (  # noqa: F401
     queues,
 )
 from tests.conftest import lavfi
-from tests.helpers.service import built, tiny  # noqa: F401 - fixtures
+from tests.helpers.service import CLIPS, built, make_clips, tiny  # noqa: F401 - fixtures
 
 LOCAL_REASONS = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
 
@@ -187,3 +194,32 @@ async def test_a_reason_job_that_fails_leaves_the_labelled_tag_summary(data_copy
         text, source = await runner.reason(request, job_key="reason:x:1", on_token=lambda p: None)
     assert source == "tag summary"
     assert text == "Battle: epic. (The model's reason is unavailable: That took too long on my side (no model worker answered); please try again.)"
+
+
+async def test_a_catalog_refresh_runs_on_the_catalog_queue_beside_users_jobs(
+    data_copy: Path, tiny: Encoders, queues: Queues, music_dir: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    more = make_clips(music_dir, tmp_path / "more", [("hedgewars-data/Jungle.ogg", 20, "new"), ("supertux-data/forest.ogg", 20, "new")])
+    settings = job_settings(data_copy, queues, catalog_job_heartbeat_s=2)
+    admin_app = await App.open(settings.model_copy(update={"model_runner": "local"}), encoders=tiny)
+    try:
+        await admin_app.admin().add_folder(more["new"], licence="CC0-1.0")
+    finally:
+        await admin_app.close()
+    async with inproc_worker(settings, tiny) as worker:
+        runner = await SaqRunner.open(settings, media=worker.media, features_tag="tiny:1")
+        try:
+            refresh = asyncio.ensure_future(runner.catalog_refresh())
+            again = asyncio.ensure_future(runner.catalog_refresh())  # a second request joins the first
+            while not worker.pool.completed["catalog"]:
+                await asyncio.sleep(0.02)
+            pong = await asyncio.wait_for(runner.ping(), 10)  # a user's job is not stuck behind the refresh
+            report, joined = await asyncio.gather(refresh, again)
+            job = await runner.catalog.job(CATALOG_REFRESH)
+        finally:
+            await runner.close()
+    assert pong["pid"] == os.getpid()
+    assert report == joined and report["tracks"] == len(CLIPS) + 2 and report["failures"] == []
+    assert report["analysed"] == 2  # the new clips; the others came from the feature cache
+    assert runner.enqueued == 2  # the refresh (once) and the ping
+    assert job.heartbeat == 2 and job.timeout == settings.catalog_job_timeout_s and job.retries == settings.job_retries

@@ -38,9 +38,11 @@ CONVERSATIONS = 2  # per front-end: one starts with the video, one with words
 TURNS = 3
 
 
-def _check(queues: Queues) -> int:
-    env = os.environ | {"MUSECHAT_REDIS_URL": REDIS_URL, "PYTHONPATH": str(ROOT)} | queues.env()
-    return subprocess.run([sys.executable, "-m", "bot", "worker", "--check"], cwd=ROOT, env=env, capture_output=True, timeout=120).returncode
+def _check(names: Queues) -> int:
+    """`musechat worker --check`'s exit status."""
+    env = os.environ | {"MUSECHAT_REDIS_URL": REDIS_URL, "PYTHONPATH": str(ROOT)} | names.env()
+    cmd = [sys.executable, "-m", "bot", "worker", "--check"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120, check=False).returncode
 
 
 def _seen(lines: list[dict]) -> dict:
