@@ -15,7 +15,8 @@ Targets (issue 13, "Benchmark"), on this machine with the `lite` profile (`--pro
    (no answer, or an error) and turns answered twice (a duplicate answer line, or more turn rows
    in the database than turns asked), both must be 0; p95 turn latency.
 
-The catalog is the tests' 12 real clips (tests/helpers/service.py), indexed once into --workdir
+Each worker runs 1 model thread (MUSECHAT_MODEL_WORKERS=1, OMP_NUM_THREADS=1), each front-end 2
+(its own retrieval and re-ranking). The catalog is the tests' 12 real clips (tests/helpers/service.py), indexed once into --workdir
 with the chosen profile. Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (db `test`).
 
 Usage: .venv/bin/python benchmarks/bench_workers.py [--profile lite] [--pings 200] [--concurrent 50]
@@ -56,7 +57,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def base_env(args: argparse.Namespace, queues: tuple[str, str]) -> dict[str, str]:
@@ -247,7 +248,7 @@ def main() -> None:
                 report["overhead"] = asyncio.run(overhead(args, d, queues))
                 print("overhead", json.dumps(report["overhead"]), flush=True)
             spec = {"prefix": f"c{n_workers}", "n": args.concurrent, "turns": args.turns, "videos": clips,
-                    "env": {"MUSECHAT_DATA_DIR": str(d), "MUSECHAT_MODEL_RUNNER": "saq"}}  # fmt: skip
+                    "env": {"MUSECHAT_DATA_DIR": str(d), "MUSECHAT_MODEL_RUNNER": "saq", "MUSECHAT_MODEL_WORKERS": "2"}}  # fmt: skip
             lines, elapsed = run_frontends([spec], env, logs)
             report[f"concurrent_{n_workers}_workers"] = turn_stats(lines, args.concurrent * args.turns, elapsed)
             print(f"{n_workers} worker(s)", json.dumps(report[f"concurrent_{n_workers}_workers"]), flush=True)
@@ -271,7 +272,8 @@ async def load_run(args, data: Path, clips: Path, logs: Path, tag: str, fresh_da
     from storage.db import make_engine
 
     queues = (f"bench-{tag}-load-i", f"bench-{tag}-load-c")
-    env = base_env(args, queues) | {"MUSECHAT_DATABASE_URL": POSTGRES_URL, "MUSECHAT_MODEL_RUNNER": "saq"}
+    env = base_env(args, queues)  # the workers: no database of the front-ends' (they need none)
+    fe_env = env | {"MUSECHAT_DATABASE_URL": POSTGRES_URL, "MUSECHAT_MODEL_RUNNER": "saq", "MUSECHAT_MODEL_WORKERS": "2"}
     schema = await create_pg_schema(head_sql())
     try:
         a = fresh_data("load-a")
@@ -293,7 +295,7 @@ async def load_run(args, data: Path, clips: Path, logs: Path, tag: str, fresh_da
                 {"prefix": "fb", "n": args.load - half, "turns": args.turns, "videos": clips, "schema": schema,
                  "env": {"MUSECHAT_DATA_DIR": str(b)}},
             ]  # fmt: skip
-            lines, elapsed = await asyncio.to_thread(run_frontends, specs, env, logs)
+            lines, elapsed = await asyncio.to_thread(run_frontends, specs, fe_env, logs)
         finally:
             for w in workers:
                 w.stop()

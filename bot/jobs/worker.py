@@ -212,6 +212,7 @@ async def serve_jobs(
     try:
         for w in workers:
             await w.queue.connect()
+        await warn_unless_noeviction(workers[0].queue)
         tasks = [asyncio.create_task(w.start(), name=f"saq-{w.queue.name}") for w in workers]
         log.info("worker %s serving queues %s", workers[0].id, ", ".join(w.queue.name for w in workers))
         if ready is not None:
@@ -231,6 +232,20 @@ async def serve_jobs(
                 loop.remove_signal_handler(sig)
         for w in workers:
             await w.queue.disconnect()
+
+
+async def warn_unless_noeviction(queue: Queue) -> str | None:
+    """Log a warning unless Redis runs with `maxmemory-policy noeviction`: any other policy may drop
+    queued jobs under memory pressure (research/platforms.md §3.3). Returns the policy (None: unknown)."""
+    try:
+        policy = (await queue.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except Exception:  # noqa: BLE001 - a managed Redis may refuse CONFIG
+        log.info("could not read Redis's maxmemory-policy; it must be noeviction")
+        return None
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if policy != "noeviction":
+        log.warning("Redis maxmemory-policy is %r: set noeviction, or queued jobs may be evicted", policy)
+    return policy
 
 
 async def check_health(settings: Any) -> int:

@@ -223,3 +223,16 @@ async def test_a_catalog_refresh_runs_on_the_catalog_queue_beside_users_jobs(
     assert report["analysed"] == 2  # the new clips; the others came from the feature cache
     assert runner.enqueued == 2  # the refresh (once) and the ping
     assert job.heartbeat == 2 and job.timeout == settings.catalog_job_timeout_s and job.retries == settings.job_retries
+
+
+async def test_the_worker_reads_the_redis_eviction_policy(queues: Queues) -> None:  # noqa: F811
+    from saq import Queue
+
+    from bot.jobs.worker import warn_unless_noeviction
+
+    queue = Queue.from_url(REDIS_URL, name=queues.interactive)
+    await queue.connect()
+    try:
+        assert await warn_unless_noeviction(queue) == "noeviction"  # the test Redis runs as the stack's does
+    finally:
+        await queue.disconnect()
