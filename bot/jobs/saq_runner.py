@@ -22,8 +22,10 @@ raises them. Reason tokens come back through a Redis stream per job (`XADD` by t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import inspect
+import json
 import logging
 import math
 import time
@@ -96,6 +98,14 @@ class JobPolicy:
             "heartbeat": self.heartbeat_s,
             "ttl": self.ttl_s,
         }
+
+
+def keyed(job_key: str, payload: dict[str, Any]) -> str:
+    """`job_key` (conversation, turn, kind) with a digest of the payload: a double click (the same
+    request) finds the same job; a conversation id that comes back after a database was reset
+    (Redis keeps finished jobs for `job_ttl_s`) never finds another conversation's result."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{job_key}:{digest}"
 
 
 def stream_key(queue_name: str, job_key: str) -> str:
@@ -210,11 +220,12 @@ class SaqRunner:
         on_status: StatusCallback | None = None,
     ) -> PreviewResult:  # fmt: skip
         kwargs = {"video_sha": video_sha, "track_source": track_source, "start_s": start_s, "max_bytes": max_bytes}
-        result = await self._run(PREVIEW, kwargs, key=job_key, on_status=on_status)
+        result = await self._run(PREVIEW, kwargs, key=keyed(job_key, kwargs), on_status=on_status)
         return PreviewResult(result.get("key"), fitted=bool(result.get("fitted")), too_large=result.get("too_large") or "")
 
     async def reason(self, request: ReasonRequest, *, job_key: str, on_token: TokenCallback | None = None) -> tuple[str, str]:
         """The worker's reason; its tokens come through the job's stream while it writes (in order, one attempt's)."""
+        job_key = keyed(job_key, request.to_json())
         stream = stream_key(self.interactive.name, job_key)
         budget = request.timeout_s if request.timeout_s is not None else None
         policy = self.policy
