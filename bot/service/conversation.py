@@ -47,8 +47,11 @@ Concurrency: one turn at a time per conversation (`storage.locks.conversation_lo
 of conversations at once. Model work (video decoding and embedding, query encoding, catalog
 search, re-ranking, ffmpeg renders) runs off the event loop in the model pool (bot/service/pool.py:
 N threads, an interactive lane before the catalog lane a refresh uses); a request that has to wait
-is told how many requests are ahead of it (a `StatusEvent`). While `drain` runs (shutdown), new
-requests are refused with `ShuttingDownError` and those in flight finish.
+is told how many requests are ahead of it (a `StatusEvent`). The named model jobs (decoding and
+embedding a video, cutting an excerpt, rendering a preview, writing the LLM's reason) go through
+`self.runner` (bot/jobs/runner.py): this pool by default, or SAQ workers behind Redis
+(`MUSECHAT_MODEL_RUNNER=saq`); retrieval and re-ranking stay on this process's pool. While `drain`
+runs (shutdown), new requests are refused with `ShuttingDownError` and those in flight finish.
 
 A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
 `reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
