@@ -95,7 +95,7 @@ class Worker:
 def clean(queues: tuple[str, str]) -> None:
     r = Redis.from_url(REDIS_URL)
     for name in queues:
-        for pattern in (f"saq:{name}:*", f"musechat:{name}:*"):
+        for pattern in (f"saq:{name}:*", f"saq:job:{name}:*", f"musechat:{name}:*"):
             keys = list(r.scan_iter(pattern, count=1000))
             if keys:
                 r.delete(*keys)
