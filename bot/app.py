@@ -7,10 +7,13 @@ and nothing else opens storage. One `App` per process:
 - the catalog, opened ONCE: the embedded catalog takes a directory lock that a second open would
   refuse even inside this process, so the conversation service, the catalog admin and the
   scheduled refresh all share this one;
-- the media store; the model pool (interactive and catalog lanes, bot/service/pool.py);
+- the media store; the model pool (interactive and catalog lanes, bot/service/pool.py) and the
+  model runner (bot/jobs/: this pool, or SAQ workers when `MUSECHAT_MODEL_RUNNER=saq`);
 - the conversation service (`await app.service()`: loads the models once) and the catalog admin
   (`app.admin()`: shares the service's encoders once they are loaded, else loads its own lazily,
-  only when a refresh has something to embed).
+  only when a refresh has something to embed);
+- for `musechat worker`: `App.open(..., catalog=False)` (a worker needs no catalog, and must not
+  take the embedded catalog's lock) and `await app.worker_runner()` (the models, loaded once).
 
 The `tiny` profile has random weights: its recommendations are noise. Chats and `serve` refuse it
 unless `MUSECHAT_ALLOW_RANDOM_WEIGHTS` (or `allow_random_weights=True`, for tests) says otherwise.
@@ -72,6 +75,7 @@ class App:
         self._service: ConversationService | None = None
         self._service_lock = asyncio.Lock()
         self._admin: CatalogAdmin | None = None
+        self._runner: Any = None  # bot/jobs/saq_runner.py SaqRunner when the service sends its model jobs to workers
         self._closed = False
 
     @classmethod
@@ -84,6 +88,7 @@ class App:
         sql_schema: str | None = None,
         encoders: Any = None,
         progress: Progress | None = None,
+        catalog: bool = True,
     ) -> App:
         """Open storage (not the models: `service()` loads them). Raises the storage layer's errors
         (an unreachable database, an outdated PostgreSQL schema, a locked embedded catalog)."""
@@ -98,13 +103,14 @@ class App:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         await ensure_schema(settings.sql_url, schema=sql_schema)
         sql = make_engine(settings.sql_url, schema=sql_schema)
-        catalog = None
+        store: Any = None
         try:
-            say("opening the catalog")
-            catalog = await asyncio.to_thread(
-                open_catalog, url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir,
-                schema=catalog_schema(cfg, fusion=settings.fusion_checkpoint is not None),
-            )  # fmt: skip
+            if catalog:
+                say("opening the catalog")
+                store = await asyncio.to_thread(
+                    open_catalog, url=settings.qdrant_url, api_key=settings.qdrant_api_key, path=settings.catalog_dir,
+                    schema=catalog_schema(cfg, fusion=settings.fusion_checkpoint is not None),
+                )  # fmt: skip
             media = MediaStore(
                 settings.media_dir,
                 max_file_bytes=settings.max_upload_bytes,
@@ -113,13 +119,13 @@ class App:
                 ),
             )
         except BaseException:  # nothing half-open is left behind
-            if catalog is not None:
-                catalog.close()
+            if store is not None:
+                store.close()
             await sql.dispose()
             raise
         pool = ModelPool(config.workers)
         return cls(
-            settings=settings, sql=sql, catalog=catalog, media=media, profile=profile, config=config, pool=pool,
+            settings=settings, sql=sql, catalog=store, media=media, profile=profile, config=config, pool=pool,
             sql_schema=sql_schema, encoders=encoders,
         )  # fmt: skip
 
@@ -150,14 +156,51 @@ class App:
         say(f"loading the '{self.profile}' models")
         await asyncio.to_thread(engine.warm_up)
         features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
+        runner = None
+        if self.settings.model_runner == "saq":
+            from bot.jobs.saq_runner import SaqRunner
+
+            say("connecting to the job queue")
+            tag = f"{engine_config.profile}:{engine_config.query_fps:g}"
+            runner = self._runner = await SaqRunner.open(self.settings, media=self.media, features_tag=tag)
+        elif self.settings.model_runner != "local":
+            raise ValueError(f"unknown model runner {self.settings.model_runner!r}: choose local or saq")
         service = ConversationService(
             engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
             assets=TrackAssets(TrackStore(self.sql), features), config=self.config, limits=engine_config.limits,
-            ffmpeg=self.settings.ffmpeg_binary, pool=self.pool,
+            ffmpeg=self.settings.ffmpeg_binary, pool=self.pool, runner=runner,
         )  # fmt: skip
         await service.warm_up()
         settle_heap()
         return service
+
+    async def worker_runner(self, progress: Progress | None = None) -> Any:
+        """`musechat worker`'s in-process runner (bot/jobs/local.py): the models loaded and warmed up once."""
+        from bot.jobs.local import InProcessRunner
+        from bot.service.media import MediaRenderer
+        from bot.service.reasons import REASONER_LOCAL, ReasonWriter
+        from engine.engine import Engine
+
+        self.check_weights()
+        say = progress or (lambda _: None)
+        engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
+        engine = Engine(engine_config, encoders=self._encoders)
+        say(f"loading the '{self.profile}' models")
+        await asyncio.to_thread(engine.warm_up)
+        features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
+        assets = TrackAssets(TrackStore(self.sql), features)
+        renderer = MediaRenderer(
+            media=self.media, assets=assets, pool=self.pool, limits=engine_config.limits, ffmpeg=self.settings.ffmpeg_binary,
+            mix_original_sound=self.config.mix_original_sound,
+        )  # fmt: skip
+        reasons = ReasonWriter(config=self.config, engine=engine, assets=assets)
+        if self.config.reasoner == REASONER_LOCAL:
+            say("loading the reasoner")
+            await asyncio.to_thread(reasons.get_reasoner)
+        runner = InProcessRunner(self.pool, engine=engine, media=self.media, renderer=renderer, reasons=reasons)
+        renderer.runner = runner
+        settle_heap()
+        return runner
 
     # --- catalog administration -----------------------------------------------------------------
 
@@ -194,9 +237,12 @@ class App:
         try:
             if self._service is not None:
                 await self._service.close()
+            if self._runner is not None:
+                await self._runner.close()
             await asyncio.to_thread(self.pool.shutdown)
         finally:
-            self.catalog.close()
+            if self.catalog is not None:
+                self.catalog.close()
             await self.sql.dispose()
 
     async def __aenter__(self) -> App:

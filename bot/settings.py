@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     health_host: str = Field("127.0.0.1", description="`serve`: address of /healthz and /readyz")
     health_port: int = Field(8081, description="`serve`: port of /healthz and /readyz (0: none)")
     redis_url: str | None = Field(None, description="Redis URL: Slack event de-duplication, the job queue")
+    # --- the model runner and its job queue (bot/jobs/; README "Scaling out") ---------------
+    model_runner: str = Field("local", description="who runs model jobs: local (this process's pool) | saq (workers behind MUSECHAT_REDIS_URL)")
+    queue_interactive: str = Field("musechat-interactive", description="SAQ queue of users' model jobs")
+    queue_catalog: str = Field("musechat-catalog", description="SAQ queue of long catalog jobs (heartbeats)")
+    queue_limit: int = Field(200, description="waiting jobs above which a request is refused with a chat message")
+    job_timeout_s: int = Field(120, description="interactive job: time limit of one attempt, seconds")
+    job_retries: int = Field(3, description="interactive job: attempts in all (a worker lost mid-job is retried)")
+    job_retry_delay_s: float = Field(0.5, description="first retry delay, seconds (doubled each retry, with jitter)")
+    job_heartbeat_s: int = Field(6, description="interactive job: a worker silent this long is presumed dead, seconds")
+    catalog_job_timeout_s: int = Field(3600, description="catalog job: time limit of one attempt, seconds")
+    catalog_job_heartbeat_s: int = Field(60, description="catalog job: a worker silent this long is presumed dead, seconds")
+    job_ttl_s: int = Field(3600, description="how long a finished job's result is kept in Redis, seconds")
+    queue_sweep_s: float = Field(2.0, description="worker: how often stuck or orphaned jobs are swept, seconds")
+    worker_concurrency: int = Field(4, description="worker: interactive jobs at a time (model threads: model_workers)")
+    worker_drain_s: float = Field(30.0, description="worker: SIGTERM lets jobs in flight finish this long, seconds")
     allow_random_weights: bool = Field(False, description="let `serve`/`chat` run the tiny profile (random weights; tests only)")
     log_json: bool = Field(False, description="`serve`: one JSON object per log line")
 
@@ -144,6 +159,18 @@ class Settings(BaseSettings):
             reasoner_model=self.reasoner_model,
             reasoner_api_key=self.reasoner_api_key.get_secret_value() if self.reasoner_api_key else None,
         )
+
+    def interactive_policy(self):
+        """How interactive jobs run (bot/jobs/saq_runner.py `JobPolicy`)."""
+        from bot.jobs.saq_runner import JobPolicy
+
+        return JobPolicy(self.job_timeout_s, self.job_retries, self.job_retry_delay_s, self.job_heartbeat_s, self.job_ttl_s)
+
+    def catalog_policy(self):
+        """How catalog jobs run: long, with heartbeats."""
+        from bot.jobs.saq_runner import JobPolicy
+
+        return JobPolicy(self.catalog_job_timeout_s, self.job_retries, self.job_retry_delay_s, self.catalog_job_heartbeat_s, self.job_ttl_s)
 
     @property
     def backbone_overrides(self) -> dict[str, str]:

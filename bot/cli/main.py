@@ -17,6 +17,7 @@ from bot.cli.models import register_model_commands
 from bot.cli.reasoner import register_reasoner_commands
 from bot.cli.serve import register_serve_command
 from bot.cli.training import register_training_commands
+from bot.cli.worker import register_worker_command
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ register_db_commands(app)  # db upgrade|status, media cleanup
 register_chat_commands(app)  # chat, recommend
 register_catalog_commands(app)  # catalog ...
 register_serve_command(app)  # serve
+register_worker_command(app)  # worker [--check]
 register_discord_commands(app)  # discord sync-commands
 register_training_commands(app)  # data, train, eval
 register_reasoner_commands(app)  # reasoner ...

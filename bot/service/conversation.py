@@ -47,8 +47,11 @@ Concurrency: one turn at a time per conversation (`storage.locks.conversation_lo
 of conversations at once. Model work (video decoding and embedding, query encoding, catalog
 search, re-ranking, ffmpeg renders) runs off the event loop in the model pool (bot/service/pool.py:
 N threads, an interactive lane before the catalog lane a refresh uses); a request that has to wait
-is told how many requests are ahead of it (a `StatusEvent`). While `drain` runs (shutdown), new
-requests are refused with `ShuttingDownError` and those in flight finish.
+is told how many requests are ahead of it (a `StatusEvent`). The named model jobs (decoding and
+embedding a video, cutting an excerpt, rendering a preview, writing the LLM's reason) go through
+`self.runner` (bot/jobs/runner.py): this pool by default, or SAQ workers behind Redis
+(`MUSECHAT_MODEL_RUNNER=saq`); retrieval and re-ranking stay on this process's pool. While `drain`
+runs (shutdown), new requests are refused with `ShuttingDownError` and those in flight finish.
 
 A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
 `reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
@@ -76,6 +79,8 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs.local import InProcessRunner
+from bot.jobs.runner import ModelRunner, ReasonRequest
 from bot.service.assets import TrackAssets, TrackExtras
 from bot.service.contract import (
     Action,
@@ -124,6 +129,7 @@ from bot.service.reasons import (
     REASONER_TIMEOUT_S,
     ReasonTokenCallback,
     ReasonWriter,
+    plan_video_words,
     tag_summary,
 )
 from bot.service.replies import Reply, ReplyKind, ScoredTrack, TrackCard
@@ -132,7 +138,7 @@ from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
-from engine.render import PreviewTooLargeError, human_bytes
+from engine.render import human_bytes
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
 from storage.catalog.ids import track_id_for
 from storage.conversation_store import (
@@ -148,7 +154,7 @@ from storage.locks import (
     ConversationBusyError,
     conversation_lock,
 )
-from storage.media_store import MediaNotFoundError, MediaStore
+from storage.media_store import MediaStore
 from storage.models import ConversationStatus, FeedbackKind
 from storage.track_store import TrackStore
 
@@ -284,6 +290,7 @@ class ConversationService:
         limits: MediaLimits | None = None,
         ffmpeg: str | None = None,
         pool: ModelPool | None = None,  # shared with the catalog admin (bot/app.py); None: the service's own
+        runner: ModelRunner | None = None,  # the named model jobs (bot/jobs/); None: in-process, on `pool`
     ) -> None:
         self.engine = engine
         self.catalog = catalog
@@ -305,7 +312,6 @@ class ConversationService:
             raise ValueError(f"unknown reasoner {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
         if self.config.reasoner == REASONER_HTTP and not (self.config.reasoner_url and self.config.reasoner_model):
             raise ValueError("reasoner='http' needs reasoner_url and reasoner_model (MUSECHAT_REASONER_URL / _MODEL)")
-        self.videos = VideoFeatureStore(engine=engine, media=media, pool=self.pool, max_upload_bytes=self.config.max_upload_bytes)
         self.retriever = Retriever(engine=engine, catalog=catalog, assets=self.assets, candidate_pool=self.config.candidate_pool)
         self.renderer = MediaRenderer(
             media=media, assets=self.assets, pool=self.pool, limits=self.limits, ffmpeg=self.ffmpeg,
@@ -313,6 +319,11 @@ class ConversationService:
             mix_original_sound=self.config.mix_original_sound,
         )  # fmt: skip
         self.reasons = ReasonWriter(config=self.config, engine=engine, assets=self.assets)
+        self.runner: ModelRunner = runner or InProcessRunner(
+            self.pool, engine=engine, media=media, renderer=self.renderer, reasons=self.reasons
+        )  # fmt: skip
+        self.renderer.runner = self.runner
+        self.videos = VideoFeatureStore(engine=engine, media=media, runner=self.runner, max_upload_bytes=self.config.max_upload_bytes)
 
     async def warm_up(self) -> None:
         """Check the catalog fits the models, and read what the first turn would pay for (licences).
@@ -322,7 +333,7 @@ class ConversationService:
         """
         await asyncio.to_thread(self._check_catalog)
         await self._known_licences()
-        if self.config.reasoner == REASONER_LOCAL:
+        if self.config.reasoner == REASONER_LOCAL and self.runner.local:  # else the workers load it
             try:
                 await asyncio.to_thread(self.reasons.get_reasoner)
             except Exception:  # noqa: BLE001 - replies fall back to the tag summary
@@ -567,24 +578,19 @@ class ConversationService:
                 )  # fmt: skip
                 await out.final(reply)
                 return reply
-            try:
-                video_path = self.media.path_for(state.video_sha256)
-            except MediaNotFoundError:
-                raise VideoGoneError("Your video is no longer stored here, so I cannot render the preview; please send it again.") from None
+            if not self.media.exists(state.video_sha256):
+                raise VideoGoneError("Your video is no longer stored here, so I cannot render the preview; please send it again.")
             extras = (await self.assets.extras([rec.track_id]))[rec.track_id]
             await notify(out.status, "rendering the preview")
-            path = await self.pool.run(
-                self.renderer.render_preview, video_path, Path(payload.source), extras.excerpt_start_s or 0.0, on_status=out.status
-            )
             budget = options.preview_budget_bytes
-            note = ""
-            if budget is not None and path.stat().st_size > budget:
-                await notify(out.status, "making the preview small enough to upload here")
-                try:
-                    path = await self.pool.run(self.renderer.fit_preview, path, budget, on_status=out.status)
-                    note = f" (re-encoded to fit the {human_bytes(budget)} upload limit here)"
-                except PreviewTooLargeError as exc:
-                    path, note = None, exc.user_message
+            rendered = await self.runner.preview(
+                state.video_sha256, payload.source, extras.excerpt_start_s or 0.0, max_bytes=budget,
+                job_key=f"preview:{conversation_id}:{turn.index}:{budget}", on_status=out.status,
+            )  # fmt: skip
+            path = None if rendered.media_key is None else self.media.path_for(rendered.media_key)
+            note = rendered.too_large
+            if rendered.fitted and budget is not None:
+                note = f" (re-encoded to fit the {human_bytes(budget)} upload limit here)"
             preview = None if path is None else MediaFile.of(path, f"musechat-{safe_filename(payload.title)}.mp4")
             # the choice is recorded once the preview exists (or cannot exist): a failed render records nothing
             await self.store.record_feedback(
@@ -725,10 +731,11 @@ class ConversationService:
         if writes_reason:  # one LLM call per reply (the best track) bounds its latency
             best = cards[0]
             t_reason = time.perf_counter()
-            reason, source = await self.reasons.write(
-                best.title, best.track_id, list(dict.fromkeys(best.mtt_tags + best.msd_tags)) or list(best.tags), plan,
-                best.reason, out.token, timeout_s=options.reason_budget_s,
+            request = ReasonRequest(
+                best.title, best.track_id, tuple(dict.fromkeys(best.mtt_tags + best.msd_tags)) or tuple(best.tags),
+                feedback=plan.text, video_words=plan_video_words(plan), fallback=best.reason, timeout_s=options.reason_budget_s,
             )  # fmt: skip
+            reason, source = await self.runner.reason(request, job_key=f"reason:{conv.id}:{turn.index}", on_token=out.token)
             if reason != best.reason:
                 await self.store.set_reason(turn_id=turn.id, rank=best.rank, reason=reason)
             cards[0] = dataclasses.replace(best, reason=reason, reason_source=source)

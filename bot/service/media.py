@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.service.assets import TrackAssets, TrackExtras
 from bot.service.contract import MediaFile, safe_filename
+from bot.service.errors import ConversationError
 from bot.service.pool import ModelPool, StatusCallback
 from engine.media import MediaError, MediaLimits, probe
 from engine.render import EXCERPT_S, cut_excerpt, fit_preview, make_preview
@@ -48,6 +49,7 @@ class MediaRenderer:
         self.mix_original_sound = mix_original_sound
         self.convert_budget_s = convert_budget_s
         self._background: set[asyncio.Future[Path]] = set()
+        self.runner: Any = None  # bot/jobs/runner.py ModelRunner, set by the service: cuts excerpts here or on a worker
 
     async def excerpt(
         self, sha: str, source: str, ex: TrackExtras | None, on_status: StatusCallback | None, *,
@@ -78,13 +80,13 @@ class MediaRenderer:
             except (MediaNotFoundError, ValueError):
                 convert_from = None
         if convert_from is not None:
-            job, budget = (self._convert_excerpt, sha, convert_from, fmt), self.convert_budget_s
+            job, budget = self._excerpt_job(sha, fmt, convert_from=convert_from.name), self.convert_budget_s
         elif source and Path(source).is_file():
             start = ex.excerpt_start_s if ex and ex.excerpt_start_s is not None else None
-            job, budget = (self._cut_excerpt, sha, Path(source), start, fmt), self.excerpt_budget_s
+            job, budget = self._excerpt_job(sha, fmt, source=source, start_s=start), self.excerpt_budget_s
         else:
             return None, "excerpt unavailable: the track's audio file is not reachable from here"
-        task = asyncio.ensure_future(self.pool.run(*job, on_status=None))
+        task = asyncio.ensure_future(job)
         try:
             path = await asyncio.wait_for(asyncio.shield(task), timeout=budget)
         except TimeoutError:
@@ -94,10 +96,16 @@ class MediaRenderer:
             task.add_done_callback(self._background.discard)
             task.add_done_callback(_log_task_failure)
             return None, "excerpt unavailable right now (still being cut); ask again in a moment"
-        except (MediaError, OSError) as exc:
+        except (MediaError, OSError, ConversationError) as exc:
             log.warning("no excerpt for track %s: %s", sha[:12], exc)
             return None, "excerpt unavailable: the track's audio could not be cut"
         return MediaFile.of(path, name), ""
+
+    async def _excerpt_job(self, sha: str, fmt: str, **job: Any) -> Path:
+        """The runner's excerpt (a cut or a conversion, here or on a worker), remembered for the next reply."""
+        key = await self.runner.excerpt(sha, fmt=fmt, **job)
+        self.assets.remember_cut(sha, key, fmt)
+        return self.media.path_for(key)
 
     def _convert_excerpt(self, sha: str, excerpt: Path, fmt: str) -> Path:
         """The indexer's excerpt in another format (same window, no second fade)."""

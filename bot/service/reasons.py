@@ -70,6 +70,16 @@ class ReasonWriter:
         With `on_reason_token`, each piece the local LLM writes is handed to it (in order, on the event
         loop) as it comes; all of them arrive before this returns.
         """
+        return await self.write_words(
+            title, sha, tags, feedback=plan.text, video_words=plan_video_words(plan), fallback=fallback,
+            on_reason_token=on_reason_token, timeout_s=timeout_s,
+        )  # fmt: skip
+
+    async def write_words(
+        self, title: str, sha: str, tags: Sequence[str], *, feedback: str, video_words: str, fallback: str,
+        on_reason_token: ReasonTokenCallback | None = None, timeout_s: float | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """`write` from the plan's words alone (what a model job carries: bot/jobs/runner.py `ReasonRequest`)."""
         from engine.reasoner import (
             Justification,
             ReasonInput,
@@ -79,7 +89,7 @@ class ReasonWriter:
 
         budget = self.config.reasoner_timeout_s if timeout_s is None else timeout_s
         if self.config.reasoner == REASONER_HTTP:
-            return await self._http_reason(title, tags, plan, fallback, on_reason_token, timeout_s=budget)
+            return await self._http_reason(title, tags, feedback, video_words, fallback, on_reason_token, timeout_s=budget)
         if self._reasoner_executor is None:
             self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
         t0 = time.perf_counter()
@@ -98,8 +108,7 @@ class ReasonWriter:
         if reasoner.trained:  # the soft token needs the track's mean music embedding (feature cache)
             segments = await loop.run_in_executor(self._reasoner_executor, self.assets.segment_music, sha)
             music = None if segments is None else np.asarray(segments, dtype=np.float32).mean(axis=0)  # (Dm,)
-        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
-        inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=plan.text, video=video)
+        inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=feedback, video=video_words)
         remaining = max(0.0, budget - (time.perf_counter() - t0))
         relay = TokenRelay(on_reason_token, loop) if on_reason_token is not None else None
         try:
@@ -113,7 +122,8 @@ class ReasonWriter:
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
     async def _http_reason(
-        self, title: str, tags: Sequence[str], plan: TurnPlan, fallback: str, on_reason_token: ReasonTokenCallback | None = None,
+        self, title: str, tags: Sequence[str], feedback: str, video_words: str, fallback: str,
+        on_reason_token: ReasonTokenCallback | None = None,
         *, timeout_s: float,
     ) -> tuple[str, str]:  # fmt: skip
         """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
@@ -127,8 +137,7 @@ class ReasonWriter:
             base_url=self.config.reasoner_url or "", model=self.config.reasoner_model or "",
             api_key=self.config.reasoner_api_key, max_tokens=self.config.reasoner_max_new_tokens,
         )  # fmt: skip
-        video = video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
-        inp = ReasonInput(title, tags=tuple(tags), feedback=plan.text, video=video)
+        inp = ReasonInput(title, tags=tuple(tags), feedback=feedback, video=video_words)
         j = await justify_http(inp, cfg, timeout_s=timeout_s)
         if j.text and on_reason_token is not None:
             relay = TokenRelay(on_reason_token, asyncio.get_running_loop())
@@ -136,6 +145,10 @@ class ReasonWriter:
             await relay.close()
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
 
+
+def plan_video_words(plan: TurnPlan) -> str:
+    """What the reasoner is told about the video: its top labels as a sentence, or a text-only start's words."""
+    return video_sentence(plan.video.labels[:3]) if plan.video is not None else plan.anchor_text
 
 
 class TokenRelay:

@@ -10,12 +10,16 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.service.errors import ConversationError, VideoGoneError
-from bot.service.pool import ModelPool, StatusCallback, notify
+from bot.service.pool import StatusCallback, notify
 from engine.engine import Engine
 from engine.video import VideoFeatures, content_hash
 from storage.media_store import MediaNotFoundError, MediaStore, MediaTooLargeError
+
+if TYPE_CHECKING:
+    from bot.jobs.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,10 @@ class VideoFeatureStore:
     cleaned up.
     """
 
-    def __init__(self, *, engine: Engine, media: MediaStore, pool: ModelPool, max_upload_bytes: int | None) -> None:
-        self.engine = engine
+    def __init__(self, *, engine: Engine, media: MediaStore, runner: ModelRunner, max_upload_bytes: int | None) -> None:
+        self.engine = engine  # its config names the cache entries (profile, frame rate)
         self.media = media
-        self.pool = pool
+        self.runner = runner  # runs the decode + embed (bot/jobs/runner.py): this process's pool or a worker
         self.max_upload_bytes = max_upload_bytes
         self._videos: OrderedDict[str, VideoFeatures] = OrderedDict()
         self._video_lock = threading.Lock()
@@ -127,7 +131,7 @@ class VideoFeatureStore:
             task.exception()  # retrieved: every waiter re-raises it
 
     async def _compute(self, video_sha: str, path: Path, on_status: StatusCallback | None) -> VideoFeatures:
-        vf = await self.pool.run(self.engine.video_features, path, on_status=on_status)
+        vf = await self.runner.video_features(video_sha, path, on_status=on_status)
         await asyncio.to_thread(self._store_features, vf)
         self._remember(vf)
         return vf

@@ -1,0 +1,140 @@
+"""The model runner: the named model jobs the conversation service asks for, whoever runs them.
+
+Two implementations (DESIGN.md, "Scale"):
+
+- `bot.jobs.local.InProcessRunner`: the process's own `ModelPool` (bot/service/pool.py), the
+  embedded default: same lanes, same queue-position `StatusEvent`s as before;
+- `bot.jobs.saq_runner.SaqRunner`: a SAQ job queue on Redis served by `musechat worker` processes
+  (bot/jobs/worker.py), for several front-ends and shared GPU workers.
+
+The service does not know which one runs. Payloads are claim checks: media-store keys (sha256 of
+stored files: the shared volume of the stack) and small JSON, never video bytes. Results are
+media-store keys too (features, excerpts, previews), or short text (a reason).
+
+Job kinds, each with a unique key per (conversation, turn, kind) or per content, so a double
+click never queues the same work twice (`job_key`):
+
+| kind             | payload                                       | result                        |
+|------------------|-----------------------------------------------|-------------------------------|
+| `video_features` | video_sha                                     | VideoFeatures (stored bytes)  |
+| `excerpt`        | track_sha, source or convert_from key, fmt    | media key of the excerpt      |
+| `preview`        | video_sha, track_source, start_s, max_bytes   | media key, or why it is none  |
+| `reason`         | title, tags, words (ReasonRequest)            | (reason, source); tokens stream back |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from bot.service.errors import ConversationError
+from bot.service.pool import StatusCallback
+from engine.video import VideoFeatures
+
+VIDEO_FEATURES = "video_features"
+EXCERPT = "excerpt"
+PREVIEW = "preview"
+REASON = "reason"
+PING = "ping"  # a round trip with no model work (health, the queue's overhead)
+CATALOG_REFRESH = "catalog_refresh"  # the `catalog` queue (SAQ runner only): a whole refresh, with heartbeats
+JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, PING, CATALOG_REFRESH)
+
+TokenCallback = Callable[[str], Awaitable[None] | None]
+
+
+class QueueFullError(ConversationError):
+    """The job queue holds more waiting jobs than its limit: the user is asked to come back."""
+
+
+class JobTimeoutError(ConversationError):
+    """A model job did not finish in time (a worker too slow, or none alive)."""
+
+
+class JobFailedError(ConversationError):
+    """A model job failed on the worker for a reason that is not the user's (a bug, logged there)."""
+
+
+@dataclass(frozen=True)
+class ReasonRequest:
+    """What the reasoner needs for one track's reason (paper 4.2): small text, no tensors."""
+
+    title: str
+    track_sha: str
+    tags: tuple[str, ...]
+    feedback: str  # the user's words of this turn
+    video_words: str  # the video's top labels as a sentence (or a text-only start's opening words)
+    fallback: str  # the tag summary given when the LLM fails or runs out of time
+    timeout_s: float | None = None  # None: the service's reasoner_timeout_s
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"tags": list(self.tags)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReasonRequest:
+        return cls(**(d | {"tags": tuple(d.get("tags", ()))}))
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    """A rendered preview: its media key, whether it was re-encoded to fit, or why there is none."""
+
+    media_key: str | None
+    fitted: bool = False  # re-encoded to fit max_bytes
+    too_large: str = ""  # the chat sentence when even the re-encode did not fit (media_key is None)
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """The named model jobs (module docstring)."""
+
+    local: bool  # True: runs in this process (the front-end loads the models it needs anyway)
+
+    async def video_features(self, video_sha: str, path: Path | None = None, *, on_status: StatusCallback | None = None) -> VideoFeatures:
+        """Decode and embed a video. `path`: where it lies now (an upload not stored yet); a remote
+        runner stores it in the media store first (claim check) and sends only `video_sha`."""
+        ...
+
+    async def excerpt(
+        self, track_sha: str, *, fmt: str, source: str | None = None, start_s: float | None = None,
+        convert_from: str | None = None,
+    ) -> str:  # fmt: skip
+        """Cut a listening excerpt of a track (or convert the indexer's, media key `convert_from`); its media key."""
+        ...
+
+    async def preview(
+        self, video_sha: str, track_source: str, start_s: float, *, max_bytes: int | None, job_key: str,
+        on_status: StatusCallback | None = None,
+    ) -> PreviewResult:  # fmt: skip
+        """The user's video with the track under it, re-encoded to fit `max_bytes` if needed."""
+        ...
+
+    async def reason(self, request: ReasonRequest, *, job_key: str, on_token: TokenCallback | None = None) -> tuple[str, str]:
+        """(reason, reason_source): the LLM's reason (tokens to `on_token`, in order), else the labelled fallback."""
+        ...
+
+    async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
+        """A round trip through the runner's pool (and queue) with no model work."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = [
+    "CATALOG_REFRESH",
+    "EXCERPT",
+    "JOB_KINDS",
+    "PING",
+    "PREVIEW",
+    "REASON",
+    "VIDEO_FEATURES",
+    "JobFailedError",
+    "JobTimeoutError",
+    "ModelRunner",
+    "PreviewResult",
+    "QueueFullError",
+    "ReasonRequest",
+    "TokenCallback",
+]
