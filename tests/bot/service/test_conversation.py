@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from bot.service.conversation import (
     ConversationExistsError,
     ConversationService,
     EmptyCatalogError,
-    ModelPool,
     NothingToAskError,
     ReplyKind,
     ServiceConfig,
