@@ -28,6 +28,11 @@ async def test_the_service_and_the_admin_share_one_catalog_database_and_pool(bui
         assert svc.catalog is app.catalog is admin.catalog
         assert svc.sql is app.sql and svc.pool is app.pool is admin.pool
         assert await app.service() is svc  # the models load once
+        import sys
+
+        from bot.app import SWITCH_INTERVAL_S
+
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)  # the event loop gets the GIL back sooner
         assert (await admin.status()).live_points == svc.catalog.count() > 0
         # a second process (here: a second App) cannot open the embedded catalog
         with pytest.raises(CatalogLockedError):
