@@ -39,7 +39,7 @@ from bot.service.catalog_layout import (
 from bot.service.conversation import ConversationService, ServiceConfig, TrackAssets
 from bot.service.errors import ConversationError
 from bot.service.pool import ModelPool, settle_heap
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from storage.catalog import MusicCatalog, open_catalog
 from storage.conversation_store import ConversationStore
 from storage.db import ensure_schema, make_engine
@@ -166,7 +166,7 @@ class App:
             tag = f"{engine_config.profile}:{engine_config.query_fps:g}"
             runner = self._runner = await SaqRunner.open(self.settings, media=self.media, features_tag=tag)
         elif self.settings.model_runner != "local":
-            raise ValueError(f"unknown model runner {self.settings.model_runner!r}: choose local or saq")
+            raise SettingsError(f"unknown model runner {self.settings.model_runner!r} (MUSECHAT_MODEL_RUNNER): choose local or saq")
         service = ConversationService(
             engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
             assets=TrackAssets(TrackStore(self.sql), features), config=self.config, limits=engine_config.limits,

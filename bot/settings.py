@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MB = 2**20  # bytes
 
 
+class SettingsError(ValueError):
+    """A setting (an environment variable) with a value the bot cannot run with; `str(e)` names it."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MUSECHAT_", env_file=".env", extra="ignore")
 

@@ -6,7 +6,8 @@ Exit codes (`cli_errors`):
 - 0: done;
 - 2 (`EXIT_USER_ERROR`): something the user can fix in what they typed or gave: not a video,
   truncated, too long, a missing file, an unknown conversation, nothing asked, a bad cron
-  expression or manifest, an unknown profile name, a folder that is not there;
+  expression or manifest, an unknown profile name, a folder that is not there, a setting with a
+  value the bot cannot run with (`SettingsError`, naming the variable);
 - 3 (`EXIT_UNAVAILABLE`): a dependency is missing or down: the database, the catalog (empty,
   locked, built for another profile), model weights, a checkpoint that does not fit;
 - 1: anything else is a bug: logged with its traceback, reported as one, never disguised as a
@@ -46,6 +47,7 @@ def _classify(e: BaseException) -> tuple[int, str] | None:
     """(exit code, message) of a typed error; None for anything else (a bug)."""
     from bot.adapters.download import DownloadError
     from bot.app import RandomWeightsError
+    from bot.jobs.runner import JobFailedError, JobTimeoutError, QueueFullError
     from bot.service.catalog_admin import CatalogAdminError
     from bot.service.errors import (
         CatalogMismatchError,
@@ -53,6 +55,7 @@ def _classify(e: BaseException) -> tuple[int, str] | None:
         EmptyCatalogError,
     )
     from bot.service.scheduler import CronError
+    from bot.settings import SettingsError
     from engine.checkpoint import CheckpointMismatchError
     from engine.encoders.hf import BackboneUnavailable
     from engine.media import MediaError
@@ -62,13 +65,15 @@ def _classify(e: BaseException) -> tuple[int, str] | None:
 
     if isinstance(e, CliExit):
         return e.code, str(e)
-    if isinstance(e, (EmptyCatalogError, CatalogMismatchError, RandomWeightsError)):
+    if isinstance(e, JobFailedError):  # a bug on a worker (logged there): not the user's doing
+        return EXIT_BUG, e.user_message
+    if isinstance(e, (EmptyCatalogError, CatalogMismatchError, RandomWeightsError, QueueFullError, JobTimeoutError)):
         return EXIT_UNAVAILABLE, e.user_message
     if isinstance(e, (MediaError, ConversationError, DownloadError)):
         return EXIT_USER_ERROR, e.user_message
     if isinstance(e, FileNotFoundError):
         return EXIT_USER_ERROR, f"file not found: {e.filename or e}"
-    if isinstance(e, (CatalogAdminError, CronError, UnknownProfileError)):
+    if isinstance(e, (CatalogAdminError, CronError, UnknownProfileError, SettingsError)):
         return EXIT_USER_ERROR, str(e)
     if isinstance(e, (StorageError, CatalogError, CheckpointMismatchError, BackboneUnavailable)):
         return EXIT_UNAVAILABLE, getattr(e, "user_message", None) or str(e)

@@ -54,6 +54,7 @@ from bot.jobs.runner import (
 )
 from bot.service.errors import ConversationError
 from bot.service.pool import StatusCallback, notify
+from bot.settings import SettingsError
 from engine.media import MediaError
 from engine.video import VideoFeatures
 from storage.media_store import MediaNotFoundError, MediaStore
@@ -180,7 +181,7 @@ class SaqRunner:
     async def open(cls, settings: Any, *, media: MediaStore, features_tag: str) -> SaqRunner:
         """A runner from the settings (bot/settings.py: redis_url, queue names, policies, limit)."""
         if not settings.redis_url:
-            raise ValueError("MUSECHAT_MODEL_RUNNER=saq needs MUSECHAT_REDIS_URL")
+            raise SettingsError("MUSECHAT_MODEL_RUNNER=saq needs MUSECHAT_REDIS_URL")
         runner = cls(
             redis_url=settings.redis_url, media=media, interactive=settings.queue_interactive, catalog=settings.queue_catalog,
             policy=settings.interactive_policy(), catalog_policy=settings.catalog_policy(), queue_limit=settings.queue_limit,

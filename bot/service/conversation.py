@@ -135,6 +135,7 @@ from bot.service.reasons import (
 from bot.service.replies import Reply, ReplyKind, ScoredTrack, TrackCard
 from bot.service.turns import Retriever, TurnPlan
 from bot.service.videos import VideoFeatureStore
+from bot.settings import SettingsError
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
@@ -309,9 +310,9 @@ class ConversationService:
         self.pool = pool if pool is not None else ModelPool(self.config.workers)
         self._licences: tuple[str | None, tuple[str, ...]] = (None, ())  # (live version, licences)
         if self.config.reasoner not in REASONER_MODES:
-            raise ValueError(f"unknown reasoner {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
+            raise SettingsError(f"unknown reasoner (MUSECHAT_REASONER) {self.config.reasoner!r}: choose one of {', '.join(REASONER_MODES)}")
         if self.config.reasoner == REASONER_HTTP and not (self.config.reasoner_url and self.config.reasoner_model):
-            raise ValueError("reasoner='http' needs reasoner_url and reasoner_model (MUSECHAT_REASONER_URL / _MODEL)")
+            raise SettingsError("reasoner='http' needs reasoner_url and reasoner_model (MUSECHAT_REASONER_URL / _MODEL)")
         self.retriever = Retriever(engine=engine, catalog=catalog, assets=self.assets, candidate_pool=self.config.candidate_pool)
         self.renderer = MediaRenderer(
             media=media, assets=self.assets, pool=self.pool, limits=self.limits, ffmpeg=self.ffmpeg,

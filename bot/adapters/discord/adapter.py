@@ -70,6 +70,7 @@ from bot.adapters.download import (
     safe_url,
 )
 from bot.service.contract import Action, ActionKind, PlatformKeys, ReplyOptions
+from bot.settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ class DiscordAdapter:
     def _token(self) -> str:
         token = getattr(self.settings, "discord_token", None)
         if token is None:
-            raise ValueError("MUSECHAT_DISCORD_TOKEN is not set")
+            raise SettingsError("MUSECHAT_DISCORD_TOKEN is not set")
         return token.get_secret_value() if hasattr(token, "get_secret_value") else str(token)
 
     async def login(self) -> None:

@@ -59,6 +59,7 @@ from bot.service.errors import (
     NotOwnerError,
     OutdatedActionError,
 )
+from bot.settings import SettingsError
 
 if TYPE_CHECKING:
     from bot.service import Reply
@@ -101,16 +102,16 @@ class SlackAdapter:
         limiter: Any = None,  # per-user cooldowns kept in SQL (storage.rate_limit_store.RateLimitStore); None: none
     ) -> None:
         if settings.slack_bot_token is None:
-            raise ValueError("Slack needs a bot token: set MUSECHAT_SLACK_BOT_TOKEN (xoxb-...)")
+            raise SettingsError("Slack needs a bot token: set MUSECHAT_SLACK_BOT_TOKEN (xoxb-...)")
         self.service = service
         self.settings = settings
         self.limiter = limiter
         self.mode = (settings.slack_mode or "socket").lower()
         if self.mode not in ("socket", "http"):
-            raise ValueError(f"MUSECHAT_SLACK_MODE must be socket or http, not {settings.slack_mode!r}")
+            raise SettingsError(f"MUSECHAT_SLACK_MODE must be socket or http, not {settings.slack_mode!r}")
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
         if self.mode == "http" and not secret:
-            raise ValueError("Slack HTTP mode needs the signing secret: set MUSECHAT_SLACK_SIGNING_SECRET")
+            raise SettingsError("Slack HTTP mode needs the signing secret: set MUSECHAT_SLACK_SIGNING_SECRET")
         self._token = settings.slack_bot_token.get_secret_value()
         client_args: dict[str, Any] = {"base_url": api_url} if api_url else {}
         self.client = AsyncWebClient(
@@ -174,7 +175,7 @@ class SlackAdapter:
                 )
 
                 if self.settings.slack_app_token is None:
-                    raise ValueError("Slack Socket Mode needs an app-level token: set MUSECHAT_SLACK_APP_TOKEN (xapp-...)")
+                    raise SettingsError("Slack Socket Mode needs an app-level token: set MUSECHAT_SLACK_APP_TOKEN (xapp-...)")
                 self._handler = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value())
                 await self._handler.connect_async()
                 log.info("Slack Socket Mode: connected")

@@ -29,8 +29,6 @@ from engine.profiles import load_encoders
 from storage.conversation_store import ConversationStore
 from storage.db import default_sqlite_url, make_engine
 from storage.models import FeedbackKind
-
-
 from tests.helpers.service import CLIPS, LICENCES, index, make_clips
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\r")

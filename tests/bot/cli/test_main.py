@@ -88,3 +88,38 @@ def test_media_cleanup_on_empty_store() -> None:
     result = run("media", "cleanup")
     assert result.exit_code == 0
     assert "removed 0 file(s)" in result.output
+
+
+def _typed_errors():
+    from bot.app import RandomWeightsError
+    from bot.jobs.runner import JobFailedError, JobTimeoutError, QueueFullError
+    from bot.service.errors import EmptyCatalogError, NotOwnerError
+    from bot.service.scheduler import CronError
+    from bot.settings import SettingsError
+    from engine.media import NotMediaError
+    from engine.profiles import UnknownProfileError
+    from storage.db import DatabaseUnavailableError
+
+    return [
+        (NotMediaError("x"), EXIT_USER_ERROR), (NotOwnerError("not yours"), EXIT_USER_ERROR),
+        (CronError("bad cron"), EXIT_USER_ERROR), (UnknownProfileError("huge"), EXIT_USER_ERROR),
+        (SettingsError("MUSECHAT_SLACK_MODE must be socket or http"), EXIT_USER_ERROR),
+        (FileNotFoundError(2, "no such file", "v.mp4"), EXIT_USER_ERROR),
+        (EmptyCatalogError("empty"), EXIT_UNAVAILABLE), (RandomWeightsError("tiny"), EXIT_UNAVAILABLE),
+        (QueueFullError("busy"), EXIT_UNAVAILABLE), (JobTimeoutError("slow"), EXIT_UNAVAILABLE),
+        (DatabaseUnavailableError("down"), EXIT_UNAVAILABLE),
+        (JobFailedError("worker bug"), 1), (KeyError("a bug"), 1), (ValueError("a bug too"), 1),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("error_and_code", _typed_errors(), ids=lambda ec: type(ec[0]).__name__)
+def test_one_error_mapper_for_every_command(error_and_code) -> None:  # noqa: ANN001
+    import typer
+
+    from bot.cli.common import cli_errors
+
+    error, code = error_and_code
+    with pytest.raises(typer.Exit) as leaving:
+        with cli_errors():
+            raise error
+    assert leaving.value.exit_code == code

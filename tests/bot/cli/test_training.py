@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from bot.cli.training import register_training_commands
 from bot.service.catalog_admin import FEATURES_DIR, FeatureCache, features_key
 from bot.settings import get_settings
-from bot.cli.training import register_training_commands
 from engine.checkpoint import load_checkpoint
 from engine.media import Segment
 from engine.profiles import load_encoders
