@@ -141,7 +141,9 @@ async def test_a_worker_killed_mid_job_leaves_the_job_to_the_other_and_the_turn_
                 await queue.disconnect()
             state = await svc.state(reply.conversation_id)
         assert reply.kind is ReplyKind.RECOMMENDATION and reply.turn_index == 1
-        assert done.status is Status.COMPLETE and done.attempts == 2 and done.worker_id != job.worker_id
+        # retried after the kill (a heartbeat missed on a starved 2-core machine may add one more attempt),
+        # finished by the surviving worker, and answered once
+        assert done.status is Status.COMPLETE and 2 <= done.attempts <= 3 and done.worker_id != job.worker_id
         assert len(state.turns) == 1 and len(state.turns[0].recommendations) == 1  # persisted once
     finally:
         for w in workers:
