@@ -101,11 +101,6 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-# the names the commands used before the one mapper; they are that mapper
-user_errors = cli_errors
-storage_errors = cli_errors
-
-
 def load_encoders_with_status(profile: str | None):
     from engine.profiles import load_encoders
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.cli.common import out, storage_errors
+from bot.cli.common import cli_errors, out
 from bot.settings import get_settings
 
 db_app = typer.Typer(help="The SQL database (SQLite by default, PostgreSQL by MUSECHAT_DATABASE_URL).", no_args_is_help=True)
@@ -19,7 +19,7 @@ def db_upgrade(revision: str = typer.Option("head", help="Alembic revision to mi
     from storage.db import current_revision, safe_url, upgrade
 
     url = get_settings().sql_url
-    with storage_errors():
+    with cli_errors():
         if url.startswith("sqlite"):
             get_settings().data_dir.mkdir(parents=True, exist_ok=True)
         asyncio.run(upgrade(url, revision=revision))
@@ -35,7 +35,7 @@ def db_status() -> None:
     from storage.db import current_revision, head_revision, safe_url
 
     url = get_settings().sql_url
-    with storage_errors():
+    with cli_errors():
         rev = asyncio.run(current_revision(url))
     head = head_revision()
     state = "up to date" if rev == head else f"behind (head is {head}): run `musechat db upgrade`"

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, load_encoders_with_status, out, user_errors
+from bot.cli.common import cli_errors, console, load_encoders_with_status, out
 from bot.settings import get_settings
 
 
@@ -31,7 +31,7 @@ def embed(
     from engine.video import video_features
 
     s = get_settings()
-    with user_errors():
+    with cli_errors():
         if not video.is_file():
             raise FileNotFoundError(2, "no such file", str(video))
         enc = load_encoders_with_status(profile)
@@ -84,7 +84,7 @@ def tag(
     from engine.media import MediaLimits, decode_audio, probe
 
     s = get_settings()
-    with user_errors():
+    with cli_errors():
         enc = load_encoders_with_status(profile)
         limits = MediaLimits(max_seconds=24 * 3600.0, max_bytes=2**31, timeout_s=s.ffmpeg_timeout_s)
         for path in audio:
