@@ -37,9 +37,9 @@ from bot.service.catalog_layout import (
     features_key,
 )
 from bot.service.conversation import ConversationService, ServiceConfig, TrackAssets
-from bot.service.errors import ConversationError
+from bot.service.errors import ConversationError, SettingsError
 from bot.service.pool import ModelPool, settle_heap
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings
 from storage.catalog import MusicCatalog, open_catalog
 from storage.conversation_store import ConversationStore
 from storage.db import ensure_schema, make_engine
@@ -150,7 +150,8 @@ class App:
                 "Use MUSECHAT_PROFILE=lite, or set MUSECHAT_ALLOW_RANDOM_WEIGHTS=1 to run it anyway."
             )
 
-    async def _build_service(self, say: Progress) -> ConversationService:
+    async def _load_engine(self, say: Progress) -> tuple[Any, TrackAssets]:
+        """The engine of this app's profile, warmed up, and the indexer's per-track assets it reads."""
         from engine.engine import Engine
 
         engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
@@ -158,6 +159,11 @@ class App:
         say(f"loading the '{self.profile}' models")
         await asyncio.to_thread(engine.warm_up)
         features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
+        return engine, TrackAssets(TrackStore(self.sql), features)
+
+    async def _build_service(self, say: Progress) -> ConversationService:
+        engine, assets = await self._load_engine(say)
+        engine_config = engine.config
         runner = None
         if self.settings.model_runner == "saq":
             from bot.jobs.saq_runner import SaqRunner
@@ -169,7 +175,7 @@ class App:
             raise SettingsError(f"unknown model runner {self.settings.model_runner!r} (MUSECHAT_MODEL_RUNNER): choose local or saq")
         service = ConversationService(
             engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
-            assets=TrackAssets(TrackStore(self.sql), features), config=self.config, limits=engine_config.limits,
+            assets=assets, config=self.config, limits=engine_config.limits,
             ffmpeg=self.settings.ffmpeg_binary, pool=self.pool, runner=runner,
         )  # fmt: skip
         await service.warm_up()
@@ -184,18 +190,12 @@ class App:
         from bot.jobs.local import InProcessRunner
         from bot.service.media import MediaRenderer
         from bot.service.reasons import REASONER_LOCAL, ReasonWriter
-        from engine.engine import Engine
 
         self.check_weights()
         say = progress or (lambda _: None)
-        engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
-        engine = Engine(engine_config, encoders=self._encoders)
-        say(f"loading the '{self.profile}' models")
-        await asyncio.to_thread(engine.warm_up)
-        features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
-        assets = TrackAssets(TrackStore(self.sql), features)
+        engine, assets = await self._load_engine(say)
         renderer = MediaRenderer(
-            media=self.media, assets=assets, pool=self.pool, limits=engine_config.limits, ffmpeg=self.settings.ffmpeg_binary,
+            media=self.media, assets=assets, pool=self.pool, limits=engine.config.limits, ffmpeg=self.settings.ffmpeg_binary,
             mix_original_sound=self.config.mix_original_sound,
         )  # fmt: skip
         reasons = ReasonWriter(config=self.config, engine=engine, assets=assets)

@@ -8,11 +8,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.service.errors import SettingsError  # noqa: F401 - the error of a setting the bot cannot run with
+
 MB = 2**20  # bytes
-
-
-class SettingsError(ValueError):
-    """A setting (an environment variable) with a value the bot cannot run with; `str(e)` names it."""
 
 
 class Settings(BaseSettings):

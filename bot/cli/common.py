@@ -53,9 +53,9 @@ def _classify(e: BaseException) -> tuple[int, str] | None:
         CatalogMismatchError,
         ConversationError,
         EmptyCatalogError,
+        SettingsError,
     )
     from bot.service.scheduler import CronError
-    from bot.settings import SettingsError
     from engine.checkpoint import CheckpointMismatchError
     from engine.encoders.hf import BackboneUnavailable
     from engine.media import MediaError

@@ -52,9 +52,8 @@ from bot.jobs.runner import (
     ReasonRequest,
     TokenCallback,
 )
-from bot.service.errors import ConversationError
+from bot.service.errors import ConversationError, SettingsError
 from bot.service.pool import StatusCallback, notify
-from bot.settings import SettingsError
 from engine.media import MediaError
 from engine.video import VideoFeatures
 from storage.media_store import MediaNotFoundError, MediaStore

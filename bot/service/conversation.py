@@ -106,6 +106,7 @@ from bot.service.errors import (
     NothingToAskError,
     NotOwnerError,
     OutdatedActionError,
+    SettingsError,
     ShuttingDownError,
     UnknownConversationError,
     VideoGoneError,
@@ -135,7 +136,6 @@ from bot.service.reasons import (
 from bot.service.replies import Reply, ReplyKind, ScoredTrack, TrackCard
 from bot.service.turns import Retriever, TurnPlan
 from bot.service.videos import VideoFeatureStore
-from bot.settings import SettingsError
 from engine.encoders.musicnn import top_tags
 from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
@@ -204,6 +204,11 @@ class ConversationState:
             if t.recommendations:
                 return t, t.recommendations[0]
         return None
+
+    def accepted(self, turn_index: int) -> bool:
+        """Whether the user took ("use this") the track of this turn."""
+        ids = {t.id for t in self.turns if t.index == turn_index}
+        return any(f.kind is FeedbackKind.ACCEPT and f.turn_id in ids for f in self.feedback)
 
     @property
     def _restarted_after(self) -> int:
@@ -555,13 +560,13 @@ class ConversationService:
                 raise ConversationError("There is no track to use yet.")
             turn, rec = pick
             if turn_index is not None and turn_index != turn.index:
-                if any(f.turn_id == t.id and f.kind is FeedbackKind.ACCEPT for t in state.turns if t.index == turn_index for f in state.feedback):
+                if state.accepted(turn_index):
                     raise DuplicateActionError("You already chose that track; its preview is above.")
                 raise OutdatedActionError(
                     "That suggestion is outdated: the conversation has moved on. Use the buttons on the latest card.",
                     f"use on turn {turn_index}, latest pick is turn {turn.index}",
                 )
-            if any(f.turn_id == turn.id and f.kind is FeedbackKind.ACCEPT for f in state.feedback):
+            if state.accepted(turn.index):
                 raise DuplicateActionError("You already chose this track; its preview is above.")
             record = await self.pool.run(self.retriever.get_records, [track_id_for(rec.track_id)], False, on_status=out.status)
             if not record:

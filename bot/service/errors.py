@@ -66,3 +66,7 @@ class NothingLeftError(ConversationError):
 
 class ShuttingDownError(ConversationError):
     """The process is stopping (SIGTERM): requests in flight finish, new ones are refused."""
+
+
+class SettingsError(ValueError):
+    """A setting (an environment variable) with a value the bot cannot run with; `str(e)` names it."""

@@ -70,7 +70,7 @@ from bot.adapters.download import (
     safe_url,
 )
 from bot.service.contract import Action, ActionKind, PlatformKeys, ReplyOptions
-from bot.settings import SettingsError
+from bot.service.errors import SettingsError
 
 log = logging.getLogger(__name__)
 

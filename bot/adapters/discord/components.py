@@ -34,12 +34,19 @@ def _adapter(interaction: discord.Interaction) -> DiscordAdapter:
     return interaction.client.adapter  # type: ignore[attr-defined]
 
 
+# The buttons, in the order a card shows them.
+BUTTONS: dict[ActionKind, tuple[str, discord.ButtonStyle]] = {
+    ActionKind.USE: ("Use this", discord.ButtonStyle.success),
+    ActionKind.ANOTHER: ("Another", discord.ButtonStyle.primary),
+    ActionKind.REFINE: ("Feedback…", discord.ButtonStyle.secondary),
+    ActionKind.START_OVER: ("Start over", discord.ButtonStyle.secondary),
+}
+
+
 class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=ACTION_TEMPLATE):
     """One of a card's buttons: Use this / Another / Feedback… / Start over."""
 
     def __init__(self, action: Action) -> None:
-        from bot.adapters.discord.render import BUTTONS
-
         label, style = BUTTONS[action.kind]
         super().__init__(discord.ui.Button(label=label, style=style, custom_id=action.custom_id()))
         self.action = action

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.adapters.discord.components import BUTTONS, ActionButton
 from bot.service.contract import Action, ActionKind, MediaFile
 
 if TYPE_CHECKING:
@@ -23,13 +24,6 @@ MAX_THREAD_NAME_CHARS = 100
 TAGS_SHOWN = 6  # tags on a card
 CURSOR = " ▌"  # shown after a reason that is still being written
 
-# The buttons, in the order a card shows them.
-BUTTONS: dict[ActionKind, tuple[str, discord.ButtonStyle]] = {
-    ActionKind.USE: ("Use this", discord.ButtonStyle.success),
-    ActionKind.ANOTHER: ("Another", discord.ButtonStyle.primary),
-    ActionKind.REFINE: ("Feedback…", discord.ButtonStyle.secondary),
-    ActionKind.START_OVER: ("Start over", discord.ButtonStyle.secondary),
-}
 
 
 def clip(text: str, limit: int) -> str:
@@ -138,8 +132,6 @@ def card_media(reply: Reply, budget: int) -> list[MediaFile]:
 
 def action_buttons(reply: Reply) -> list[discord.ui.Item]:
     """The reply's buttons as persistent dynamic items (their custom ids carry conversation and turn)."""
-    from bot.adapters.discord.components import ActionButton
-
     kinds: Sequence[ActionKind] = reply.actions
     return [
         ActionButton(Action(kind, reply.conversation_id, reply.turn_index))

@@ -58,8 +58,8 @@ from bot.service.errors import (
     DuplicateActionError,
     NotOwnerError,
     OutdatedActionError,
+    SettingsError,
 )
-from bot.settings import SettingsError
 
 if TYPE_CHECKING:
     from bot.service import Reply
