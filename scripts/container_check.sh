@@ -34,6 +34,8 @@ cd "$(dirname "$0")/.."
 ENGINE="${CONTAINER_ENGINE:-podman}"
 IMAGE="${MUSECHAT_IMAGE:-localhost/musechat:check}"
 TOOLS="${MUSECHAT_CONTAINERS_SH:-../shared/tools/containers.sh}"
+# a clone elsewhere on this workplace's machines (CI's) finds the set-up script at its fixed place
+[ -f "$TOOLS" ] || [ -n "${MUSECHAT_CONTAINERS_SH:-}" ] || [ ! -f /work/shared/tools/containers.sh ] || TOOLS=/work/shared/tools/containers.sh
 PG_ADMIN="${MUSECHAT_CHECK_POSTGRES:-postgresql://postgres@127.0.0.1:5432/postgres}"
 REDIS_URL="${MUSECHAT_CHECK_REDIS:-redis://127.0.0.1:6379/15}"
 MUSIC="${MUSECHAT_MUSIC_DIR:-$HOME/.cache/musechat/music}"
