@@ -12,7 +12,7 @@
 #   6. `musechat serve` (the default command, no platform, no network) on the demo's /data: the
 #      image's HEALTHCHECK passes, /readyz answers 200 (database, catalog, models), and SIGTERM
 #      (`stop`) ends it cleanly ("stopped", exit 0) within compose's stop_grace_period of 30 s;
-#   7. when podman-compose is there ($PODMAN_COMPOSE, or on PATH): `podman-compose config` reads
+#   7. when podman-compose is there ($PODMAN_COMPOSE, .venv (a dev extra), or on PATH): `podman-compose config` reads
 #      compose.yaml with compose.env.example filled in (the schema check is tests/test_compose.py).
 # Exits non-zero on the first failure; prints what it checked and how long each step took.
 #
@@ -252,15 +252,20 @@ grep -q "^stopped" "$WORK/serve.log" || { tail -30 "$WORK/serve.log"; fail "serv
 passed "musechat serve (no network, on the demo's data): HEALTHCHECK passed after ${t_health} s, /readyz 200 after ${t_ready} s, SIGTERM -> exit 0 in ${t_stop} s"
 
 # --- 7. podman-compose config -------------------------------------------------------------------------
-pc="${PODMAN_COMPOSE:-$(command -v podman-compose || true)}"
+# podman-compose: $PODMAN_COMPOSE, else the project's venv (a dev extra), else PATH
+pc="${PODMAN_COMPOSE:-}"
+[ -n "$pc" ] || { [ -x .venv/bin/podman-compose ] && pc=.venv/bin/podman-compose; } || pc="$(command -v podman-compose || true)"
+[ -z "$pc" ] || pc="$(cd "$(dirname "$pc")" && pwd)/$(basename "$pc")"
 if [ -n "$pc" ] && [ -x "$pc" ]; then
     mkdir -p "$WORK/compose/music"
     cp compose.yaml "$WORK/compose/"
     sed -e 's/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=check-only/' -e 's/^QDRANT_API_KEY=$/QDRANT_API_KEY=check-only/' \
         compose.env.example >"$WORK/compose/.env"
     (cd "$WORK/compose" && "$pc" config) >"$WORK/compose.txt" 2>&1 || { tail -20 "$WORK/compose.txt"; fail "podman-compose config"; }
-    n=$(grep -cE '^  [a-z-]+:$' <(sed -n '/^services:/,/^[a-z]/p' "$WORK/compose.txt"))
-    passed "podman-compose config ($("$pc" --version 2>/dev/null | head -1)): $n services"
+    got=$(sed -n '/^services:/,/^[a-z]/p' "$WORK/compose.txt" | grep -E '^  [a-z0-9-]+:$' | tr -d ' :' | sort | tr '\n' ' ')
+    want="bot-discord bot-slack migrate postgres qdrant redis worker "  # the default profiles (discord, slack, cpu)
+    [ "$got" = "$want" ] || fail "podman-compose config: services '$got', expected '$want'"
+    passed "podman-compose config ($("$pc" --version 2>/dev/null | paste -sd, -)): services $got"
 else
     say "SKIPPED: podman-compose config (no podman-compose; set PODMAN_COMPOSE)"
 fi
