@@ -237,6 +237,26 @@ class Engine:
             positive_ids = (candidate.track_id,)
         return Query(MODE_ZERO_SHOT, TEXT_VECTOR, vec, positive_ids, negative_ids, preference, self, video, text, candidate, tuple(negatives))
 
+    def ranker(
+        self,
+        *,
+        mode: str,
+        video: VideoFeatures | None = None,
+        text: str | None = None,
+        candidate: TrackContext | None = None,
+        negatives: Sequence[TrackContext] = (),
+    ) -> Query:
+        """The `Query` of `query(...)` on the same inputs, for its `rerank` only: no search vector computed.
+
+        Where the search ran elsewhere (a model worker re-ranks what a front-end's catalog returned,
+        bot/jobs/worker.py): the ranking equals `query(...).rerank` on the same candidates."""
+        text = (text or "").strip() or None
+        with self._scorer_lock:
+            preference = self.scorer.parser.parse(text) if text else None
+        vector_name = FUSION_VECTOR if mode == MODE_FUSION else TEXT_VECTOR
+        negative_ids = tuple(n.track_id for n in negatives)
+        return Query(mode, vector_name, None, (), negative_ids, preference, self, video, text, candidate, tuple(negatives))
+
     @torch.inference_mode()
     def _fusion_query(self, video: VideoFeatures | None, text: str | None, candidate: TrackContext | None) -> np.ndarray:
         model = self.fusion

@@ -69,6 +69,7 @@ class Retrieved:
     records: list[TrackRecord]
     catalog_filter: CatalogFilter | None
     timings: dict[str, float]
+    request: Any = None  # bot/jobs/runner.py QueryRequest when a model worker encoded the query (its re-rank needs it)
 
 
 
@@ -123,6 +124,34 @@ class Retriever:
         timings["query"] = time.perf_counter() - t1
         hits, records_, more = self.search(plan, query, anchor, catalog_filter)
         return Retrieved(query, hits, records_, catalog_filter, timings | more)
+
+    async def retrieve_with(
+        self, runner: Any, pool: Any, plan: TurnPlan, catalog_filter: CatalogFilter | None,
+        context_extras: Mapping[str, TrackExtras], *, job_key: str, on_status: Any = None,
+    ) -> Retrieved:  # fmt: skip
+        """`retrieve` with the query's model work on `runner` (a model worker), the catalog's on `pool` (this process)."""
+        from bot.jobs.runner import QueryRequest
+
+        candidate, negatives, timings = await pool.run(self.contexts, plan, context_extras, on_status=on_status)
+        t1 = time.perf_counter()
+        request = QueryRequest(
+            video=plan.video, text=query_words(plan, candidate, negatives), anchor_text=plan.anchor_text,
+            candidate=candidate, negatives=tuple(negatives),
+        )  # fmt: skip
+        query, anchor = await runner.query(request, job_key=f"{job_key}:query", on_status=on_status)
+        timings["query"] = time.perf_counter() - t1
+        hits, records, more = await pool.run(self.search, plan, query, anchor, catalog_filter, on_status=on_status)
+        return Retrieved(query, hits, records, catalog_filter, timings | more, request)
+
+    async def rerank_with(
+        self, runner: Any, retrieved: Retrieved, extras: Mapping[str, TrackExtras], *, job_key: str, on_status: Any = None
+    ) -> tuple[Ranking, list[CandidateRow]]:  # fmt: skip
+        """`rerank` on `runner` (a model worker): the candidates go to it, the ranking comes back."""
+        t0 = time.perf_counter()
+        rows = self.rows(retrieved, extras)
+        ranking = await runner.rerank(retrieved.request, retrieved.query.mode, rows, job_key=f"{job_key}:rerank", on_status=on_status)
+        retrieved.timings["rerank"] = time.perf_counter() - t0
+        return ranking, rows
 
     def search(
         self, plan: TurnPlan, query: Query, anchor: np.ndarray | None, catalog_filter: CatalogFilter | None

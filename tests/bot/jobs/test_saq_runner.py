@@ -51,6 +51,14 @@ async def _conversation(svc, video: Path) -> list:
     return [r1, r2, r3, r4]
 
 
+async def _text_conversation(svc) -> list:
+    """A text-only conversation (the opening words stand in for the video), with a filter and a rejection."""
+    r1 = await svc.start(text="calm piano for a wedding video", channel_id="c2", user_id="u2")
+    r2 = await svc.message(r1.conversation_id, "more drums, under 5 minutes")
+    r3 = await svc.another(r1.conversation_id)
+    return [r1, r2, r3]
+
+
 def _summary(replies: list) -> list:
     """What the user sees of each reply (tracks, reasons, excerpt files, preview), without timings."""
     out = []
@@ -72,19 +80,21 @@ async def test_a_conversation_through_the_queue_answers_as_the_in_process_runner
     shutil.copytree(built / "data", local_data)
     shutil.copytree(built / "data", saq_data)
     async with front_end(job_settings(local_data, queues, runner="local"), tiny) as app:
-        expected = await _conversation(await app.service(), bikes_mp4)
+        expected = await _conversation(await app.service(), bikes_mp4) + await _text_conversation(await app.service())
     settings = job_settings(saq_data, queues)
-    async with inproc_worker(settings, tiny) as worker, front_end(settings, tiny) as app:
+    async with inproc_worker(settings, tiny) as worker, front_end(settings, None) as app:  # the front-end has no models
         svc = await app.service()
-        decoded = []
-        svc.engine.video_features = lambda *a, **k: decoded.append(a)  # type: ignore[method-assign] - must not be called here
-        got = await _conversation(svc, bikes_mp4)
+        got = await _conversation(svc, bikes_mp4) + await _text_conversation(svc)
         runner = svc.runner
         assert isinstance(runner, SaqRunner)
-        assert runner.enqueued == 2  # the video's features and the preview (the indexer cut every excerpt)
-        assert decoded == []  # the front-end decoded nothing: the worker did
-        assert worker.pool.completed["interactive"] == 2
-    assert [r.kind for r in got] == [ReplyKind.RECOMMENDATION] * 3 + [ReplyKind.PREVIEW]
+        # the video's features, a query and a re-rank per turn (3 + 3), the preview (the indexer cut every excerpt)
+        assert runner.enqueued == 1 + 6 * 2 + 1
+        assert svc.engine._encoders is None  # the front-end loaded no model: the worker decoded, encoded, re-ranked
+        assert worker.pool.completed["interactive"] == 1 + 6 * 2 + 1
+    assert [r.kind for r in got] == [ReplyKind.RECOMMENDATION] * 3 + [ReplyKind.PREVIEW] + [ReplyKind.RECOMMENDATION] * 3
+    assert got[5].understood == expected[5].understood and got[5].filters == expected[5].filters  # "more drums", "under 5 minutes"
+    assert got[5].understood and got[5].filters
+    assert [r.ranking for r in got] == [r.ranking for r in expected]  # every candidate's score and parts, not only the best
     assert _summary(got) == _summary(expected)
 
 
