@@ -12,8 +12,8 @@ a heartbeat (a worker killed mid-job stops beating: another worker's sweep re-qu
 a double click attaches to the job already queued, and a finished job's result is reused.
 
 The user is told the queue position ("2 requests ahead of you") from the job's place in the queue's
-Redis list, and gets a typed error with a chat sentence when the queue holds more than
-`queue_limit` waiting jobs (`QueueFullError`) or a job does not finish in time (`JobTimeoutError`).
+Redis list, told again whenever it changes while the job waits (looked at every `POSITION_POLL_S`),
+and gets a typed error with a chat sentence when the queue holds more than `queue_limit` waiting jobs (`QueueFullError`) or a job does not finish in time (`JobTimeoutError`).
 Errors the user can act on (a file that is not a video) come back typed, as the in-process runner
 raises them. Reason tokens come back through a Redis stream per job (`XADD` by the worker,
 `XREAD BLOCK` here), in order.
@@ -22,6 +22,7 @@ raises them. Reason tokens come back through a Redis stream per job (`XADD` by t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -72,6 +73,7 @@ from storage.media_store import MediaNotFoundError, MediaStore
 
 log = logging.getLogger(__name__)
 
+POSITION_POLL_S = 1.0  # seconds between two looks at a waiting job's place in the queue
 WAIT_STEP_S = 2.0  # seconds between two looks at a job's status while waiting on its pub/sub updates
 STREAM_BLOCK_MS = 1000  # XREAD BLOCK of the reason-token stream, ms
 STREAM_MAXLEN = 2000  # entries kept in a reason-token stream
@@ -374,8 +376,14 @@ class SaqRunner:
             job = await self._enqueue(queue, Job(function=kind, kwargs=kwargs, key=key, **policy.job_fields()))
         else:
             self.reused += 1
-        await self._tell_position(queue, job, on_status)
-        await self._wait(job, policy)
+        teller = asyncio.ensure_future(self._tell_position(queue, job, on_status)) if on_status is not None else None
+        try:
+            await self._wait(job, policy)
+        finally:
+            if teller is not None:
+                teller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await teller
         if job.status != Status.COMPLETE:
             if job.error and "TimeoutError" in job.error or job.status == Status.ABORTED:
                 raise JobTimeoutError(
@@ -406,13 +414,24 @@ class SaqRunner:
             await asyncio.sleep(0.2)
 
     async def _tell_position(self, queue: Queue, job: Job, on_status: StatusCallback | None) -> None:
+        """Tell the job's place in the queue, and again each time it changes (looked at every
+        POSITION_POLL_S), until a worker takes it (or it leaves the queue)."""
         if on_status is None:
             return
-        pos = await self.redis.lpos(queue.namespace("queued"), job.id)
-        if pos is None:  # a worker has it already
-            return
-        ahead = int(pos) + 1  # the jobs before it, and one running job to finish (as ModelPool counts)
-        await notify(on_status, f"{ahead} request{'s' if ahead != 1 else ''} ahead of you; yours is queued", ahead)
+        told = None
+        while True:
+            try:
+                pos = await self.redis.lpos(queue.namespace("queued"), job.id)
+            except Exception:  # noqa: BLE001 - only a status line: the wait for the result goes on
+                log.warning("could not read the queue position of job %s", job.key, exc_info=True)
+                return
+            if pos is None:  # a worker has it (or it ended)
+                return
+            ahead = int(pos) + 1  # the jobs before it, and one running job to finish (as ModelPool counts)
+            if ahead != told:
+                await notify(on_status, f"{ahead} request{'s' if ahead != 1 else ''} ahead of you; yours is queued", ahead)
+                told = ahead
+            await asyncio.sleep(POSITION_POLL_S)
 
     async def _wait(self, job: Job, policy: JobPolicy) -> None:
         """Wait for the job's end (pub/sub, looked at again every WAIT_STEP_S); JobTimeoutError past the deadline."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from bot.jobs.runner import (
     ReasonRequest,
 )
 from bot.jobs.saq_runner import SaqRunner, stream_key
+from bot.jobs.worker import serve_jobs
 from bot.service.contract import StatusEvent
 from bot.service.conversation import ReplyKind, ServiceConfig
 from engine.media import MediaError
 from engine.profiles import Encoders
+from engine.video import content_hash
 from tests.bot.jobs.conftest import (  # noqa: F401
     REDIS_URL,
     Queues,
@@ -160,9 +163,61 @@ async def test_the_queue_position_is_told_and_a_full_queue_refuses_with_a_clear_
         async with inproc_worker(settings, tiny):  # a worker comes: both queued turns are answered
             replies = await asyncio.gather(*waiting)
     assert [r.kind for r in replies] == [ReplyKind.RECOMMENDATION] * 2
-    ahead = [[e.ahead for e in events if isinstance(e, StatusEvent) and e.ahead is not None] for events in seen]
-    assert ahead == [[1], [2]]  # "1 request ahead of you", "2 requests ahead of you"
-    assert [e.message for e in seen[1] if isinstance(e, StatusEvent) and e.ahead] == ["2 requests ahead of you; yours is queued"]
+    ahead = [_ahead(events) for events in seen]
+    assert ahead[0] == [1] and ahead[1] in ([2], [2, 1])  # "1 request ahead of you", "2 requests ahead of you" (then 1, if seen)
+    assert [e.message for e in seen[1] if isinstance(e, StatusEvent) and e.ahead][0] == "2 requests ahead of you; yours is queued"
+
+
+def _ahead(events: list) -> list[int]:
+    return [e.ahead for e in events if isinstance(e, StatusEvent) and e.ahead is not None]
+
+
+async def _until(check, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_queue_position_is_told_again_each_time_it_moves_while_the_job_waits(
+    data_copy: Path, tiny: Encoders, queues: Queues, bikes_mp4: Path, bunny_mp4: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    settings = job_settings(data_copy, queues, worker_concurrency=1, model_workers=1)
+    third = lavfi(tmp_path / "third.mp4", "testsrc2=d=3:s=160x120:r=10", args=("-pix_fmt", "yuv420p"))
+    videos = [bikes_mp4, bunny_mp4, third]
+    seen: list[list] = [[], [], []]
+    async with front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        waiting = []
+        for i, video in enumerate(videos):  # no worker yet: all three wait in the queue
+            waiting.append(asyncio.ensure_future(runner.video_features(content_hash(video), video, on_status=seen[i].append)))
+            await _until(lambda: len(_ahead(seen[i])) == 1)  # noqa: B023
+        assert [_ahead(s) for s in seen] == [[1], [2], [3]]
+        # a stalled worker: one job at a time, its only model thread busy until `stall` is set
+        worker = await App.open(settings, encoders=tiny, catalog=False)
+        stall, stop = threading.Event(), asyncio.Event()
+        serving = None
+        try:
+            blocked = asyncio.ensure_future(worker.pool.run(stall.wait))
+            serving = asyncio.create_task(serve_jobs(settings, await worker.worker_runner(), stop=stop))
+            # it takes the first job (which waits for the model thread): the two others move up one, and are told so
+            await _until(lambda: _ahead(seen[2]) == [3, 2])
+            assert _ahead(seen[1]) == [2, 1]
+            await asyncio.sleep(2.5)  # nothing moves while the worker is stalled: nothing new is told
+            assert [_ahead(s) for s in seen] == [[1], [2, 1], [3, 2]]
+            stall.set()
+            results = await asyncio.gather(*waiting)
+            await blocked
+        finally:
+            stall.set()
+            stop.set()
+            if serving is not None:
+                await serving
+            await worker.close()
+    assert [vf.content_hash for vf in results] == [content_hash(v) for v in videos]
+    for events in seen:  # told only when it changed, always closer to the front
+        assert _ahead(events) == sorted(set(_ahead(events)), reverse=True)
+    assert _ahead(seen[2])[:2] == [3, 2]
 
 
 async def test_a_file_that_is_not_a_video_is_refused_as_the_in_process_runner_refuses_it(
