@@ -220,6 +220,18 @@ class App:
 
     # --- catalog administration -----------------------------------------------------------------
 
+    def refresh_queue(self) -> Any:
+        """Where `musechat serve`'s scheduled refreshes go: the SAQ runner (a worker refreshes, on the
+        catalog queue) when the service sends its model jobs to workers and the catalog is a server
+        (MUSECHAT_QDRANT_URL) a worker can open too; else None: this process refreshes (an embedded
+        catalog belongs to the one process that opened it: this one)."""
+        if self._runner is None:
+            return None
+        if not self.settings.qdrant_url:
+            log.info("catalog refreshes run in this process: the embedded catalog cannot be opened by a worker while it is open here")
+            return None
+        return self._runner
+
     def admin(self) -> CatalogAdmin:
         """The catalog admin over the same catalog, database, media store and model pool."""
         if self._admin is None:

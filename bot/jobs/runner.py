@@ -65,6 +65,10 @@ class JobTimeoutError(ConversationError):
     """A model job did not finish in time (a worker too slow, or none alive)."""
 
 
+class CatalogBusyError(ConversationError):
+    """A worker could not open the catalog to refresh it: an embedded catalog is open in another process."""
+
+
 class JobFailedError(ConversationError):
     """A model job failed on the worker for a reason that is not the user's (a bug, logged there)."""
 
@@ -160,6 +164,7 @@ class ModelRunner(Protocol):
 
 __all__ = [
     "CATALOG_REFRESH",
+    "CatalogBusyError",
     "EXCERPT",
     "JOB_KINDS",
     "PING",

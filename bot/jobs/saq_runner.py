@@ -312,11 +312,13 @@ class SaqRunner:
                     log.warning("reason job %s: its token stream did not end", job_key)
         return str(result["reason"]), str(result["source"])
 
-    async def catalog_refresh(self, *, trigger: str = "queue", job_key: str = CATALOG_REFRESH) -> dict[str, Any]:
+    async def catalog_refresh(
+        self, *, trigger: str = "queue", job_key: str = CATALOG_REFRESH, on_status: StatusCallback | None = None
+    ) -> dict[str, Any]:  # fmt: skip
         """A catalog refresh on a worker, through the `catalog` queue (long, heartbeats): what it did.
 
         One key for every refresh: a second request while one is queued or running joins it."""
-        return await self._run(CATALOG_REFRESH, {"trigger": trigger}, key=job_key, queue=self.catalog, reuse=False)
+        return await self._run(CATALOG_REFRESH, {"trigger": trigger}, key=job_key, queue=self.catalog, reuse=False, on_status=on_status)
 
     async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
         return await self._run(PING, {}, key=job_key or f"{PING}:{uuid.uuid4().hex}")

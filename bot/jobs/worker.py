@@ -40,6 +40,7 @@ from bot.jobs.runner import (
     REASON,
     RERANK,
     VIDEO_FEATURES,
+    CatalogBusyError,
     QueryRequest,
     ReasonRequest,
 )
@@ -52,6 +53,7 @@ from bot.jobs.wire import (
     unpack_rows,
 )
 from engine.video import VideoFeatures
+from storage.catalog import CatalogLockedError
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,14 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
     settings = ctx["worker"].context["settings"]
 
     async def work() -> dict[str, Any]:
-        app = await App.open(settings, encoders=runner.engine.encoders)
+        try:
+            app = await App.open(settings, encoders=runner.engine.encoders)
+        except CatalogLockedError as exc:  # not retried: the admin has to act
+            raise CatalogBusyError(
+                "A worker cannot refresh the catalog: it is open in another process (an embedded catalog belongs to one "
+                "process). Stop that process, or use a Qdrant server (MUSECHAT_QDRANT_URL), or refresh with --local there.",
+                str(exc),
+            ) from exc
         own, app.pool = app.pool, runner.pool  # its model calls take the worker pool's catalog lane: users' jobs first
         try:
             report = await app.admin().refresh(trigger=trigger)

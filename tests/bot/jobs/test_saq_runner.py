@@ -7,6 +7,7 @@ tests/bot/jobs/test_worker_processes.py runs `musechat worker` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import threading
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from bot.app import App
 from bot.jobs.runner import (
     CATALOG_REFRESH,
+    CatalogBusyError,
     JobTimeoutError,
     QueueFullError,
     ReasonRequest,
@@ -303,3 +305,80 @@ async def test_the_worker_reads_the_redis_eviction_policy(queues: Queues) -> Non
         assert await warn_unless_noeviction(queue) == "noeviction"  # the test Redis runs as the stack's does
     finally:
         await queue.disconnect()
+
+
+async def test_musechat_catalog_refresh_with_the_saq_runner_refreshes_on_a_worker(
+    data_copy: Path, tiny: Encoders, queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from typer.testing import CliRunner
+
+    from bot.cli.main import app as cli
+    from bot.settings import get_settings
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
+    env = {
+        "MUSECHAT_DATA_DIR": str(data_copy), "MUSECHAT_PROFILE": "tiny", "MUSECHAT_ALLOW_RANDOM_WEIGHTS": "1",
+        "MUSECHAT_REDIS_URL": REDIS_URL, "MUSECHAT_MODEL_RUNNER": "saq",
+    } | queues.env()  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MUSECHAT_QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        added = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "add", str(folder), "--licence", "CC0-1.0"])
+        assert added.exit_code == 0, added.output
+        async with inproc_worker(job_settings(data_copy, queues), tiny) as worker:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "refresh"])
+            catalog_runs = worker.pool.completed["catalog"]
+        status = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "status", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert f"refresh sent to the catalog queue {queues.catalog}" in said
+    assert f"{len(CLIPS) + 1} tracks (1 added, 0 changed, 0 removed; 1 embedded, {len(CLIPS)} reused)" in said
+    assert said.endswith("on a worker")
+    assert catalog_runs > 0  # the worker's models embedded the new track (its pool's catalog lane)
+    assert json.loads(status.stdout)["tracks"] == len(CLIPS) + 1
+
+
+async def test_musechat_catalog_refresh_says_clearly_when_no_worker_can_open_the_catalog(
+    data_copy: Path, tiny: Encoders, queues: Queues  # noqa: F811
+) -> None:
+    settings = job_settings(data_copy, queues)
+    async with inproc_worker(settings, tiny) as worker, front_end(settings, None) as holder:  # holds the embedded catalog
+        from bot.cli.catalog import queued_refresh
+
+        with pytest.raises(CatalogBusyError) as err:
+            await queued_refresh(settings)
+        assert holder.refresh_queue() is None  # so `serve` refreshes in its own process (embedded catalog)
+        assert worker.pool.completed["catalog"] == 0
+    assert "it is open in another process" in err.value.user_message
+
+
+async def test_scheduled_refreshes_go_to_the_catalog_queue(data_copy: Path, tiny: Encoders, queues: Queues) -> None:  # noqa: F811
+    from bot.service.scheduler import start_catalog_scheduler
+    from storage.job_store import JobStatus
+
+    settings = job_settings(data_copy, queues)
+    front = await App.open(settings, catalog=False)  # a front-end of the stack: the catalog is not its to open
+    try:
+        admin = front.admin()
+        stale = (await admin.jobs.start_run(kind="catalog_refresh", detail={"trigger": "schedule"})).id  # a worker's run, going on
+        async with inproc_worker(settings, tiny) as worker:
+            runner = await SaqRunner.open(settings, media=worker.media, features_tag="tiny:1")
+            try:
+                scheduler = await start_catalog_scheduler(admin, cron="0 3 * * *", queue=runner)
+                assert await scheduler.run_now()  # as the cron would fire it: the run waits for the worker's report
+                await scheduler.aclose()
+                job = await runner.catalog.job(CATALOG_REFRESH)
+            finally:
+                await runner.close()
+        runs = await admin.jobs.list_runs(kind="catalog_refresh")
+    finally:
+        await front.close()
+    assert job.status.value == "complete" and job.result["tracks"] == len(CLIPS)
+    assert runs[0].status is JobStatus.SUCCEEDED and runs[0].detail.get("trigger") == "schedule"
+    assert [r.status for r in runs if r.id == stale] == [JobStatus.RUNNING]  # not closed by the front-end's start
