@@ -79,6 +79,7 @@ class App:
         self._service_lock = asyncio.Lock()
         self._admin: CatalogAdmin | None = None
         self._runner: Any = None  # bot/jobs/saq_runner.py SaqRunner when the service sends its model jobs to workers
+        self._closers: list[Callable[[], None]] = []  # closed with the app (a worker's batchers)
         self._closed = False
 
     @classmethod
@@ -205,6 +206,16 @@ class App:
         self.check_weights()
         say = progress or (lambda _: None)
         engine, assets = await self._load_engine(say)
+        batchers = {}
+        if self.settings.worker_batch_size > 1:  # concurrent videos' frames in one forward pass (bot/jobs/batching.py)
+            from bot.jobs.batching import BatchingImageEncoder
+
+            image = BatchingImageEncoder(
+                engine.encoders.image, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+            )  # fmt: skip
+            engine._encoders = dataclasses.replace(engine.encoders, image=image)
+            batchers["image embedding"] = image.batcher
+            self._closers.append(image.close)
         renderer = MediaRenderer(
             media=self.media, assets=assets, pool=self.pool, limits=engine.config.limits, ffmpeg=self.settings.ffmpeg_binary,
             mix_original_sound=self.config.mix_original_sound,
@@ -214,6 +225,7 @@ class App:
             say("loading the reasoner")
             await asyncio.to_thread(reasons.get_reasoner)
         runner = InProcessRunner(self.pool, engine=engine, media=self.media, renderer=renderer, reasons=reasons)
+        runner.batchers = batchers
         renderer.runner = runner
         settle_heap()
         return runner
@@ -268,6 +280,8 @@ class App:
             if self._runner is not None:
                 await self._runner.close()
             await asyncio.to_thread(self.pool.shutdown)
+            for close in self._closers:
+                await asyncio.to_thread(close)
         finally:
             if self.catalog is not None:
                 self.catalog.close()

@@ -43,6 +43,7 @@ class InProcessRunner:
         self.media = media
         self.renderer = renderer
         self.reasons = reasons
+        self.batchers: dict[str, Any] = {}  # name -> bot/jobs/batching.py MicroBatcher (a worker's; its batch sizes)
 
     async def video_features(self, video_sha: str, path: Path | None = None, *, on_status: StatusCallback | None = None) -> VideoFeatures:
         if path is None:

@@ -240,9 +240,11 @@ async def rerank(ctx: Context, *, request: dict[str, Any], mode: str, rows: str)
 
 
 async def ping(ctx: Context) -> dict[str, Any]:
-    """A round trip through the queue and the model pool (no model work): which worker answered."""
-    await _runner(ctx).pool.run(int)
-    return {"worker": str(ctx["worker"].id), "pid": os.getpid()}
+    """A round trip through the queue and the model pool (no model work): which worker answered, and the
+    batch sizes its micro-batchers ran so far ({"image embedding": {"1": 12, "3": 2}}: size -> batches)."""
+    runner = _runner(ctx)
+    await runner.pool.run(int)
+    return {"worker": str(ctx["worker"].id), "pid": os.getpid(), "batches": {name: b.stats() for name, b in runner.batchers.items()}}
 
 
 FUNCTIONS = [

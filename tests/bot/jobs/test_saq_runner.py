@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 
@@ -382,3 +383,25 @@ async def test_scheduled_refreshes_go_to_the_catalog_queue(data_copy: Path, tiny
     assert job.status.value == "complete" and job.result["tracks"] == len(CLIPS)
     assert runs[0].status is JobStatus.SUCCEEDED and runs[0].detail.get("trigger") == "schedule"
     assert [r.status for r in runs if r.id == stale] == [JobStatus.RUNNING]  # not closed by the front-end's start
+
+
+async def test_a_worker_embeds_videos_sent_together_in_one_batch_and_reports_it(
+    data_copy: Path, tiny: Encoders, queues: Queues, tmp_path: Path  # noqa: F811
+) -> None:
+    from engine.engine import Engine, EngineConfig
+
+    videos = [
+        lavfi(tmp_path / f"v{i}.mp4", f"testsrc2=d={d}:s=160x120:r=10", args=("-pix_fmt", "yuv420p")) for i, d in enumerate((2, 3, 4))
+    ]
+    settings = job_settings(data_copy, queues, worker_batch_size=3, worker_batch_wait_ms=5000, worker_concurrency=3, model_workers=3)
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        got = await asyncio.gather(*(runner.video_features(content_hash(v), v) for v in videos))
+        pong = await runner.ping()
+    assert pong["batches"] == {"image embedding": {"3": 1}}  # three videos, one forward pass
+    alone = Engine(EngineConfig(profile="tiny"), encoders=tiny)
+    for vf, video in zip(got, videos, strict=True):
+        want = alone.video_features(video)
+        assert vf.content_hash == want.content_hash and [n for n, _ in vf.labels] == [n for n, _ in want.labels]
+        np.testing.assert_allclose(vf.segment_vectors, want.segment_vectors, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(vf.motion, want.motion)
