@@ -208,14 +208,20 @@ class App:
         engine, assets = await self._load_engine(say)
         batchers = {}
         if self.settings.worker_batch_size > 1:  # concurrent videos' frames in one forward pass (bot/jobs/batching.py)
-            from bot.jobs.batching import BatchingImageEncoder
+            from bot.jobs.batching import BatchingImageEncoder, BatchingTextEncoder
 
             image = BatchingImageEncoder(
                 engine.encoders.image, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
             )  # fmt: skip
             engine._encoders = dataclasses.replace(engine.encoders, image=image)
-            batchers["image embedding"] = image.batcher
-            self._closers.append(image.close)
+            if hasattr(image.inner, "label_vectors"):  # CLIP's class prompts, once, before two batch threads share its tokenizer
+                await asyncio.to_thread(image.inner.label_vectors)
+            text = BatchingTextEncoder(
+                engine.encoders.text, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+            )  # fmt: skip
+            engine.share_text_encoder(text)  # the jobs' query sentences meet in its batches
+            batchers |= {"image embedding": image.batcher, "query encoding": text.batcher}
+            self._closers += [image.close, text.close]
         renderer = MediaRenderer(
             media=self.media, assets=assets, pool=self.pool, limits=engine.config.limits, ffmpeg=self.settings.ffmpeg_binary,
             mix_original_sound=self.config.mix_original_sound,

@@ -177,6 +177,21 @@ class Engine:
         """Load every model now (at start-up) rather than on the first request."""
         _ = self.encoders, self.fusion, self.scorer
 
+    def share_text_encoder(self, text_encoder) -> None:
+        """Use `text_encoder` (a thread-safe one: a model worker's micro-batched encoder, bot/jobs/batching.py)
+        and let threads query and re-rank at once, so that their sentences meet in its batches.
+
+        By default the scorer is used by one thread at a time (`_scorer_lock`): tokenizers are not
+        safe to share between threads, and nothing else gains from running queries side by side."""
+        import contextlib
+        import dataclasses
+
+        encoders = self.encoders  # loaded first (the property takes _load_lock itself)
+        with self._load_lock:
+            self._encoders = dataclasses.replace(encoders, text=text_encoder)
+            self._scorer = ZeroShotScorer(text_encoder, self.config.zero_shot)
+            self._scorer_lock = contextlib.nullcontext()  # type: ignore[assignment]
+
     # --- features ------------------------------------------------------------------------------
 
     def video_features(self, path: str | Path, *, fps: float | None = None) -> VideoFeatures:

@@ -7,6 +7,9 @@ within `max_wait_s` of the first one, up to `max_size` requests, runs them as ON
 thread, and hands each caller its own part of the result; the callers (model threads) block
 meanwhile, so the worker's model concurrency stays what its pool allows.
 
+`BatchingTextEncoder` does the same for the sentences of the queries and re-ranks a worker runs
+at once (a turn's query encoding, paper 4.1), in one forward pass of the text encoder.
+
 `BatchingImageEncoder` puts an `ImageEncoder` behind one: `encode_with_labels` (what
 engine/video.py calls per video) becomes a request of the batch, and the batch runs the encoder's
 `encode_batch_with_labels` (engine/encoders/base.py: one forward pass over every video's frames,
@@ -31,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from engine.encoders.base import ImageEncoder
+from engine.encoders.base import ImageEncoder, TextEncoder, TextTokens
 
 log = logging.getLogger(__name__)
 
@@ -158,4 +161,48 @@ class BatchingImageEncoder(ImageEncoder):
         self.batcher.close()
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BATCH_WAIT_MS", "BatchingImageEncoder", "MicroBatcher"]
+SENTENCES, TOKENS = "sentences", "tokens"
+
+
+class BatchingTextEncoder(TextEncoder):
+    """A text encoder whose calls all run on its batcher's thread (tokenizers are not shared between
+    threads), concurrent `encode_sentences` calls in one forward pass: the query encoding of the jobs
+    a worker runs at once (the engine lets them meet here: `Engine.share_text_encoder`)."""
+
+    def __init__(self, inner: TextEncoder, *, max_size: int = DEFAULT_BATCH_SIZE, max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.batcher: MicroBatcher[tuple[str, list[str]], Any] = MicroBatcher(
+            self._run, max_size=max_size, max_wait_s=max_wait_s, name="query encoding"
+        )
+
+    def _run(self, items: list[tuple[str, list[str]]]) -> list[Any]:
+        out: list[Any] = [None] * len(items)
+        sentences = [i for i, (kind, texts) in enumerate(items) if kind == SENTENCES and texts]
+        if len(sentences) == 1:  # alone: exactly the unbatched call
+            out[sentences[0]] = self.inner.encode_sentences(items[sentences[0]][1])
+        elif sentences:
+            vecs = self.inner.encode_sentences([t for i in sentences for t in items[i][1]])  # (sum B, D): one pass
+            start = 0
+            for i in sentences:
+                n = len(items[i][1])
+                out[i] = vecs[start : start + n]
+                start += n
+        for i, (kind, texts) in enumerate(items):
+            if kind == TOKENS:
+                out[i] = self.inner.encode_tokens(texts)  # token states keep their own padding: one by one
+            elif not texts:
+                out[i] = self.inner.encode_sentences(texts)
+        return out
+
+    def encode_sentences(self, texts: list[str]) -> torch.Tensor:
+        return self.batcher.submit((SENTENCES, list(texts)))
+
+    def encode_tokens(self, texts: list[str]) -> TextTokens:
+        return self.batcher.submit((TOKENS, list(texts)))
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BATCH_WAIT_MS", "BatchingImageEncoder", "BatchingTextEncoder", "MicroBatcher"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bot.jobs.batching import BatchingImageEncoder, MicroBatcher
+from bot.jobs.batching import BatchingImageEncoder, BatchingTextEncoder, MicroBatcher
 from engine.encoders import hf
 
 WAIT_S = 5.0  # long enough for every thread of a test to arrive: the batch closes when full, never on this
@@ -94,3 +94,24 @@ def test_videos_embedded_at_once_are_one_forward_pass_equal_to_each_alone() -> N
         f_a, labels_a = inner.encode_with_labels(video)
         torch.testing.assert_close(f_b, f_a, rtol=1e-4, atol=1e-5)
         assert [n for n, _ in labels_b] == [n for n, _ in labels_a]
+
+
+@pytest.mark.parametrize("name", ["minilm", "clip"])
+def test_sentences_encoded_at_once_are_one_forward_pass_equal_to_each_alone(name: str) -> None:
+    from engine.encoders.minilm import MiniLMTextEncoder
+
+    inner = MiniLMTextEncoder() if name == "minilm" else hf.ClipTextEncoder(*hf.tiny_clip())
+    enc = BatchingTextEncoder(inner, max_size=3, max_wait_s=WAIT_S)
+    asks = [["more drums"], ["calm piano for a wedding video", "no vocals"], ["a much longer sentence about epic orchestral battle music"]]
+    calls = []
+    encode = inner.encode_sentences
+    inner.encode_sentences = lambda texts: calls.append(len(texts)) or encode(texts)  # type: ignore[method-assign]
+    try:
+        together = _concurrently(enc.encode_sentences, asks)
+        tokens = enc.encode_tokens(["more drums"])  # token states: passed through, on the same thread
+    finally:
+        enc.close()
+    assert calls == [4] and enc.batcher.stats() == {"1": 1, "3": 1}  # three callers, one pass; then the tokens alone
+    for vecs, texts in zip(together, asks, strict=True):
+        torch.testing.assert_close(vecs, encode(texts), rtol=1e-4, atol=1e-5)  # other padding: float rounding only
+    assert tokens.states.shape[0] == 1 and torch.equal(tokens.states, inner.encode_tokens(["more drums"]).states)

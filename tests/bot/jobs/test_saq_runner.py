@@ -398,10 +398,34 @@ async def test_a_worker_embeds_videos_sent_together_in_one_batch_and_reports_it(
         runner = (await app.service()).runner
         got = await asyncio.gather(*(runner.video_features(content_hash(v), v) for v in videos))
         pong = await runner.ping()
-    assert pong["batches"] == {"image embedding": {"3": 1}}  # three videos, one forward pass
+    assert pong["batches"]["image embedding"] == {"3": 1}  # three videos, one forward pass
     alone = Engine(EngineConfig(profile="tiny"), encoders=tiny)
     for vf, video in zip(got, videos, strict=True):
         want = alone.video_features(video)
         assert vf.content_hash == want.content_hash and [n for n, _ in vf.labels] == [n for n, _ in want.labels]
         np.testing.assert_allclose(vf.segment_vectors, want.segment_vectors, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(vf.motion, want.motion)
+
+
+async def test_a_worker_encodes_the_queries_of_jobs_running_together_in_shared_batches(
+    data_copy: Path, tiny: Encoders, queues: Queues  # noqa: F811
+) -> None:
+    from bot.jobs.runner import QueryRequest
+    from bot.service.turns import encode_query
+    from engine.engine import Engine, EngineConfig
+
+    words = ["calm piano, no vocals", "epic orchestral battle, more drums", "happy upbeat pop, much faster"]
+    settings = job_settings(data_copy, queues, worker_batch_size=3, worker_batch_wait_ms=1000, worker_concurrency=3, model_workers=3)
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        requests = [QueryRequest(video=None, text=w, anchor_text=w, candidate=None) for w in words]
+        got = await asyncio.gather(*(runner.query(r, job_key=f"q{i}") for i, r in enumerate(requests)))
+        pong = await runner.ping()
+    sizes = {int(k): n for k, n in pong["batches"]["query encoding"].items()}
+    assert max(sizes) >= 2  # sentences of different jobs shared a forward pass
+    alone = Engine(EngineConfig(profile="tiny"), encoders=tiny)
+    for (query, anchor), w in zip(got, words, strict=True):
+        want, want_anchor = encode_query(alone, video=None, text=w, anchor_text=w, candidate=None, negatives=())
+        assert query.preference.describe() == want.preference.describe() and query.vector_name == want.vector_name
+        np.testing.assert_allclose(query.vector, want.vector, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(anchor, want_anchor, rtol=1e-4, atol=1e-5)
