@@ -15,13 +15,21 @@ Targets (issue 13, "Benchmark"), on this machine with the `lite` profile (`--pro
    (no answer, or an error) and turns answered twice (a duplicate answer line, or more turn rows
    in the database than turns asked), both must be 0; p95 turn latency.
 
+4. batched vs one-by-one video embedding (bot/jobs/batching.py, `--batch-only` runs just this):
+   the frames of `--batch-videos` videos (bikes.mp4 and bigbuckbunny.mp4, decoded once, as a video
+   query decodes them) embedded one video per forward pass, then `--batch-size` videos per pass
+   (`encode_batch_with_labels`), then through the worker's `MicroBatcher` from `--batch-size`
+   threads at once: videos/s and frames/s each, and the largest difference between a batched
+   feature and the same video's one-by-one feature (must stay at float rounding). On a GPU
+   (`--device cuda`) run it with `--profile paper`; here (no GPU) it runs with `lite` on the CPU.
+
 Each worker runs 1 model thread (MUSECHAT_MODEL_WORKERS=1, OMP_NUM_THREADS=1), each front-end 2
 (its own retrieval and re-ranking). The catalog is the tests' 12 real clips (tests/helpers/service.py), indexed once into --workdir
 with the chosen profile. Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (db `test`).
 
 Usage: .venv/bin/python benchmarks/bench_workers.py [--profile lite] [--pings 200] [--concurrent 50]
        [--turns 3] [--load 200] [--skip-load] [--reasoner off] [--workdir /tmp/musechat-bench-workers]
-       [--json out.json]
+       [--json out.json] [--batch-only] [--batch-videos 16] [--batch-size 8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -100,6 +108,61 @@ def clean(queues: tuple[str, str]) -> None:
             if keys:
                 r.delete(*keys)
     r.close()
+
+
+def batched_embedding(args: argparse.Namespace) -> dict:
+    """Section 4: video embedding throughput, one video per forward pass vs micro-batches (module docstring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import skvideo
+    import torch
+
+    from bot.jobs.batching import BatchingImageEncoder
+    from engine.media import decode_frames_and_motion, plan_segments, probe
+
+    enc = load_encoders(args.profile, device=args.device).image
+    data = Path(skvideo.__file__).parent / "datasets" / "data"
+    decoded = []
+    for name in ("bikes.mp4", "bigbuckbunny.mp4"):
+        path = data / name
+        per_segment, _ = decode_frames_and_motion(path, segments=plan_segments(probe(path).duration_s), fps=1.0, size=enc.input_size)
+        decoded.append(np.concatenate([f for f in per_segment if len(f)]))
+    stacks = [decoded[i % len(decoded)] for i in range(args.batch_videos)]
+    frames = sum(len(f) for f in stacks)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    enc.encode_batch_with_labels(stacks[: args.batch_size])  # warm-up (allocations, kernels)
+    sync()
+
+    def timed(fn) -> tuple[float, list]:
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t0, out
+
+    t_one, one = timed(lambda: [enc.encode_with_labels(f) for f in stacks])
+    bs = args.batch_size
+    t_batch, batched = timed(lambda: [r for i in range(0, len(stacks), bs) for r in enc.encode_batch_with_labels(stacks[i : i + bs])])
+    batching = BatchingImageEncoder(enc, max_size=bs, max_wait_s=0.005)
+    try:
+        with ThreadPoolExecutor(bs) as pool:  # as a worker's model threads call it
+            t_worker, via = timed(lambda: list(pool.map(batching.encode_with_labels, stacks)))
+    finally:
+        batching.close()
+    t_again, _ = timed(lambda: [enc.encode_with_labels(f) for f in stacks])  # once more, last: order effects (warm caches) cut both ways
+    t_one = min(t_one, t_again)
+    # the batched features against the same video's one-by-one features (not against themselves)
+    diff = max(float((a[0] - b[0]).abs().max()) for other in (batched, via) for a, b in zip(one, other, strict=True))
+
+    def rate(t: float) -> dict:
+        return {"seconds": round(t, 3), "videos_per_s": round(len(stacks) / t, 2), "frames_per_s": round(frames / t, 1)}
+
+    return {
+        "device": args.device, "videos": len(stacks), "frames": frames, "batch_size": bs,
+        "one_by_one": rate(t_one), "batched": rate(t_batch), "through_the_worker_batcher": rate(t_worker),
+        "worker_batches": batching.batcher.stats(), "speedup": round(t_one / t_batch, 2),
+        "max_abs_feature_difference": diff,
+    }  # fmt: skip
 
 
 def videos(workdir: Path, n: int) -> Path:
@@ -221,9 +284,19 @@ def main() -> None:
     p.add_argument("--reasoner", default="off")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/musechat-bench-workers"))
     p.add_argument("--json", type=Path)
+    p.add_argument("--batch-only", action="store_true", help="only section 4: batched vs one-by-one video embedding")
+    p.add_argument("--batch-videos", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     report: dict = {"profile": args.profile, "cpus": os.cpu_count(), "reasoner": args.reasoner}
+    if args.batch_only:
+        report = {"profile": args.profile, "cpus": os.cpu_count(), "batched_embedding": batched_embedding(args)}
+        print(json.dumps(report, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return
     data = build(args.workdir, args.profile)
     clips = videos(args.workdir, max(args.concurrent, args.load))
     tag = uuid.uuid4().hex[:8]
@@ -263,6 +336,8 @@ def main() -> None:
     if not args.skip_load:
         report["load"] = asyncio.run(load_run(args, data, clips, logs, tag, fresh_data))
         print("load", json.dumps(report["load"]), flush=True)
+    report["batched_embedding"] = batched_embedding(args)
+    print("batched embedding", json.dumps(report["batched_embedding"]), flush=True)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

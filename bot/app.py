@@ -9,7 +9,8 @@ and nothing else opens storage. One `App` per process:
   scheduled refresh all share this one;
 - the media store; the model pool (interactive and catalog lanes, bot/service/pool.py) and the
   model runner (bot/jobs/: this pool, or SAQ workers when `MUSECHAT_MODEL_RUNNER=saq`);
-- the conversation service (`await app.service()`: loads the models once) and the catalog admin
+- the conversation service (`await app.service()`: loads the models once; with the SAQ runner it
+  loads none, every model job being the workers') and the catalog admin
   (`app.admin()`: shares the service's encoders once they are loaded, else loads its own lazily,
   only when a refresh has something to embed);
 - for `musechat worker`: `App.open(..., catalog=False)` (a worker needs no catalog, and must not
@@ -78,6 +79,7 @@ class App:
         self._service_lock = asyncio.Lock()
         self._admin: CatalogAdmin | None = None
         self._runner: Any = None  # bot/jobs/saq_runner.py SaqRunner when the service sends its model jobs to workers
+        self._closers: list[Callable[[], None]] = []  # closed with the app (a worker's batchers)
         self._closed = False
 
     @classmethod
@@ -150,29 +152,39 @@ class App:
                 "Use MUSECHAT_PROFILE=lite, or set MUSECHAT_ALLOW_RANDOM_WEIGHTS=1 to run it anyway."
             )
 
-    async def _load_engine(self, say: Progress) -> tuple[Any, TrackAssets]:
-        """The engine of this app's profile, warmed up, and the indexer's per-track assets it reads."""
+    async def _load_engine(self, say: Progress, *, load: bool = True) -> tuple[Any, TrackAssets]:
+        """The engine of this app's profile, warmed up, and the indexer's per-track assets it reads.
+
+        `load=False`: the models stay unloaded (a front-end whose model jobs all go to workers)."""
         from engine.engine import Engine
 
         engine_config = dataclasses.replace(self.settings.engine_config(), profile=self.profile)
         engine = Engine(engine_config, encoders=self._encoders)
-        say(f"loading the '{self.profile}' models")
-        await asyncio.to_thread(engine.warm_up)
-        features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(engine.encoders.profile))
+        if load:
+            say(f"loading the '{self.profile}' models")
+            await asyncio.to_thread(engine.warm_up)
+        from engine.profiles import resolve_profile
+
+        # the key names backbones, not sizes: the declared profile names the same folder as the loaded one
+        profile = engine.encoders.profile if load else resolve_profile(self.profile, engine_config.overrides)
+        features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(profile))
         return engine, TrackAssets(TrackStore(self.sql), features)
 
     async def _build_service(self, say: Progress) -> ConversationService:
-        engine, assets = await self._load_engine(say)
+        if self.settings.model_runner not in ("local", "saq"):
+            raise SettingsError(f"unknown model runner {self.settings.model_runner!r} (MUSECHAT_MODEL_RUNNER): choose local or saq")
+        # with workers (saq) every model job is theirs: video features, query + re-rank, excerpts, previews,
+        # reasons; the front-end keeps the catalog, the database and the media store, and loads no model
+        remote = self.settings.model_runner == "saq"
+        engine, assets = await self._load_engine(say, load=not remote)
         engine_config = engine.config
         runner = None
-        if self.settings.model_runner == "saq":
+        if remote:
             from bot.jobs.saq_runner import SaqRunner
 
             say("connecting to the job queue")
             tag = f"{engine_config.profile}:{engine_config.query_fps:g}"
             runner = self._runner = await SaqRunner.open(self.settings, media=self.media, features_tag=tag)
-        elif self.settings.model_runner != "local":
-            raise SettingsError(f"unknown model runner {self.settings.model_runner!r} (MUSECHAT_MODEL_RUNNER): choose local or saq")
         service = ConversationService(
             engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
             assets=assets, config=self.config, limits=engine_config.limits,
@@ -194,6 +206,22 @@ class App:
         self.check_weights()
         say = progress or (lambda _: None)
         engine, assets = await self._load_engine(say)
+        batchers = {}
+        if self.settings.worker_batch_size > 1:  # concurrent videos' frames in one forward pass (bot/jobs/batching.py)
+            from bot.jobs.batching import BatchingImageEncoder, BatchingTextEncoder
+
+            image = BatchingImageEncoder(
+                engine.encoders.image, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+            )  # fmt: skip
+            engine._encoders = dataclasses.replace(engine.encoders, image=image)
+            if hasattr(image.inner, "label_vectors"):  # CLIP's class prompts, once, before two batch threads share its tokenizer
+                await asyncio.to_thread(image.inner.label_vectors)
+            text = BatchingTextEncoder(
+                engine.encoders.text, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+            )  # fmt: skip
+            engine.share_text_encoder(text)  # the jobs' query sentences meet in its batches
+            batchers |= {"image embedding": image.batcher, "query encoding": text.batcher}
+            self._closers += [image.close, text.close]
         renderer = MediaRenderer(
             media=self.media, assets=assets, pool=self.pool, limits=engine.config.limits, ffmpeg=self.settings.ffmpeg_binary,
             mix_original_sound=self.config.mix_original_sound,
@@ -203,11 +231,24 @@ class App:
             say("loading the reasoner")
             await asyncio.to_thread(reasons.get_reasoner)
         runner = InProcessRunner(self.pool, engine=engine, media=self.media, renderer=renderer, reasons=reasons)
+        runner.batchers = batchers
         renderer.runner = runner
         settle_heap()
         return runner
 
     # --- catalog administration -----------------------------------------------------------------
+
+    def refresh_queue(self) -> Any:
+        """Where `musechat serve`'s scheduled refreshes go: the SAQ runner (a worker refreshes, on the
+        catalog queue) when the service sends its model jobs to workers and the catalog is a server
+        (MUSECHAT_QDRANT_URL) a worker can open too; else None: this process refreshes (an embedded
+        catalog belongs to the one process that opened it: this one)."""
+        if self._runner is None:
+            return None
+        if not self.settings.qdrant_url:
+            log.info("catalog refreshes run in this process: the embedded catalog cannot be opened by a worker while it is open here")
+            return None
+        return self._runner
 
     def admin(self) -> CatalogAdmin:
         """The catalog admin over the same catalog, database, media store and model pool."""
@@ -220,7 +261,7 @@ class App:
             fusion = load_fusion(ckpt, profile, device=s.device) if ckpt is not None else None
 
             def encoders():  # the service's, when it is loaded; else the admin's own (a refresh with work to do)
-                if self._service is not None:
+                if self._service is not None and self._service.runner.local:  # (with workers, the front-end loaded none)
                     return self._service.engine.encoders
                 if self._encoders is not None:
                     return self._encoders
@@ -245,6 +286,8 @@ class App:
             if self._runner is not None:
                 await self._runner.close()
             await asyncio.to_thread(self.pool.shutdown)
+            for close in self._closers:
+                await asyncio.to_thread(close)
         finally:
             if self.catalog is not None:
                 self.catalog.close()

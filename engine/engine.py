@@ -177,6 +177,21 @@ class Engine:
         """Load every model now (at start-up) rather than on the first request."""
         _ = self.encoders, self.fusion, self.scorer
 
+    def share_text_encoder(self, text_encoder) -> None:
+        """Use `text_encoder` (a thread-safe one: a model worker's micro-batched encoder, bot/jobs/batching.py)
+        and let threads query and re-rank at once, so that their sentences meet in its batches.
+
+        By default the scorer is used by one thread at a time (`_scorer_lock`): tokenizers are not
+        safe to share between threads, and nothing else gains from running queries side by side."""
+        import contextlib
+        import dataclasses
+
+        encoders = self.encoders  # loaded first (the property takes _load_lock itself)
+        with self._load_lock:
+            self._encoders = dataclasses.replace(encoders, text=text_encoder)
+            self._scorer = ZeroShotScorer(text_encoder, self.config.zero_shot)
+            self._scorer_lock = contextlib.nullcontext()  # type: ignore[assignment]
+
     # --- features ------------------------------------------------------------------------------
 
     def video_features(self, path: str | Path, *, fps: float | None = None) -> VideoFeatures:
@@ -236,6 +251,26 @@ class Engine:
         if vec is None and candidate is not None and candidate.track_id not in negative_ids:
             positive_ids = (candidate.track_id,)
         return Query(MODE_ZERO_SHOT, TEXT_VECTOR, vec, positive_ids, negative_ids, preference, self, video, text, candidate, tuple(negatives))
+
+    def ranker(
+        self,
+        *,
+        mode: str,
+        video: VideoFeatures | None = None,
+        text: str | None = None,
+        candidate: TrackContext | None = None,
+        negatives: Sequence[TrackContext] = (),
+    ) -> Query:
+        """The `Query` of `query(...)` on the same inputs, for its `rerank` only: no search vector computed.
+
+        Where the search ran elsewhere (a model worker re-ranks what a front-end's catalog returned,
+        bot/jobs/worker.py): the ranking equals `query(...).rerank` on the same candidates."""
+        text = (text or "").strip() or None
+        with self._scorer_lock:
+            preference = self.scorer.parser.parse(text) if text else None
+        vector_name = FUSION_VECTOR if mode == MODE_FUSION else TEXT_VECTOR
+        negative_ids = tuple(n.track_id for n in negatives)
+        return Query(mode, vector_name, None, (), negative_ids, preference, self, video, text, candidate, tuple(negatives))
 
     @torch.inference_mode()
     def _fusion_query(self, video: VideoFeatures | None, text: str | None, candidate: TrackContext | None) -> np.ndarray:

@@ -34,6 +34,7 @@ tracks; see the field comments.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -248,21 +249,28 @@ class ZeroShotScorer:
         self.vocabulary = vocabulary or TagVocabulary.musicnn()
         self.parser = FeedbackParser(self.vocabulary, text_encoder)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def embed(self, sentences: list[str]) -> np.ndarray:
         """Sentence vectors through a small LRU cache (video sentences recur every turn).  # (B, D)"""
         assert self.text_encoder is not None
-        missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
+        found: dict[str, np.ndarray] = {}
+        with self._cache_lock:  # the cache only: the encoder runs outside it (a worker's threads meet in its batches)
+            for s in dict.fromkeys(sentences):
+                v = self._cache.get(s)
+                if v is not None:
+                    self._cache.move_to_end(s)
+                    found[s] = v
+        missing = [s for s in dict.fromkeys(sentences) if s not in found]
         if missing:
             vecs = self.text_encoder.encode_sentences(missing)
             vecs = vecs.detach().cpu().float().numpy() if hasattr(vecs, "detach") else np.asarray(vecs, np.float32)
-            for s, v in zip(missing, vecs):
-                self._cache[s] = v
-                if len(self._cache) > QUERY_CACHE_SIZE:
-                    self._cache.popitem(last=False)
-        for s in sentences:
-            self._cache.move_to_end(s)
-        return np.stack([self._cache[s] for s in sentences])
+            with self._cache_lock:
+                for s, v in zip(missing, vecs):
+                    found[s] = self._cache[s] = v
+                    if len(self._cache) > QUERY_CACHE_SIZE:
+                        self._cache.popitem(last=False)
+        return np.stack([found[s] for s in sentences])
 
     def semantic(self, sentences: list[tuple[str, float]], track_text: np.ndarray) -> np.ndarray:
         """Weighted cosine of query sentences against track vectors, z-scored over them.  # (N,)"""

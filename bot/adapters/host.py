@@ -175,7 +175,7 @@ class Host:
         try:
             self.service = await self.app.service()
             self.adapters = list(self._make_adapters(self.service))
-            self.status.scheduler = await start_catalog_scheduler(self.app.admin(), cron=self.cron)
+            self.status.scheduler = await start_catalog_scheduler(self.app.admin(), cron=self.cron, queue=self.app.refresh_queue())
             if self.retention_every_s:
                 self._spawn(self._retention_loop(), "media-retention")
             for adapter in self.adapters:

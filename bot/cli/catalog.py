@@ -65,14 +65,50 @@ def catalog_add(
 
 
 @catalog_app.command("refresh")
-def catalog_refresh() -> None:
+def catalog_refresh(
+    queue: bool = typer.Option(
+        None, "--queue/--local",
+        help="Refresh on a model worker (the catalog queue) or in this process. Default: on a worker when "
+        "MUSECHAT_MODEL_RUNNER=saq (the models and the GPU are the workers'), else here.",
+    ),
+) -> None:  # fmt: skip
     """Index new or changed files of every folder and swap the new catalog version in atomically."""
+    settings = get_settings()
+    queued = settings.model_runner == "saq" if queue is None else queue
 
     async def go():
-        async with open_admin(get_settings()) as admin:
+        if queued:
+            await queued_refresh(settings)
+            return
+        async with open_admin(settings) as admin:
             await refresh_with_progress(admin)
 
     _run(go)
+
+
+async def queued_refresh(settings: Settings) -> dict:
+    """Send the refresh to the workers' catalog queue and wait for its report (this process opens no catalog:
+    an embedded one must stay free for the worker)."""
+    from bot.cli.common import CliExit
+    from bot.jobs.saq_runner import SaqRunner
+    from storage.media_store import MediaStore
+
+    if not settings.redis_url:
+        raise CliExit("--queue needs MUSECHAT_REDIS_URL (the job queue's Redis)", EXIT_USER_ERROR)
+    runner = await SaqRunner.open(settings, media=MediaStore(settings.media_dir), features_tag="")
+    try:
+        out.print(f"refresh sent to the catalog queue {settings.queue_catalog}; waiting for a worker to finish it")
+        report = await runner.catalog_refresh(trigger="cli", on_status=lambda e: out.print(e.message))
+    finally:
+        await runner.close()
+    out.print(
+        f"catalog version {report['version_name']}: {report['tracks']} tracks "
+        f"({report['added']} added, {report['changed']} changed, {report['removed']} removed; "
+        f"{report['analysed']} embedded, {report['reused']} reused) in {report['seconds']:.1f} s, on a worker"
+    )
+    for f in report.get("failures", []):
+        console.print(f"[yellow]skipped[/yellow] {f}")
+    return report
 
 
 @catalog_app.command("remove")

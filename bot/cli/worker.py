@@ -32,7 +32,7 @@ def worker(
     check: bool = typer.Option(False, "--check", help="Exit 0 when a worker is alive on both queues, 3 when none is."),
     log_json: bool = typer.Option(None, "--log-json/--log-text", help="JSON log lines (default: MUSECHAT_LOG_JSON)."),
 ) -> None:
-    """Serve model jobs (video features, excerpts, previews, reasons) from the Redis job queue."""
+    """Serve model jobs (video features, query + re-rank, excerpts, previews, reasons, catalog refreshes) from the Redis job queue."""
     from bot.cli.serve import configure_logging
 
     settings = get_settings()

@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.jobs.runner import PreviewResult, ReasonRequest, TokenCallback
+import numpy as np
+
+from bot.jobs.runner import PreviewResult, QueryRequest, ReasonRequest, TokenCallback
 from bot.service.pool import ModelPool, StatusCallback, notify
+from bot.service.turns import encode_query
+from engine.engine import CandidateRow, Query, Ranking
 from engine.render import PreviewTooLargeError
 from engine.video import VideoFeatures
 
@@ -39,6 +43,7 @@ class InProcessRunner:
         self.media = media
         self.renderer = renderer
         self.reasons = reasons
+        self.batchers: dict[str, Any] = {}  # name -> bot/jobs/batching.py MicroBatcher (a worker's; its batch sizes)
 
     async def video_features(self, video_sha: str, path: Path | None = None, *, on_status: StatusCallback | None = None) -> VideoFeatures:
         if path is None:
@@ -78,6 +83,25 @@ class InProcessRunner:
             request.title, request.track_sha, list(request.tags), feedback=request.feedback, video_words=request.video_words,
             fallback=request.fallback, on_reason_token=on_token, timeout_s=request.timeout_s,
         )  # fmt: skip
+
+    async def query(
+        self, request: QueryRequest, *, job_key: str, on_status: StatusCallback | None = None
+    ) -> tuple[Query, np.ndarray | None]:  # fmt: skip
+        return await self.pool.run(
+            encode_query, self.engine, video=request.video, text=request.text, anchor_text=request.anchor_text,
+            candidate=request.candidate, negatives=request.negatives, on_status=on_status,
+        )  # fmt: skip
+
+    async def rerank(
+        self, request: QueryRequest, mode: str, rows: list[CandidateRow], *, job_key: str, on_status: StatusCallback | None = None
+    ) -> Ranking:  # fmt: skip
+        def rank() -> Ranking:
+            ranker = self.engine.ranker(
+                mode=mode, video=request.video, text=request.text, candidate=request.candidate, negatives=request.negatives
+            )  # fmt: skip
+            return ranker.rerank(rows)
+
+        return await self.pool.run(rank, on_status=on_status)
 
     async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
         await self.pool.run(int)

@@ -20,6 +20,13 @@ click never queues the same work twice (`job_key`):
 | `excerpt`        | track_sha, source or convert_from key, fmt    | media key of the excerpt      |
 | `preview`        | video_sha, track_source, start_s, max_bytes   | media key, or why it is none  |
 | `reason`         | title, tags, words (ReasonRequest)            | (reason, source); tokens stream back |
+| `query`          | video features key, words, previous/rejected tracks (QueryRequest) | the engine's Query: search vector, examples, what was understood |
+| `rerank`         | the same QueryRequest + its mode, the candidates (a Redis key) | the Ranking (order, scores, parts) |
+
+`query` and `rerank` are a turn's model work (query + re-rank, paper 4.1 and section 5): with
+workers, a front-end loads no model at all. The catalog search between them stays with the
+front-end: it is no model work, and the embedded catalog belongs to one process (a worker may have
+no catalog). Both answer exactly what the in-process turn answers (bot/jobs/wire.py).
 """
 
 from __future__ import annotations
@@ -30,17 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from bot.service.errors import ConversationError
 from bot.service.pool import StatusCallback
+from engine.engine import CandidateRow, Query, Ranking, TrackContext
 from engine.video import VideoFeatures
 
 VIDEO_FEATURES = "video_features"
 EXCERPT = "excerpt"
 PREVIEW = "preview"
 REASON = "reason"
+QUERY = "query"
+RERANK = "rerank"
 PING = "ping"  # a round trip with no model work (health, the queue's overhead)
 CATALOG_REFRESH = "catalog_refresh"  # the `catalog` queue (SAQ runner only): a whole refresh, with heartbeats
-JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, PING, CATALOG_REFRESH)
+JOB_KINDS = (VIDEO_FEATURES, EXCERPT, PREVIEW, REASON, QUERY, RERANK, PING, CATALOG_REFRESH)
 
 TokenCallback = Callable[[str], Awaitable[None] | None]
 
@@ -51,6 +63,10 @@ class QueueFullError(ConversationError):
 
 class JobTimeoutError(ConversationError):
     """A model job did not finish in time (a worker too slow, or none alive)."""
+
+
+class CatalogBusyError(ConversationError):
+    """A worker could not open the catalog to refresh it: an embedded catalog is open in another process."""
 
 
 class JobFailedError(ConversationError):
@@ -75,6 +91,17 @@ class ReasonRequest:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReasonRequest:
         return cls(**(d | {"tags": tuple(d.get("tags", ()))}))
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """What a turn's query needs (bot/service/turns.py `encode_query`): the engine's inputs, nothing of the catalog."""
+
+    video: VideoFeatures | None
+    text: str | None  # the words the engine reads (`query_words`)
+    anchor_text: str  # text-only conversations: the opening words standing in for the video
+    candidate: TrackContext | None  # the previous pick (the paper's candidate music x_mc)
+    negatives: tuple[TrackContext, ...] = ()  # tracks rejected with a bare "another"
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,19 @@ class ModelRunner(Protocol):
         """(reason, reason_source): the LLM's reason (tokens to `on_token`, in order), else the labelled fallback."""
         ...
 
+    async def query(
+        self, request: QueryRequest, *, job_key: str, on_status: StatusCallback | None = None
+    ) -> tuple[Query, np.ndarray | None]:  # fmt: skip
+        """A turn's query (the engine's `Query`; a remote one can only be searched with, not re-rank) and the
+        opening words' vector when they stand in for the video (text-only), else None."""
+        ...
+
+    async def rerank(
+        self, request: QueryRequest, mode: str, rows: list[CandidateRow], *, job_key: str, on_status: StatusCallback | None = None
+    ) -> Ranking:  # fmt: skip
+        """The candidates re-ranked for `request` (`mode`: its query's), as `query(request)[0].rerank(rows)` would."""
+        ...
+
     async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
         """A round trip through the runner's pool (and queue) with no model work."""
         ...
@@ -124,16 +164,20 @@ class ModelRunner(Protocol):
 
 __all__ = [
     "CATALOG_REFRESH",
+    "CatalogBusyError",
     "EXCERPT",
     "JOB_KINDS",
     "PING",
     "PREVIEW",
+    "QUERY",
     "REASON",
+    "RERANK",
     "VIDEO_FEATURES",
     "JobFailedError",
     "JobTimeoutError",
     "ModelRunner",
     "PreviewResult",
+    "QueryRequest",
     "QueueFullError",
     "ReasonRequest",
     "TokenCallback",

@@ -12,8 +12,8 @@ a heartbeat (a worker killed mid-job stops beating: another worker's sweep re-qu
 a double click attaches to the job already queued, and a finished job's result is reused.
 
 The user is told the queue position ("2 requests ahead of you") from the job's place in the queue's
-Redis list, and gets a typed error with a chat sentence when the queue holds more than
-`queue_limit` waiting jobs (`QueueFullError`) or a job does not finish in time (`JobTimeoutError`).
+Redis list, told again whenever it changes while the job waits (looked at every `POSITION_POLL_S`),
+and gets a typed error with a chat sentence when the queue holds more than `queue_limit` waiting jobs (`QueueFullError`) or a job does not finish in time (`JobTimeoutError`).
 Errors the user can act on (a file that is not a video) come back typed, as the in-process runner
 raises them. Reason tokens come back through a Redis stream per job (`XADD` by the worker,
 `XREAD BLOCK` here), in order.
@@ -22,6 +22,7 @@ raises them. Reason tokens come back through a Redis stream per job (`XADD` by t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from redis import asyncio as aioredis
 from saq import Job, Queue
 from saq.job import TERMINAL_STATUSES, Status
@@ -43,28 +45,41 @@ from bot.jobs.runner import (
     EXCERPT,
     PING,
     PREVIEW,
+    QUERY,
     REASON,
+    RERANK,
     VIDEO_FEATURES,
     JobFailedError,
     JobTimeoutError,
     PreviewResult,
+    QueryRequest,
     QueueFullError,
     ReasonRequest,
     TokenCallback,
 )
+from bot.jobs.wire import (
+    array_from_json,
+    context_to_json,
+    pack_rows,
+    preference_from_json,
+    ranking_from_json,
+)
 from bot.service.errors import ConversationError, SettingsError
 from bot.service.pool import StatusCallback, notify
+from engine.engine import CandidateRow, Query, Ranking
 from engine.media import MediaError
 from engine.video import VideoFeatures
 from storage.media_store import MediaNotFoundError, MediaStore
 
 log = logging.getLogger(__name__)
 
+POSITION_POLL_S = 1.0  # seconds between two looks at a waiting job's place in the queue
 WAIT_STEP_S = 2.0  # seconds between two looks at a job's status while waiting on its pub/sub updates
 STREAM_BLOCK_MS = 1000  # XREAD BLOCK of the reason-token stream, ms
 STREAM_MAXLEN = 2000  # entries kept in a reason-token stream
 STREAM_TTL_S = 600  # seconds a reason-token stream lives after its last entry
 ABORT_MARK_S = 6.0  # seconds SAQ refuses a key after aborting a job under it (its abort mark lives 5 s)
+FEATURES_KEYS_KEPT = 4096  # video sha -> features key entries a front-end remembers (~150 bytes each)
 REASON_MARGIN_S = 2  # seconds a reason job may run past the reasoner's own limit (it falls back by itself then)
 REASON_SOURCE_TAGS = "tag summary"  # bot/service/reasons.py (not imported: that module loads the engine's reasoner deps lazily anyway)
 
@@ -106,6 +121,11 @@ def keyed(job_key: str, payload: dict[str, Any]) -> str:
     (Redis keeps finished jobs for `job_ttl_s`) never finds another conversation's result."""
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{job_key}:{digest}"
+
+
+def rows_key(queue_name: str, digest: str) -> str:
+    """The Redis key of a re-rank's candidates (bot/jobs/wire.py `pack_rows`), named by their content."""
+    return f"musechat:{queue_name}:rows:{digest}"
 
 
 def stream_key(queue_name: str, job_key: str) -> str:
@@ -173,6 +193,7 @@ class SaqRunner:
         self.interactive: Queue = Queue.from_url(redis_url, name=interactive)
         self.catalog: Queue = Queue.from_url(redis_url, name=catalog)
         self.redis = aioredis.from_url(redis_url)  # streams (XREAD BLOCK holds a connection of its own)
+        self._features_keys: dict[str, str] = {}  # video sha -> media key of its features (the query jobs name it)
         self.enqueued = 0  # jobs this runner put on a queue (tests, benchmarks)
         self.reused = 0  # jobs found in flight or finished under the same key
 
@@ -205,7 +226,50 @@ class SaqRunner:
         key = f"{VIDEO_FEATURES}:{video_sha}:{self.features_tag}"
         result = await self._run(VIDEO_FEATURES, {"video_sha": video_sha, "features_tag": self.features_tag}, key=key, on_status=on_status)
         data = await asyncio.to_thread(lambda: self.media.path_for(result["features"]).read_bytes())
+        self._features_keys[video_sha] = result["features"]
         return VideoFeatures.from_bytes(data)
+
+    async def query(
+        self, request: QueryRequest, *, job_key: str, on_status: StatusCallback | None = None
+    ) -> tuple[Query, np.ndarray | None]:  # fmt: skip
+        """The worker's query; a `Query` to search with here (its `rerank` is the `rerank` job, not a method call)."""
+        payload = await self._query_payload(request)
+        r = await self._run(QUERY, {"request": payload}, key=keyed(job_key, payload), on_status=on_status)
+        query = Query(
+            r["mode"], r["vector_name"], array_from_json(r["vector"]), tuple(r["positive_ids"]), tuple(r["negative_ids"]),
+            preference_from_json(r["preference"]), None, request.video, request.text, request.candidate,  # type: ignore[arg-type]
+            tuple(request.negatives),
+        )  # fmt: skip
+        return query, array_from_json(r["anchor"])
+
+    async def rerank(
+        self, request: QueryRequest, mode: str, rows: list[CandidateRow], *, job_key: str, on_status: StatusCallback | None = None
+    ) -> Ranking:  # fmt: skip
+        """The worker's ranking; the candidates go through a Redis key of their own (bot/jobs/wire.py), named by content."""
+        payload = await self._query_payload(request)
+        data = await asyncio.to_thread(pack_rows, rows)
+        key = rows_key(self.interactive.name, hashlib.sha256(data).hexdigest())
+        # it lives as long as the job may wait (every retry included), then Redis drops it
+        await self.redis.set(key, data, ex=math.ceil(self.policy.deadline_s(self.sweep_s)) + 60)
+        kwargs = {"request": payload, "mode": mode, "rows": key}
+        r = await self._run(RERANK, kwargs, key=keyed(job_key, kwargs), on_status=on_status)
+        return ranking_from_json(r, preference_from_json(r["preference"]))
+
+    async def _query_payload(self, request: QueryRequest) -> dict[str, Any]:
+        """A query request as small JSON: the video's features by their media key (claim check), the tracks' vectors inline."""
+        features = None
+        if request.video is not None:
+            features = self._features_keys.get(request.video.content_hash)
+            if features is None or not self.media.exists(features):
+                ref = await asyncio.to_thread(self.media.put_bytes, request.video.to_bytes())
+                features = self._features_keys[request.video.content_hash] = ref.sha256
+                while len(self._features_keys) > FEATURES_KEYS_KEPT:
+                    self._features_keys.pop(next(iter(self._features_keys)))
+        return {
+            "video": features, "text": request.text, "anchor_text": request.anchor_text,
+            "candidate": None if request.candidate is None else context_to_json(request.candidate),
+            "negatives": [context_to_json(c) for c in request.negatives], "features_tag": self.features_tag,
+        }  # fmt: skip
 
     async def excerpt(
         self, track_sha: str, *, fmt: str, source: str | None = None, start_s: float | None = None,
@@ -248,11 +312,13 @@ class SaqRunner:
                     log.warning("reason job %s: its token stream did not end", job_key)
         return str(result["reason"]), str(result["source"])
 
-    async def catalog_refresh(self, *, trigger: str = "queue", job_key: str = CATALOG_REFRESH) -> dict[str, Any]:
+    async def catalog_refresh(
+        self, *, trigger: str = "queue", job_key: str = CATALOG_REFRESH, on_status: StatusCallback | None = None
+    ) -> dict[str, Any]:  # fmt: skip
         """A catalog refresh on a worker, through the `catalog` queue (long, heartbeats): what it did.
 
         One key for every refresh: a second request while one is queued or running joins it."""
-        return await self._run(CATALOG_REFRESH, {"trigger": trigger}, key=job_key, queue=self.catalog, reuse=False)
+        return await self._run(CATALOG_REFRESH, {"trigger": trigger}, key=job_key, queue=self.catalog, reuse=False, on_status=on_status)
 
     async def ping(self, *, job_key: str | None = None) -> dict[str, Any]:
         return await self._run(PING, {}, key=job_key or f"{PING}:{uuid.uuid4().hex}")
@@ -312,8 +378,14 @@ class SaqRunner:
             job = await self._enqueue(queue, Job(function=kind, kwargs=kwargs, key=key, **policy.job_fields()))
         else:
             self.reused += 1
-        await self._tell_position(queue, job, on_status)
-        await self._wait(job, policy)
+        teller = asyncio.ensure_future(self._tell_position(queue, job, on_status)) if on_status is not None else None
+        try:
+            await self._wait(job, policy)
+        finally:
+            if teller is not None:
+                teller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await teller
         if job.status != Status.COMPLETE:
             if job.error and "TimeoutError" in job.error or job.status == Status.ABORTED:
                 raise JobTimeoutError(
@@ -344,13 +416,24 @@ class SaqRunner:
             await asyncio.sleep(0.2)
 
     async def _tell_position(self, queue: Queue, job: Job, on_status: StatusCallback | None) -> None:
+        """Tell the job's place in the queue, and again each time it changes (looked at every
+        POSITION_POLL_S), until a worker takes it (or it leaves the queue)."""
         if on_status is None:
             return
-        pos = await self.redis.lpos(queue.namespace("queued"), job.id)
-        if pos is None:  # a worker has it already
-            return
-        ahead = int(pos) + 1  # the jobs before it, and one running job to finish (as ModelPool counts)
-        await notify(on_status, f"{ahead} request{'s' if ahead != 1 else ''} ahead of you; yours is queued", ahead)
+        told = None
+        while True:
+            try:
+                pos = await self.redis.lpos(queue.namespace("queued"), job.id)
+            except Exception:  # noqa: BLE001 - only a status line: the wait for the result goes on
+                log.warning("could not read the queue position of job %s", job.key, exc_info=True)
+                return
+            if pos is None:  # a worker has it (or it ended)
+                return
+            ahead = int(pos) + 1  # the jobs before it, and one running job to finish (as ModelPool counts)
+            if ahead != told:
+                await notify(on_status, f"{ahead} request{'s' if ahead != 1 else ''} ahead of you; yours is queued", ahead)
+                told = ahead
+            await asyncio.sleep(POSITION_POLL_S)
 
     async def _wait(self, job: Job, policy: JobPolicy) -> None:
         """Wait for the job's end (pub/sub, looked at again every WAIT_STEP_S); JobTimeoutError past the deadline."""
@@ -379,4 +462,4 @@ def _ignore(_piece: str) -> None:
     return None
 
 
-__all__ = ["JobPolicy", "SaqRunner", "error_payload", "raise_error", "stream_key"]
+__all__ = ["JobPolicy", "SaqRunner", "error_payload", "raise_error", "rows_key", "stream_key"]

@@ -36,11 +36,24 @@ from bot.jobs.runner import (
     EXCERPT,
     PING,
     PREVIEW,
+    QUERY,
     REASON,
+    RERANK,
     VIDEO_FEATURES,
+    CatalogBusyError,
+    QueryRequest,
     ReasonRequest,
 )
 from bot.jobs.saq_runner import RAISABLE, STREAM_MAXLEN, STREAM_TTL_S, error_payload
+from bot.jobs.wire import (
+    array_to_json,
+    context_from_json,
+    preference_to_json,
+    ranking_to_json,
+    unpack_rows,
+)
+from engine.video import VideoFeatures
+from storage.catalog import CatalogLockedError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +164,14 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
     settings = ctx["worker"].context["settings"]
 
     async def work() -> dict[str, Any]:
-        app = await App.open(settings, encoders=runner.engine.encoders)
+        try:
+            app = await App.open(settings, encoders=runner.engine.encoders)
+        except CatalogLockedError as exc:  # not retried: the admin has to act
+            raise CatalogBusyError(
+                "A worker cannot refresh the catalog: it is open in another process (an embedded catalog belongs to one "
+                "process). Stop that process, or use a Qdrant server (MUSECHAT_QDRANT_URL), or refresh with --local there.",
+                str(exc),
+            ) from exc
         own, app.pool = app.pool, runner.pool  # its model calls take the worker pool's catalog lane: users' jobs first
         try:
             report = await app.admin().refresh(trigger=trigger)
@@ -165,15 +185,71 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
     return await _guarded(ctx, work)
 
 
+def _features_tag(runner: InProcessRunner) -> str:
+    cfg = runner.engine.config
+    return f"{cfg.profile}:{cfg.query_fps:g}"
+
+
+async def _query_request(runner: InProcessRunner, request: dict[str, Any]) -> QueryRequest:
+    """A query request from its JSON (bot/jobs/saq_runner.py `_query_payload`): the video's features read from the media store."""
+    if request.get("features_tag") != _features_tag(runner):
+        raise RuntimeError(f"this worker's models are {_features_tag(runner)}, the front-end asked for {request.get('features_tag')}")
+    video = None
+    if request.get("video"):
+        key = str(request["video"])
+        data = await asyncio.to_thread(lambda: runner.media.path_for(key).read_bytes())
+        video = VideoFeatures.from_bytes(data)
+    candidate = request.get("candidate")
+    return QueryRequest(
+        video=video, text=request.get("text"), anchor_text=request.get("anchor_text") or "",
+        candidate=None if candidate is None else context_from_json(candidate),
+        negatives=tuple(context_from_json(c) for c in request.get("negatives") or ()),
+    )  # fmt: skip
+
+
+async def query(ctx: Context, *, request: dict[str, Any]) -> dict[str, Any]:
+    """A turn's query (paper 4.1): the search vector, the examples, what the words were understood as."""
+    runner = _runner(ctx)
+
+    async def work() -> dict[str, Any]:
+        q, anchor = await runner.query(await _query_request(runner, request), job_key=ctx["job"].key)
+        return {
+            "mode": q.mode, "vector_name": q.vector_name, "vector": array_to_json(q.vector),
+            "positive_ids": list(q.positive_ids), "negative_ids": list(q.negative_ids),
+            "preference": preference_to_json(q.preference), "anchor": array_to_json(anchor),
+        }  # fmt: skip
+
+    return await _guarded(ctx, work)
+
+
+async def rerank(ctx: Context, *, request: dict[str, Any], mode: str, rows: str) -> dict[str, Any]:
+    """Re-rank a turn's candidates (read from the Redis key `rows`) for its query request."""
+    runner = _runner(ctx)
+    redis = ctx["job"].queue.redis
+
+    async def work() -> dict[str, Any]:
+        data = await redis.get(rows)
+        if data is None:
+            raise RuntimeError(f"the candidates {rows} are gone from Redis (expired before the job ran)")
+        req = await _query_request(runner, request)
+        candidates = await asyncio.to_thread(unpack_rows, data)
+        ranking = await runner.rerank(req, mode, candidates, job_key=ctx["job"].key)
+        return ranking_to_json(ranking) | {"preference": preference_to_json(ranking.preference)}
+
+    return await _guarded(ctx, work)
+
+
 async def ping(ctx: Context) -> dict[str, Any]:
-    """A round trip through the queue and the model pool (no model work): which worker answered."""
-    await _runner(ctx).pool.run(int)
-    return {"worker": str(ctx["worker"].id), "pid": os.getpid()}
+    """A round trip through the queue and the model pool (no model work): which worker answered, and the
+    batch sizes its micro-batchers ran so far ({"image embedding": {"1": 12, "3": 2}}: size -> batches)."""
+    runner = _runner(ctx)
+    await runner.pool.run(int)
+    return {"worker": str(ctx["worker"].id), "pid": os.getpid(), "batches": {name: b.stats() for name, b in runner.batchers.items()}}
 
 
 FUNCTIONS = [
-    (VIDEO_FEATURES, video_features), (EXCERPT, excerpt), (PREVIEW, preview), (REASON, reason), (PING, ping),
-    (CATALOG_REFRESH, catalog_refresh),
+    (VIDEO_FEATURES, video_features), (EXCERPT, excerpt), (PREVIEW, preview), (REASON, reason), (QUERY, query),
+    (RERANK, rerank), (PING, ping), (CATALOG_REFRESH, catalog_refresh),
 ]  # fmt: skip
 
 

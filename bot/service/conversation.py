@@ -50,7 +50,9 @@ N threads, an interactive lane before the catalog lane a refresh uses); a reques
 is told how many requests are ahead of it (a `StatusEvent`). The named model jobs (decoding and
 embedding a video, cutting an excerpt, rendering a preview, writing the LLM's reason) go through
 `self.runner` (bot/jobs/runner.py): this pool by default, or SAQ workers behind Redis
-(`MUSECHAT_MODEL_RUNNER=saq`); retrieval and re-ranking stay on this process's pool. While `drain`
+(`MUSECHAT_MODEL_RUNNER=saq`). With workers, a turn's query and re-rank are worker jobs too
+(`query`, `rerank`) and the catalog search between them stays here, so a front-end loads no model;
+in process, the whole retrieval runs on this process's pool as one step. While `drain`
 runs (shutdown), new requests are refused with `ShuttingDownError` and those in flight finish.
 
 A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
@@ -348,7 +350,12 @@ class ConversationService:
     def _check_catalog(self) -> None:
         if self.catalog.count() == 0:
             return
-        dim = int(self.engine.encoders.text.dim)
+        if self.runner.local:
+            dim = int(self.engine.encoders.text.dim)
+        else:  # the models are the workers': the profile's declared size (a front-end loads no model)
+            from engine.profiles import resolve_profile
+
+            dim = resolve_profile(self.engine.config.profile, self.engine.config.overrides).text_dim
         try:
             self.catalog.search(TEXT_VECTOR, np.ones(dim, dtype=np.float32), limit=1)
         except SchemaError as exc:
@@ -686,10 +693,20 @@ class ConversationService:
         context_shas = [s for s in (plan.candidate_sha, *plan.negative_shas) if s]
         context_extras = await self.assets.extras(context_shas) if context_shas else {}
         await notify(out.status, "searching the catalog")
-        retrieved = await self.pool.run(self.retriever.retrieve, plan, catalog_filter, context_extras, on_status=out.status)
+        # the query and the re-rank are model work: this process's, or a worker's (with workers, a front-end loads no model)
+        job_key = f"turn:{conv.id}:{len(plan.state.turns) + 1 if plan.state is not None else 1}"
+        if self.runner.local:
+            retrieved = await self.pool.run(self.retriever.retrieve, plan, catalog_filter, context_extras, on_status=out.status)
+        else:
+            retrieved = await self.retriever.retrieve_with(
+                self.runner, self.pool, plan, catalog_filter, context_extras, job_key=job_key, on_status=out.status
+            )  # fmt: skip
         cand_shas = [r.payload.content_hash for r in retrieved.records]
         extras = await self.assets.extras(cand_shas) if cand_shas else {}
-        ranking, rows = await self.pool.run(self.retriever.rerank, retrieved, extras, on_status=out.status)
+        if self.runner.local:
+            ranking, rows = await self.pool.run(self.retriever.rerank, retrieved, extras, on_status=out.status)
+        else:
+            ranking, rows = await self.retriever.rerank_with(self.runner, retrieved, extras, job_key=job_key, on_status=out.status)
         timings = plan.timings | retrieved.timings
         pref = retrieved.query.preference
         understood = pref.describe() if pref is not None else ""

@@ -208,13 +208,17 @@ class RefreshScheduler:
 
 
 async def start_catalog_scheduler(
-    admin: CatalogAdmin, *, cron: str | None = None, timezone: str = DEFAULT_TIMEZONE
+    admin: CatalogAdmin, *, cron: str | None = None, timezone: str = DEFAULT_TIMEZONE, queue: Any = None
 ) -> RefreshScheduler | None:
     """Start scheduled refreshes inside the running service (`musechat serve`).
 
     `cron` overrides the stored schedule; without either (or with the stored one disabled)
     nothing is scheduled and None is returned. Runs a crashed process left "running" are closed
     first.
+
+    `queue`: a `bot.jobs.saq_runner.SaqRunner`: each run is then the `catalog_refresh` job of the
+    catalog queue, done by a model worker (several front-ends firing at once join one job), and
+    runs left "running" are not closed here: they may be a worker's, still going.
     """
     if cron is None:
         stored = await admin.jobs.get_schedule(kind=REFRESH_JOB)
@@ -222,6 +226,11 @@ async def start_catalog_scheduler(
             log.info("no catalog refresh schedule is set")
             return None
         cron = stored.cron
+    if queue is not None:
+        log.info("scheduled catalog refreshes (%s) go to the workers' catalog queue", cron)
+        scheduler = RefreshScheduler(lambda: queue.catalog_refresh(trigger="schedule"), cron=cron, timezone=timezone)
+        scheduler.start()
+        return scheduler
     abandoned = await admin.jobs.abandon_stale(kind=REFRESH_JOB)
     if abandoned:
         log.warning("closed %d catalog refresh run(s) left running by an earlier process", abandoned)

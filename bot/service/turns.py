@@ -69,6 +69,7 @@ class Retrieved:
     records: list[TrackRecord]
     catalog_filter: CatalogFilter | None
     timings: dict[str, float]
+    request: Any = None  # bot/jobs/runner.py QueryRequest when a model worker encoded the query (its re-rank needs it)
 
 
 
@@ -95,35 +96,74 @@ class Retriever:
             segment_music=segment_music,
         )
 
-    def get_records(self, catalog_ids: Sequence[str], with_vectors: bool) -> list[TrackRecord]:
-        return self.catalog.get(catalog_ids, with_vectors=with_vectors)
-
-    def retrieve(self, plan: TurnPlan, catalog_filter: CatalogFilter | None, context_extras: Mapping[str, TrackExtras]) -> Retrieved:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+    def contexts(
+        self, plan: TurnPlan, context_extras: Mapping[str, TrackExtras]
+    ) -> tuple[TrackContext | None, list[TrackContext], dict[str, float]]:  # fmt: skip
+        """The previous pick and the rejected tracks as the engine's `TrackContext`s (catalog reads, no model work)."""
         # the previous and the rejected tracks, read back from the catalog (vectors for the engine)
+        t0 = time.perf_counter()
         ids = {s: track_id_for(s) for s in (plan.candidate_sha, *plan.negative_shas) if s}
         records = {r.payload.content_hash or r.track_id: r for r in self.catalog.get(list(ids.values()), with_vectors=True)} if ids else {}
         candidate = None
         if plan.candidate_sha is not None and plan.candidate_sha in records:
             candidate = self._context(plan.candidate_sha, records[plan.candidate_sha], context_extras.get(plan.candidate_sha))
         negatives = [self._context(s, records[s], context_extras.get(s)) for s in plan.negative_shas if s in records]
-        timings["context"] = time.perf_counter() - t0
+        return candidate, negatives, {"context": time.perf_counter() - t0}
 
+    def get_records(self, catalog_ids: Sequence[str], with_vectors: bool) -> list[TrackRecord]:
+        return self.catalog.get(catalog_ids, with_vectors=with_vectors)
+
+    def retrieve(self, plan: TurnPlan, catalog_filter: CatalogFilter | None, context_extras: Mapping[str, TrackExtras]) -> Retrieved:
+        """Query, search and fetch one turn's candidates in this process (the in-process runner's turn)."""
+        candidate, negatives, timings = self.contexts(plan, context_extras)
         t1 = time.perf_counter()
-        text = plan.text or None
-        if plan.video is None and text is None and candidate is None and not negatives:
-            text = plan.anchor_text or None  # text-only, nothing shown yet (turn 1 found nothing): ask again
-        query = self.engine.query(video=plan.video, text=text, candidate=candidate, negatives=negatives)
+        query, anchor = encode_query(
+            self.engine, video=plan.video, text=query_words(plan, candidate, negatives), anchor_text=plan.anchor_text,
+            candidate=candidate, negatives=negatives,
+        )  # fmt: skip
         timings["query"] = time.perf_counter() - t1
+        hits, records_, more = self.search(plan, query, anchor, catalog_filter)
+        return Retrieved(query, hits, records_, catalog_filter, timings | more)
 
+    async def retrieve_with(
+        self, runner: Any, pool: Any, plan: TurnPlan, catalog_filter: CatalogFilter | None,
+        context_extras: Mapping[str, TrackExtras], *, job_key: str, on_status: Any = None,
+    ) -> Retrieved:  # fmt: skip
+        """`retrieve` with the query's model work on `runner` (a model worker), the catalog's on `pool` (this process)."""
+        from bot.jobs.runner import QueryRequest
+
+        candidate, negatives, timings = await pool.run(self.contexts, plan, context_extras, on_status=on_status)
+        t1 = time.perf_counter()
+        request = QueryRequest(
+            video=plan.video, text=query_words(plan, candidate, negatives), anchor_text=plan.anchor_text,
+            candidate=candidate, negatives=tuple(negatives),
+        )  # fmt: skip
+        query, anchor = await runner.query(request, job_key=f"{job_key}:query", on_status=on_status)
+        timings["query"] = time.perf_counter() - t1
+        hits, records, more = await pool.run(self.search, plan, query, anchor, catalog_filter, on_status=on_status)
+        return Retrieved(query, hits, records, catalog_filter, timings | more, request)
+
+    async def rerank_with(
+        self, runner: Any, retrieved: Retrieved, extras: Mapping[str, TrackExtras], *, job_key: str, on_status: Any = None
+    ) -> tuple[Ranking, list[CandidateRow]]:  # fmt: skip
+        """`rerank` on `runner` (a model worker): the candidates go to it, the ranking comes back."""
+        t0 = time.perf_counter()
+        rows = self.rows(retrieved, extras)
+        ranking = await runner.rerank(retrieved.request, retrieved.query.mode, rows, job_key=f"{job_key}:rerank", on_status=on_status)
+        retrieved.timings["rerank"] = time.perf_counter() - t0
+        return ranking, rows
+
+    def search(
+        self, plan: TurnPlan, query: Query, anchor: np.ndarray | None, catalog_filter: CatalogFilter | None
+    ) -> tuple[list[Hit], list[TrackRecord], dict[str, float]]:  # fmt: skip
+        """The catalog's candidates for an encoded query (no model work): hits, their records, timings."""
+        timings: dict[str, float] = {}
         t2 = time.perf_counter()
         limit = self.candidate_pool or self.engine.config.candidate_pool
         exclude = [track_id_for(s) for s in plan.exclude_shas]
         positives: list[np.ndarray] = [] if query.vector is None else [np.asarray(query.vector, dtype=np.float32)]
-        if plan.anchor_text and query.vector_name == TEXT_VECTOR:
+        if anchor is not None:
             # text-only conversation: the opening words stand in for the video (module docstring)
-            anchor = self.engine.text_vector(plan.anchor_text)
             if not positives or not np.allclose(positives[0], anchor):
                 positives.append(np.asarray(anchor, dtype=np.float32))
         try:
@@ -140,7 +180,7 @@ class Retriever:
         by_id = {r.track_id: r for r in recs}
         kept_hits = [h for h in hits if h.track_id in by_id]
         timings["fetch"] = time.perf_counter() - t3
-        return Retrieved(query, kept_hits, [by_id[h.track_id] for h in kept_hits], catalog_filter, timings)
+        return kept_hits, [by_id[h.track_id] for h in kept_hits], timings
 
     def _search(
         self, query: Query, positives: list[np.ndarray], limit: int, exclude: list[str], catalog_filter: CatalogFilter | None
@@ -167,7 +207,16 @@ class Retriever:
                 return []
 
     def rerank(self, retrieved: Retrieved, extras: Mapping[str, TrackExtras]) -> tuple[Ranking, list[CandidateRow]]:
+        """Re-rank the candidates in this process (the in-process runner's turn)."""
         t0 = time.perf_counter()
+        rows = self.rows(retrieved, extras)
+        ranking = retrieved.query.rerank(rows)
+        retrieved.timings["rerank"] = time.perf_counter() - t0
+        return ranking, rows
+
+    @staticmethod
+    def rows(retrieved: Retrieved, extras: Mapping[str, TrackExtras]) -> list[CandidateRow]:
+        """The candidates as the re-ranker reads them (no model work); `retrieved` keeps only those with a "text" vector."""
         rows = []
         for hit, rec in zip(retrieved.hits, retrieved.records, strict=True):
             text = rec.vectors.get(TEXT_VECTOR)
@@ -185,9 +234,28 @@ class Retriever:
             keep = {r.track_id for r in rows}
             pairs = [(h, r) for h, r in zip(retrieved.hits, retrieved.records, strict=True) if r.track_id in keep]
             retrieved.hits, retrieved.records = [h for h, _ in pairs], [r for _, r in pairs]
-        ranking = retrieved.query.rerank(rows)
-        retrieved.timings["rerank"] = time.perf_counter() - t0
-        return ranking, rows
+        return rows
+
+
+def query_words(plan: TurnPlan, candidate: TrackContext | None, negatives: Sequence[TrackContext]) -> str | None:
+    """The words the engine reads this turn: the feedback, or the opening words when nothing else is there."""
+    text = plan.text or None
+    if plan.video is None and text is None and candidate is None and not negatives:
+        text = plan.anchor_text or None  # text-only, nothing shown yet (turn 1 found nothing): ask again
+    return text
+
+
+def encode_query(
+    engine: Engine, *, video: VideoFeatures | None, text: str | None, anchor_text: str, candidate: TrackContext | None,
+    negatives: Sequence[TrackContext],
+) -> tuple[Query, np.ndarray | None]:  # fmt: skip
+    """The model work of a turn's query (paper 4.1; runs where the models are: this process or a worker):
+    the engine's `Query`, and the opening words' vector when they stand in for the video (text-only)."""
+    query = engine.query(video=video, text=text, candidate=candidate, negatives=negatives)
+    anchor = None
+    if anchor_text and query.vector_name == TEXT_VECTOR:
+        anchor = engine.text_vector(anchor_text)
+    return query, anchor
 
 
 

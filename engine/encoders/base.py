@@ -6,6 +6,7 @@ One code path for `paper`, `lite` and `tiny`: the rest of the engine only sees t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,12 @@ class ImageEncoder(ABC):
         """`encode` and `labels` together; encoders whose labels come from the same forward pass
         override this to run the network once (a video query pays for every frame)."""
         return self.encode(frames), self.labels(frames, k)
+
+    def encode_batch_with_labels(self, batch: Sequence[np.ndarray], k: int = 5) -> list[tuple[torch.Tensor, list[tuple[str, float]]]]:
+        """`encode_with_labels` of several frame stacks (one per video) at once: encoders that can
+        run them in ONE forward pass override this (a model worker's micro-batches, bot/jobs/batching.py).
+        Each result equals `encode_with_labels` of its stack (up to float rounding). Default: one by one."""
+        return [self.encode_with_labels(frames, k) for frames in batch]
 
 
 class TextEncoder(ABC):

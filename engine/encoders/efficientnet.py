@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -257,6 +258,25 @@ class EfficientNetLiteEncoder(ImageEncoder):
         feats = self.model.features(self._prepare(frames))  # (N, 1280)
         probs = self.model.fc(feats).softmax(dim=-1).mean(dim=0).float().cpu()  # (1000,)
         return feats.float().cpu(), top_labels(probs, self.class_names, k)
+
+    @torch.inference_mode()
+    def encode_batch_with_labels(self, batch: Sequence[np.ndarray], k: int = 5) -> list[tuple[torch.Tensor, list[tuple[str, float]]]]:
+        """Several videos' frames in ONE forward pass (a worker's micro-batch), split back per video."""
+        sizes = [len(frames) for frames in batch]
+        if not any(sizes):
+            return [(torch.zeros(0, self.dim), []) for _ in batch]
+        x = torch.cat([self._prepare(frames) for frames in batch if len(frames)])  # (sum N, 3, S, S)
+        feats = self.model.features(x.contiguous(memory_format=torch.channels_last))  # (sum N, 1280)
+        probs = self.model.fc(feats).softmax(dim=-1)  # (sum N, 1000)
+        out, start = [], 0
+        for n in sizes:
+            if n == 0:
+                out.append((torch.zeros(0, self.dim), []))
+                continue
+            p = probs[start : start + n].mean(dim=0).float().cpu()  # (1000,)
+            out.append((feats[start : start + n].float().cpu(), top_labels(p, self.class_names, k)))
+            start += n
+        return out
 
 
 def frames_to_tensor(frames: np.ndarray, size: int, device: torch.device, mode: str = "bilinear") -> torch.Tensor:

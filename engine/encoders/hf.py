@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,27 @@ class ClipImageEncoder(ImageEncoder):
         if len(frames) == 0:
             return []
         return top_labels(self.probabilities(frames), self.class_names, k)
+
+    @torch.inference_mode()
+    def encode_batch_with_labels(self, batch: Sequence[np.ndarray], k: int = 5) -> list[tuple[torch.Tensor, list[tuple[str, float]]]]:
+        """Several videos' frames in ONE vision forward pass (a worker's micro-batch), split back per video."""
+        sizes = [len(frames) for frames in batch]
+        if not any(sizes):
+            return [(torch.zeros(0, self.dim), []) for _ in batch]
+        x = torch.cat([frames_to_tensor(f, self.input_size, self.device, mode="bicubic") for f in batch if len(f)])  # (sum N, 3, S, S)
+        pooled = self.model.vision_model(pixel_values=(x - self._mean) / self._std).pooler_output
+        emb = self.model.visual_projection(pooled)  # (sum N, P)
+        logits = self.model.logit_scale.exp() * F.normalize(emb, dim=-1) @ self.label_vectors().T  # (sum N, C)
+        probs = logits.softmax(dim=-1)
+        out, start = [], 0
+        for n in sizes:
+            if n == 0:
+                out.append((torch.zeros(0, self.dim), []))
+                continue
+            p = probs[start : start + n].mean(dim=0).float().cpu()  # (C,)
+            out.append((emb[start : start + n].float().cpu(), top_labels(p, self.class_names, k)))
+            start += n
+        return out
 
 
 # --- AST ------------------------------------------------------------------------------------------

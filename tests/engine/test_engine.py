@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,25 @@ def test_fusion_checkpoint_of_another_profile_is_refused(tiny, video, tmp_path) 
     eng = Engine(EngineConfig(profile="tiny", fusion_checkpoint=tmp_path / "ckpt"), encoders=tiny)
     with pytest.raises(CheckpointMismatchError):
         eng.query(video=video)
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["zero-shot", "fusion"])
+def test_a_ranker_ranks_as_the_query_it_stands_for(tiny, video, tmp_path, fusion: bool) -> None:
+    config = EngineConfig(profile="tiny")
+    if fusion:
+        save_checkpoint(MuseChatRecommender(fusion_config(tiny)).eval(), tmp_path / "ckpt")
+        config = EngineConfig(profile="tiny", fusion_checkpoint=tmp_path / "ckpt")
+    eng = Engine(config, encoders=tiny)
+    prev = TrackContext("prev", text=row("prev", tiny.text.dim).text, tag_probs={"mtt:drums": 0.2}, rhythm=(120.0, -15.0, 3.0))
+    rejected = TrackContext("t9", text=row("t9", tiny.text.dim, seed=9).text, tag_probs={"mtt:piano": 0.8}, rhythm=(90.0, -20.0, 2.0))
+    rows = [dataclasses.replace(row(f"t{i}", tiny.text.dim, drums=0.1 * i, seed=i), search_score=0.5 - 0.05 * i) for i in range(8)]
+    inputs = {"video": video, "text": "more drums, less piano", "candidate": prev, "negatives": [rejected]}
+    want = eng.query(**inputs).rerank(rows)
+    ranker = eng.ranker(mode=eng.mode, **inputs)
+    assert ranker.vector is None  # nothing to search with: its rerank only
+    got = ranker.rerank(rows)
+    assert got.mode == want.mode == (MODE_FUSION if fusion else MODE_ZERO_SHOT)
+    np.testing.assert_array_equal(got.order, want.order)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.parts.keys() == want.parts.keys() and "not like rejected" in got.parts
+    assert got.preference.describe() == want.preference.describe() != ""

@@ -7,26 +7,32 @@ tests/bot/jobs/test_worker_processes.py runs `musechat worker` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 
 from bot.app import App
 from bot.jobs.runner import (
     CATALOG_REFRESH,
+    CatalogBusyError,
     JobTimeoutError,
     QueueFullError,
     ReasonRequest,
 )
 from bot.jobs.saq_runner import SaqRunner, stream_key
+from bot.jobs.worker import serve_jobs
 from bot.service.contract import StatusEvent
 from bot.service.conversation import ReplyKind, ServiceConfig
 from engine.media import MediaError
 from engine.profiles import Encoders
+from engine.video import content_hash
 from tests.bot.jobs.conftest import (  # noqa: F401
     REDIS_URL,
     Queues,
@@ -51,6 +57,14 @@ async def _conversation(svc, video: Path) -> list:
     return [r1, r2, r3, r4]
 
 
+async def _text_conversation(svc) -> list:
+    """A text-only conversation (the opening words stand in for the video), with a filter and a rejection."""
+    r1 = await svc.start(text="calm piano for a wedding video", channel_id="c2", user_id="u2")
+    r2 = await svc.message(r1.conversation_id, "more drums, under 5 minutes")
+    r3 = await svc.another(r1.conversation_id)
+    return [r1, r2, r3]
+
+
 def _summary(replies: list) -> list:
     """What the user sees of each reply (tracks, reasons, excerpt files, preview), without timings."""
     out = []
@@ -72,19 +86,21 @@ async def test_a_conversation_through_the_queue_answers_as_the_in_process_runner
     shutil.copytree(built / "data", local_data)
     shutil.copytree(built / "data", saq_data)
     async with front_end(job_settings(local_data, queues, runner="local"), tiny) as app:
-        expected = await _conversation(await app.service(), bikes_mp4)
+        expected = await _conversation(await app.service(), bikes_mp4) + await _text_conversation(await app.service())
     settings = job_settings(saq_data, queues)
-    async with inproc_worker(settings, tiny) as worker, front_end(settings, tiny) as app:
+    async with inproc_worker(settings, tiny) as worker, front_end(settings, None) as app:  # the front-end has no models
         svc = await app.service()
-        decoded = []
-        svc.engine.video_features = lambda *a, **k: decoded.append(a)  # type: ignore[method-assign] - must not be called here
-        got = await _conversation(svc, bikes_mp4)
+        got = await _conversation(svc, bikes_mp4) + await _text_conversation(svc)
         runner = svc.runner
         assert isinstance(runner, SaqRunner)
-        assert runner.enqueued == 2  # the video's features and the preview (the indexer cut every excerpt)
-        assert decoded == []  # the front-end decoded nothing: the worker did
-        assert worker.pool.completed["interactive"] == 2
-    assert [r.kind for r in got] == [ReplyKind.RECOMMENDATION] * 3 + [ReplyKind.PREVIEW]
+        # the video's features, a query and a re-rank per turn (3 + 3), the preview (the indexer cut every excerpt)
+        assert runner.enqueued == 1 + 6 * 2 + 1
+        assert svc.engine._encoders is None  # the front-end loaded no model: the worker decoded, encoded, re-ranked
+        assert worker.pool.completed["interactive"] == 1 + 6 * 2 + 1
+    assert [r.kind for r in got] == [ReplyKind.RECOMMENDATION] * 3 + [ReplyKind.PREVIEW] + [ReplyKind.RECOMMENDATION] * 3
+    assert got[5].understood == expected[5].understood and got[5].filters == expected[5].filters  # "more drums", "under 5 minutes"
+    assert got[5].understood and got[5].filters
+    assert [r.ranking for r in got] == [r.ranking for r in expected]  # every candidate's score and parts, not only the best
     assert _summary(got) == _summary(expected)
 
 
@@ -150,9 +166,61 @@ async def test_the_queue_position_is_told_and_a_full_queue_refuses_with_a_clear_
         async with inproc_worker(settings, tiny):  # a worker comes: both queued turns are answered
             replies = await asyncio.gather(*waiting)
     assert [r.kind for r in replies] == [ReplyKind.RECOMMENDATION] * 2
-    ahead = [[e.ahead for e in events if isinstance(e, StatusEvent) and e.ahead is not None] for events in seen]
-    assert ahead == [[1], [2]]  # "1 request ahead of you", "2 requests ahead of you"
-    assert [e.message for e in seen[1] if isinstance(e, StatusEvent) and e.ahead] == ["2 requests ahead of you; yours is queued"]
+    ahead = [_ahead(events) for events in seen]
+    assert ahead[0] == [1] and ahead[1] in ([2], [2, 1])  # "1 request ahead of you", "2 requests ahead of you" (then 1, if seen)
+    assert [e.message for e in seen[1] if isinstance(e, StatusEvent) and e.ahead][0] == "2 requests ahead of you; yours is queued"
+
+
+def _ahead(events: list) -> list[int]:
+    return [e.ahead for e in events if isinstance(e, StatusEvent) and e.ahead is not None]
+
+
+async def _until(check, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_queue_position_is_told_again_each_time_it_moves_while_the_job_waits(
+    data_copy: Path, tiny: Encoders, queues: Queues, bikes_mp4: Path, bunny_mp4: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    settings = job_settings(data_copy, queues, worker_concurrency=1, model_workers=1)
+    third = lavfi(tmp_path / "third.mp4", "testsrc2=d=3:s=160x120:r=10", args=("-pix_fmt", "yuv420p"))
+    videos = [bikes_mp4, bunny_mp4, third]
+    seen: list[list] = [[], [], []]
+    async with front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        waiting = []
+        for i, video in enumerate(videos):  # no worker yet: all three wait in the queue
+            waiting.append(asyncio.ensure_future(runner.video_features(content_hash(video), video, on_status=seen[i].append)))
+            await _until(lambda: len(_ahead(seen[i])) == 1)  # noqa: B023
+        assert [_ahead(s) for s in seen] == [[1], [2], [3]]
+        # a stalled worker: one job at a time, its only model thread busy until `stall` is set
+        worker = await App.open(settings, encoders=tiny, catalog=False)
+        stall, stop = threading.Event(), asyncio.Event()
+        serving = None
+        try:
+            blocked = asyncio.ensure_future(worker.pool.run(stall.wait))
+            serving = asyncio.create_task(serve_jobs(settings, await worker.worker_runner(), stop=stop))
+            # it takes the first job (which waits for the model thread): the two others move up one, and are told so
+            await _until(lambda: _ahead(seen[2]) == [3, 2])
+            assert _ahead(seen[1]) == [2, 1]
+            await asyncio.sleep(2.5)  # nothing moves while the worker is stalled: nothing new is told
+            assert [_ahead(s) for s in seen] == [[1], [2, 1], [3, 2]]
+            stall.set()
+            results = await asyncio.gather(*waiting)
+            await blocked
+        finally:
+            stall.set()
+            stop.set()
+            if serving is not None:
+                await serving
+            await worker.close()
+    assert [vf.content_hash for vf in results] == [content_hash(v) for v in videos]
+    for events in seen:  # told only when it changed, always closer to the front
+        assert _ahead(events) == sorted(set(_ahead(events)), reverse=True)
+    assert _ahead(seen[2])[:2] == [3, 2]
 
 
 async def test_a_file_that_is_not_a_video_is_refused_as_the_in_process_runner_refuses_it(
@@ -238,3 +306,126 @@ async def test_the_worker_reads_the_redis_eviction_policy(queues: Queues) -> Non
         assert await warn_unless_noeviction(queue) == "noeviction"  # the test Redis runs as the stack's does
     finally:
         await queue.disconnect()
+
+
+async def test_musechat_catalog_refresh_with_the_saq_runner_refreshes_on_a_worker(
+    data_copy: Path, tiny: Encoders, queues: Queues, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from typer.testing import CliRunner
+
+    from bot.cli.main import app as cli
+    from bot.settings import get_settings
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
+    env = {
+        "MUSECHAT_DATA_DIR": str(data_copy), "MUSECHAT_PROFILE": "tiny", "MUSECHAT_ALLOW_RANDOM_WEIGHTS": "1",
+        "MUSECHAT_REDIS_URL": REDIS_URL, "MUSECHAT_MODEL_RUNNER": "saq",
+    } | queues.env()  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MUSECHAT_QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        added = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "add", str(folder), "--licence", "CC0-1.0"])
+        assert added.exit_code == 0, added.output
+        async with inproc_worker(job_settings(data_copy, queues), tiny) as worker:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "refresh"])
+            catalog_runs = worker.pool.completed["catalog"]
+        status = await asyncio.to_thread(CliRunner().invoke, cli, ["catalog", "status", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert f"refresh sent to the catalog queue {queues.catalog}" in said
+    assert f"{len(CLIPS) + 1} tracks (1 added, 0 changed, 0 removed; 1 embedded, {len(CLIPS)} reused)" in said
+    assert said.endswith("on a worker")
+    assert catalog_runs > 0  # the worker's models embedded the new track (its pool's catalog lane)
+    assert json.loads(status.stdout)["tracks"] == len(CLIPS) + 1
+
+
+async def test_musechat_catalog_refresh_says_clearly_when_no_worker_can_open_the_catalog(
+    data_copy: Path, tiny: Encoders, queues: Queues  # noqa: F811
+) -> None:
+    settings = job_settings(data_copy, queues)
+    async with inproc_worker(settings, tiny) as worker, front_end(settings, None) as holder:  # holds the embedded catalog
+        from bot.cli.catalog import queued_refresh
+
+        with pytest.raises(CatalogBusyError) as err:
+            await queued_refresh(settings)
+        assert holder.refresh_queue() is None  # so `serve` refreshes in its own process (embedded catalog)
+        assert worker.pool.completed["catalog"] == 0
+    assert "it is open in another process" in err.value.user_message
+
+
+async def test_scheduled_refreshes_go_to_the_catalog_queue(data_copy: Path, tiny: Encoders, queues: Queues) -> None:  # noqa: F811
+    from bot.service.scheduler import start_catalog_scheduler
+    from storage.job_store import JobStatus
+
+    settings = job_settings(data_copy, queues)
+    front = await App.open(settings, catalog=False)  # a front-end of the stack: the catalog is not its to open
+    try:
+        admin = front.admin()
+        stale = (await admin.jobs.start_run(kind="catalog_refresh", detail={"trigger": "schedule"})).id  # a worker's run, going on
+        async with inproc_worker(settings, tiny) as worker:
+            runner = await SaqRunner.open(settings, media=worker.media, features_tag="tiny:1")
+            try:
+                scheduler = await start_catalog_scheduler(admin, cron="0 3 * * *", queue=runner)
+                assert await scheduler.run_now()  # as the cron would fire it: the run waits for the worker's report
+                await scheduler.aclose()
+                job = await runner.catalog.job(CATALOG_REFRESH)
+            finally:
+                await runner.close()
+        runs = await admin.jobs.list_runs(kind="catalog_refresh")
+    finally:
+        await front.close()
+    assert job.status.value == "complete" and job.result["tracks"] == len(CLIPS)
+    assert runs[0].status is JobStatus.SUCCEEDED and runs[0].detail.get("trigger") == "schedule"
+    assert [r.status for r in runs if r.id == stale] == [JobStatus.RUNNING]  # not closed by the front-end's start
+
+
+async def test_a_worker_embeds_videos_sent_together_in_one_batch_and_reports_it(
+    data_copy: Path, tiny: Encoders, queues: Queues, tmp_path: Path  # noqa: F811
+) -> None:
+    from engine.engine import Engine, EngineConfig
+
+    videos = [
+        lavfi(tmp_path / f"v{i}.mp4", f"testsrc2=d={d}:s=160x120:r=10", args=("-pix_fmt", "yuv420p")) for i, d in enumerate((2, 3, 4))
+    ]
+    settings = job_settings(data_copy, queues, worker_batch_size=3, worker_batch_wait_ms=5000, worker_concurrency=3, model_workers=3)
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        got = await asyncio.gather(*(runner.video_features(content_hash(v), v) for v in videos))
+        pong = await runner.ping()
+    assert pong["batches"]["image embedding"] == {"3": 1}  # three videos, one forward pass
+    alone = Engine(EngineConfig(profile="tiny"), encoders=tiny)
+    for vf, video in zip(got, videos, strict=True):
+        want = alone.video_features(video)
+        assert vf.content_hash == want.content_hash and [n for n, _ in vf.labels] == [n for n, _ in want.labels]
+        np.testing.assert_allclose(vf.segment_vectors, want.segment_vectors, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(vf.motion, want.motion)
+
+
+async def test_a_worker_encodes_the_queries_of_jobs_running_together_in_shared_batches(
+    data_copy: Path, tiny: Encoders, queues: Queues  # noqa: F811
+) -> None:
+    from bot.jobs.runner import QueryRequest
+    from bot.service.turns import encode_query
+    from engine.engine import Engine, EngineConfig
+
+    words = ["calm piano, no vocals", "epic orchestral battle, more drums", "happy upbeat pop, much faster"]
+    settings = job_settings(data_copy, queues, worker_batch_size=3, worker_batch_wait_ms=1000, worker_concurrency=3, model_workers=3)
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        requests = [QueryRequest(video=None, text=w, anchor_text=w, candidate=None) for w in words]
+        got = await asyncio.gather(*(runner.query(r, job_key=f"q{i}") for i, r in enumerate(requests)))
+        pong = await runner.ping()
+    sizes = {int(k): n for k, n in pong["batches"]["query encoding"].items()}
+    assert max(sizes) >= 2  # sentences of different jobs shared a forward pass
+    alone = Engine(EngineConfig(profile="tiny"), encoders=tiny)
+    for (query, anchor), w in zip(got, words, strict=True):
+        want, want_anchor = encode_query(alone, video=None, text=w, anchor_text=w, candidate=None, negatives=())
+        assert query.preference.describe() == want.preference.describe() and query.vector_name == want.vector_name
+        np.testing.assert_allclose(query.vector, want.vector, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(anchor, want_anchor, rtol=1e-4, atol=1e-5)

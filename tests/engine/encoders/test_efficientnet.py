@@ -181,3 +181,14 @@ def test_one_pass_features_and_labels_equal_the_two_calls(bikes_mp4) -> None:
     feats, labels = enc.encode_with_labels(frames, k=5)
     torch.testing.assert_close(feats, enc.encode(frames), rtol=1e-5, atol=1e-5)
     assert [n for n, _ in labels] == [n for n, _ in enc.labels(frames, k=5)]
+
+
+def test_a_batch_of_videos_in_one_pass_equals_each_alone(encoder: EfficientNetLiteEncoder, bikes_mp4: Path, bunny_mp4: Path):
+    videos = [decode_frames(bikes_mp4, 1.0)[:6], np.zeros((0, 224, 224, 3), np.uint8), decode_frames(bunny_mp4, 1.0)[:4]]
+    together = encoder.encode_batch_with_labels(videos, k=5)
+    alone = [encoder.encode_with_labels(v, k=5) for v in videos]
+    assert [f.shape for f, _ in together] == [(6, encoder.dim), (0, encoder.dim), (4, encoder.dim)]
+    for (f_b, labels_b), (f_a, labels_a) in zip(together, alone, strict=True):
+        torch.testing.assert_close(f_b, f_a, rtol=1e-4, atol=1e-4)
+        assert [n for n, _ in labels_b] == [n for n, _ in labels_a]
+        np.testing.assert_allclose([p for _, p in labels_b], [p for _, p in labels_a], rtol=1e-4, atol=1e-5)

@@ -256,3 +256,14 @@ def test_offline_hub_id_loads_from_the_hub_cache_snapshot(
     assert hf.cached_snapshot("musechat-tests/tiny-clip") == repo / "snapshots" / commit
     img = hf.ClipImageEncoder.from_pretrained("musechat-tests/tiny-clip")
     torch.testing.assert_close(img.encode(frames(2)), image_encoder.encode(frames(2)))
+
+
+def test_clip_a_batch_of_videos_in_one_pass_equals_each_alone(image_encoder: hf.ClipImageEncoder):
+    videos = [frames(5, seed=1), frames(0), frames(3, seed=2), frames(4, size=2 * TINY.image_size, seed=3)]  # one to scale
+    together = image_encoder.encode_batch_with_labels(videos, k=3)
+    alone = [image_encoder.encode_with_labels(v, k=3) for v in videos]
+    assert [f.shape[0] for f, _ in together] == [5, 0, 3, 4]
+    for (f_b, labels_b), (f_a, labels_a) in zip(together, alone, strict=True):
+        torch.testing.assert_close(f_b, f_a, rtol=1e-4, atol=1e-5)
+        assert [n for n, _ in labels_b] == [n for n, _ in labels_a]
+        np.testing.assert_allclose([p for _, p in labels_b], [p for _, p in labels_a], rtol=1e-4, atol=1e-6)

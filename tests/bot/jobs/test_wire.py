@@ -1,0 +1,82 @@
+"""bot/jobs/wire.py: a turn's query and re-rank cross the queue exactly (bit for bit), and nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bot.jobs.wire import (
+    array_from_json,
+    array_to_json,
+    context_from_json,
+    context_to_json,
+    pack_rows,
+    preference_from_json,
+    preference_to_json,
+    ranking_from_json,
+    ranking_to_json,
+    unpack_rows,
+)
+from engine.engine import CandidateRow, Engine, EngineConfig, TrackContext
+from engine.profiles import load_encoders
+
+ARRAYS = [
+    ("float32 vector", np.random.default_rng(0).normal(size=384).astype(np.float32)),
+    ("float64 matrix", np.random.default_rng(1).normal(size=(3, 5))),
+    ("int64 order", np.array([4, 0, 2, 1, 3], dtype=np.int64)),
+    ("empty", np.zeros((0, 7), dtype=np.float32)),
+]
+
+
+@pytest.mark.parametrize(("name", "a"), ARRAYS, ids=[n for n, _ in ARRAYS])
+def test_an_array_crosses_as_its_bytes(name: str, a: np.ndarray) -> None:
+    back = array_from_json(json.loads(json.dumps(array_to_json(a))))
+    assert back.dtype == a.dtype and back.shape == a.shape
+    assert back.tobytes() == a.tobytes()
+
+
+def test_an_object_array_is_refused() -> None:
+    with pytest.raises(ValueError, match="object arrays"):
+        array_from_json({"dtype": "|O", "shape": [1], "b64": ""})
+
+
+def _row(i: int) -> CandidateRow:
+    v = np.random.default_rng(i).normal(size=32).astype(np.float32)
+    return CandidateRow(f"id-{i}", v, {"mtt:drums": 0.1 * i + 1e-9, "msd:rock": 1 / 3}, (120.0 + i / 7, -14.2, 2.0 / 3), search_score=0.1 / (i + 1))
+
+
+def test_candidates_cross_exactly_without_pickle() -> None:
+    rows = [_row(i) for i in range(5)]
+    back = unpack_rows(pack_rows(rows))
+    assert [(r.track_id, dict(r.tag_probs), r.rhythm, r.search_score) for r in back] == [
+        (r.track_id, dict(r.tag_probs), r.rhythm, r.search_score) for r in rows
+    ]
+    assert all(b.text.tobytes() == r.text.tobytes() and b.text.dtype == r.text.dtype for b, r in zip(back, rows, strict=True))
+    assert unpack_rows(pack_rows([])) == []
+
+
+def test_a_track_context_crosses_exactly() -> None:
+    c = TrackContext("t", text=_row(1).text, tag_probs={"mtt:piano": 0.7}, rhythm=(97.5, -20.25, 1.5),
+                     segment_music=np.random.default_rng(2).normal(size=(3, 8)).astype(np.float32))  # fmt: skip
+    back = context_from_json(json.loads(json.dumps(context_to_json(c))))
+    assert (back.track_id, back.tag_probs, back.rhythm) == (c.track_id, c.tag_probs, c.rhythm)
+    assert back.text.tobytes() == c.text.tobytes() and back.segment_music.tobytes() == c.segment_music.tobytes()
+    bare = context_from_json(json.loads(json.dumps(context_to_json(TrackContext("x")))))
+    assert (bare.text, bare.rhythm, bare.segment_music, dict(bare.tag_probs)) == (None, None, None, {})
+
+
+def test_a_query_understood_and_ranked_on_one_side_is_the_same_on_the_other() -> None:
+    eng = Engine(EngineConfig(profile="tiny"), encoders=load_encoders("tiny"))
+    rows = [_row(i) for i in range(6)]
+    q = eng.query(text="much more drums, no vocals, less piano")
+    ranking = q.rerank(rows)
+    pref = preference_from_json(json.loads(json.dumps(preference_to_json(q.preference))))
+    assert pref.describe() == q.preference.describe() != ""
+    assert pref.unmatched == q.preference.unmatched and pref.positive_text == q.preference.positive_text
+    assert pref.weights.tobytes() == q.preference.weights.tobytes() and pref.rhythm.tobytes() == q.preference.rhythm.tobytes()
+    back = ranking_from_json(json.loads(json.dumps(ranking_to_json(ranking))), pref)
+    assert back.order.tolist() == ranking.order.tolist() and back.scores.tobytes() == ranking.scores.tobytes()
+    assert {k: v.tobytes() for k, v in back.parts.items()} == {k: v.tobytes() for k, v in ranking.parts.items()}
+    assert preference_to_json(None) is None and preference_from_json(None) is None
