@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine.checkpoint import save_checkpoint
-from engine.fusion import FusionConfig, MuseChatRecommender
+from engine.fusion import APP_MODALITY_DROPOUT, FusionConfig, MuseChatRecommender, modality_dropout_label
 from training.features import FeatureDataset, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -83,21 +83,27 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
     holdout: int = 0  # quartets held out of training (the first of a seeded split; evaluate uses the same split)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig overrides: variant, use_video, d_model, ...
+    modality_dropout: bool = False  # ours, not the paper's: the app's rates (APP_MODALITY_DROPOUT) unless `fusion` sets them
 
 
-def fusion_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None) -> FusionConfig:
-    """The FusionConfig that fits a feature cache's sizes, with overrides (variant, ablations, dims)."""
+def fusion_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None, *, modality_dropout: bool = False) -> FusionConfig:
+    """The FusionConfig that fits a feature cache's sizes, with overrides (variant, ablations, dims).
+
+    `modality_dropout`: start from the app's rates (APP_MODALITY_DROPOUT); explicit p_drop_*
+    overrides still win. Off (the paper) by default.
+    """
     known = {f.name for f in fields(FusionConfig)}
     bad = sorted(set(overrides or {}) - known)
     if bad:
         raise ValueError(f"unknown fusion config fields {bad}")
+    base = dict(APP_MODALITY_DROPOUT) if modality_dropout else {}
     return FusionConfig(
         profile=spec.profile,
         video_dim=spec.video_dim,
         text_dim=spec.text_dim,
         music_dim=spec.music_dim,
         target_music_dim=spec.target_music_dim,
-        **(overrides or {}),
+        **{**base, **(overrides or {})},
     )
 
 
@@ -222,7 +228,11 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = MuseChatRecommender(fusion_config_for(data.spec, cfg.fusion)).to(device)
+    model = MuseChatRecommender(fusion_config_for(data.spec, cfg.fusion, modality_dropout=cfg.modality_dropout)).to(device)
+    if rank == 0:
+        log.info("training %s (use_video=%s use_text=%s use_candidate=%s), modality dropout %s",
+                 model.config.variant, model.config.use_video, model.config.use_text, model.config.use_candidate,
+                 modality_dropout_label(model.config))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
     step = 0
@@ -288,6 +298,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
                     "lr": scheduler.get_last_lr()[0],
                     "temperature": model.loss.temperature,
                     "samples_per_s": n_log / max(now - t_log, 1e-9),
+                    "modality_dropout": modality_dropout_label(model.config),
                 }
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
@@ -363,6 +374,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--variant", default="mvt", choices=["mvt", "sum", "self_attn", "cross_attn"])
     p.add_argument("--no-video", action="store_true", help="the paper's 'without video' ablation")
     p.add_argument("--no-candidate", action="store_true", help="the paper's 'without candidate' ablation")
+    p.add_argument("--no-text", action="store_true", help="the 'without text' ablation")
+    p.add_argument("--modality-dropout", action="store_true",
+                   help="drop inputs at random in training (ours, not the paper's; the app's checkpoints use it)")
     p.add_argument("--fusion", default="{}", help="JSON FusionConfig overrides, e.g. '{\"d_model\": 128}'")
     a = p.parse_args(argv)
     fusion = {"variant": a.variant, **json.loads(a.fusion)}
@@ -370,11 +384,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         fusion["use_video"] = False
     if a.no_candidate:
         fusion["use_candidate"] = False
+    if a.no_text:
+        fusion["use_text"] = False
     return TrainConfig(
         data=a.data, out=a.out, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, seed=a.seed, gather_negatives=a.gather_negatives,
         amp=not a.no_amp, device=a.device, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
-        holdout=a.holdout, fusion=fusion,
+        holdout=a.holdout, fusion=fusion, modality_dropout=a.modality_dropout,
     )
 
 
@@ -382,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train(parse_args(argv))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"step": result.step, "loss": result.last_loss, "checkpoint": str(result.run_dir / MODEL_DIR)}))
+        print(json.dumps({"step": result.step, "loss": result.last_loss, "checkpoint": str(result.run_dir / MODEL_DIR),
+                          "modality_dropout": modality_dropout_label(result.model.config)}))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ def train_command(
     variant: str = typer.Option("mvt", help="mvt | sum | self_attn | cross_attn (paper Table 1)."),
     no_video: bool = typer.Option(False, "--no-video", help="The paper's 'without video' ablation."),
     no_candidate: bool = typer.Option(False, "--no-candidate", help="The paper's 'without candidate' ablation."),
+    no_text: bool = typer.Option(False, "--no-text", help="The 'without text' ablation."),
+    modality_dropout: bool = typer.Option(
+        False, "--modality-dropout", help="Drop inputs at random in training (ours, not the paper's); the app's checkpoints use it."
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     resume: bool = typer.Option(False, help="Continue from OUT/state.pt."),
     save_every: int = typer.Option(500),
@@ -157,16 +161,23 @@ def train_command(
         overrides["use_video"] = False
     if no_candidate:
         overrides["use_candidate"] = False
+    if no_text:
+        overrides["use_text"] = False
     cfg = TrainConfig(
         data=str(data), out=str(out_dir), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, holdout=holdout, device=device,
-        resume=resume, save_every=save_every, fusion=overrides,
+        resume=resume, save_every=save_every, fusion=overrides, modality_dropout=modality_dropout,
     )
     try:
         result = train(cfg)
     except (FeatureCacheError, ValueError) as e:
         _fail(str(e))
-    out.print(f"trained {result.step} steps, last loss {result.last_loss:.4f}; checkpoint: {out_dir / MODEL_DIR}")
+    from engine.fusion import modality_dropout_label
+
+    out.print(
+        f"trained {result.step} steps, last loss {result.last_loss:.4f}, modality dropout "
+        f"{modality_dropout_label(result.model.config)}; checkpoint: {out_dir / MODEL_DIR}"
+    )
     out.print(f"use it: MUSECHAT_FUSION_CHECKPOINT={out_dir / MODEL_DIR}")
 
 

@@ -69,7 +69,8 @@ def test_signal_recovery_on_planted_features(synthetic: FeatureDataset, tmp_path
     rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "temperature", "samples_per_s"}
+    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "temperature", "samples_per_s", "modality_dropout"}
+    assert rows[0]["modality_dropout"] == "off (paper)"
 
 
 def test_resume_is_bit_identical(synthetic: FeatureDataset, tmp_path: Path) -> None:
@@ -132,5 +133,12 @@ def test_command_line_flags_map_to_the_config() -> None:
     assert cfg.fusion == {"variant": "cross_attn", "d_model": 128, "use_candidate": False}
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.gather_negatives, cfg.amp) == (4e-5, 5e-4, 34, True, True)
     assert fusion_config_for(SPEC, cfg.fusion).use_candidate is False
+    assert cfg.modality_dropout is False and fusion_config_for(SPEC, cfg.fusion).modality_dropout is False
     with pytest.raises(ValueError, match="unknown fusion config fields"):
         fusion_config_for(SPEC, {"d_modle": 1})
+    cfg = parse_args(["--data", "f", "--out", "r", "--no-text", "--modality-dropout"])
+    assert cfg.fusion == {"variant": "mvt", "use_text": False} and cfg.modality_dropout is True
+    app = fusion_config_for(SPEC, cfg.fusion, modality_dropout=True)
+    assert (app.p_drop_video, app.p_drop_text, app.p_drop_candidate) == (0.1, 0.3, 0.5) and app.use_text is False
+    # explicit rates win over the app's
+    assert fusion_config_for(SPEC, {"p_drop_text": 0.0}, modality_dropout=True).p_drop_text == 0.0
