@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -282,13 +282,27 @@ def write_synthetic_features(
     return FeatureDataset(root)
 
 
-def iter_pools(n: int, pool_size: int) -> Iterable[range]:
-    """Non-overlapping pools of `pool_size` consecutive quartets (paper 5); a smaller remainder is dropped.
+def random_pools(n: int, pool_size: int, *, seed: int = 0, keep_remainder: bool = False) -> list[list[int]]:
+    """Random, seeded, non-overlapping pools of `pool_size` indices of range(n) (paper 3 and 5).
 
-    With fewer than `pool_size` quartets in all, there is one pool of all of them.
+    The paper: "randomly create non-overlapping music pools using test data, each containing 500
+    tracks" (evaluation) and candidates drawn from pools of 2,000 (data). A seeded permutation of
+    range(n) is cut into consecutive pools; each pool is sorted. The remainder (n mod pool_size)
+    is dropped, as evaluation needs pools of one size; with `keep_remainder` (data build: every
+    clip needs a candidate) it is a last, smaller pool, merged into the one before it when it
+    holds a single index (a pool of one has no candidate). Fewer than `pool_size` in all: one pool
+    of every index.
     """
-    if n < pool_size:
-        yield range(n)
-        return
-    for start in range(0, n - pool_size + 1, pool_size):
-        yield range(start, start + pool_size)
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    if n <= pool_size:
+        return [list(range(n))] if n else []
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    pools = [sorted(perm[i : i + pool_size]) for i in range(0, n - pool_size + 1, pool_size)]
+    rest = perm[len(pools) * pool_size :]
+    if keep_remainder and rest:
+        if len(rest) == 1:
+            pools[-1] = sorted(pools[-1] + rest)
+        else:
+            pools.append(sorted(rest))
+    return pools

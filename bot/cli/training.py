@@ -34,7 +34,7 @@ def data_from_catalog(
     features: Path = typer.Option(None, help="Track-analysis cache to read (default: the live catalog's, in MUSECHAT_DATA_DIR)."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
-    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
     shard_size: int = typer.Option(1024, help="Quartets per shard."),
 ) -> None:
     """Music-only quartets (candidate, feedback from tag differences, target) from the live catalog."""
@@ -86,7 +86,7 @@ def data_build(
     checkpoint: Path = typer.Option(None, help="Fusion checkpoint that retrieves the candidates (default: MUSECHAT_FUSION_CHECKPOINT; none: random from the pool)."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
-    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
     shard_size: int = typer.Option(1024, help="Quartets per shard."),
 ) -> None:
     """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target."""
@@ -187,6 +187,7 @@ def eval_command(
     holdout: int = typer.Option(0, help="Evaluate the held-out split of this size (as `train --holdout`)."),
     seed: int = typer.Option(0, help="The split's seed (as `train --seed`)."),
     pool_size: int = typer.Option(500, help="Pool size (paper: 500)."),
+    pool_seed: int = typer.Option(0, help="Seed of the random non-overlapping pools; metrics are averaged across pools."),
     device: str = typer.Option("cpu"),
     report: Path = typer.Option(Path("eval/results"), help="Writes REPORT.md and REPORT.json."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Add the zero-shot scorer's row (caches from `data build`)."),
@@ -201,7 +202,7 @@ def eval_command(
         if holdout:
             _, ds = ds.split(holdout, seed=seed)
         pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in checkpoint]
-        results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, device=device)  # type: ignore[arg-type]
+        results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, pool_seed=pool_seed, device=device)  # type: ignore[arg-type]
         if zero_shot:
             from bot.settings import get_settings
             from engine.profiles import load_encoders
@@ -209,7 +210,7 @@ def eval_command(
 
             s = get_settings()
             enc = load_encoders(ds.spec.profile, overrides=s.backbone_overrides, device=s.device)
-            results.append(evaluate_zero_shot(data, enc.text, pool_size=pool_size, ids=ds.ids))
+            results.append(evaluate_zero_shot(data, enc.text, pool_size=pool_size, pool_seed=pool_seed, ids=ds.ids))
     except (FeatureCacheError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     md, js = write_report(results, min(pool_size, len(ds)), report)

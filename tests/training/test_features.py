@@ -16,7 +16,7 @@ from training.features import (
     FeatureItem,
     FeatureShardWriter,
     FeatureSpec,
-    iter_pools,
+    random_pools,
 )
 
 SPEC = FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4, max_segments=3, max_candidate_segments=2, max_text_tokens=4)
@@ -91,6 +91,29 @@ def test_batch_takes_the_same_segment_of_video_and_target(tmp_path: Path) -> Non
             assert b["video"][row, 0].item() == 3 * seg[i].item() + i
 
 
-def test_pools_do_not_overlap() -> None:
-    assert [list(p) for p in iter_pools(7, 3)] == [[0, 1, 2], [3, 4, 5]]
-    assert [list(p) for p in iter_pools(2, 500)] == [[0, 1]]
+def test_pools_are_random_seeded_and_disjoint() -> None:
+    pools = random_pools(1234, 500, seed=3)
+    assert [len(p) for p in pools] == [500, 500]  # the remainder of 234 is left out
+    flat = [i for p in pools for i in p]
+    assert len(set(flat)) == 1000 and set(flat) <= set(range(1234))  # disjoint, within range
+    assert all(p == sorted(p) for p in pools)
+    assert random_pools(1234, 500, seed=3) == pools  # seeded
+    other = random_pools(1234, 500, seed=4)
+    assert other != pools and set(other[0]) != set(pools[0])
+    # random: not the consecutive blocks, and members spread over the whole range
+    assert pools[0] != list(range(500)) and pools[0] != list(range(500, 1000))
+    assert min(pools[0]) < 50 and max(pools[0]) > 1180
+    # pool membership is uniform: over many seeds each index lands in a pool ~1000/1234 of the time
+    counts = np.zeros(1234)
+    for seed in range(200):
+        for p in random_pools(1234, 500, seed=seed):
+            counts[p] += 1
+    assert abs(counts.mean() / 200 - 1000 / 1234) < 1e-9 and counts.min() > 0.6 * 200 and counts.max() < 0.97 * 200
+    # small sets: one pool of all; the data build keeps the remainder (a single index joins the last pool)
+    assert random_pools(2, 500) == [[0, 1]] and random_pools(0, 500) == []
+    kept = random_pools(7, 3, seed=0, keep_remainder=True)
+    assert [len(p) for p in kept] == [3, 4] and sorted(i for p in kept for i in p) == list(range(7))
+    kept = random_pools(8, 3, seed=0, keep_remainder=True)
+    assert [len(p) for p in kept] == [3, 3, 2] and sorted(i for p in kept for i in p) == list(range(8))
+    with pytest.raises(ValueError, match="pool_size"):
+        random_pools(10, 0)
