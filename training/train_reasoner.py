@@ -11,7 +11,9 @@ from the line itself, else the catalog's feature cache (`track_id`), else an ana
 with the profile's music encoder.
 
 Recipe (paper 4.2): 3 epochs, AdamW at lr 5e-4 with linear decay to 0, LoRA r=32, sequences cut at
-128 tokens; f_l and the LoRA train, the LLM stays frozen. CPU with tiny/lite, GPU with paper
+128 tokens; f_l and the LoRA train, the LLM stays frozen. Training uses the paper's training prompt,
+without the title (`### Recommender: Music feature: <Music>[music token] </Music >; Generate
+Recommendation: `); inference adds `Music title: [title]; `. Evaluation generates up to 128 tokens. CPU with tiny/lite, GPU with paper
 (LLM in bf16; f_l and LoRA in fp32). Under torchrun each rank takes every WORLD_SIZE-th example and
 the trainable gradients are averaged with all_reduce before each step (plain data parallelism
 without DDP's module wrapper: the loss is not the module's forward).
@@ -47,6 +49,7 @@ from engine.reasoner import MusicReasoner, ReasonInput
 log = logging.getLogger(__name__)
 
 ORIGIN_TEMPLATE = "template from catalog metadata and tags"
+EVAL_MAX_NEW_TOKENS = 128  # paper 4.2: max length 128; evaluation generates up to 128 tokens
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,9 @@ class EvalRow:
 
 
 @torch.no_grad()
-def perplexity(reasoner: MusicReasoner, examples: Sequence[ReasonExample]) -> float:
-    losses = [float(reasoner.loss([(e.inp, e.target)])) for e in examples]
+def perplexity(reasoner: MusicReasoner, examples: Sequence[ReasonExample], *, training_prompt: bool = False) -> float:
+    """exp(mean loss) of the references under the inference prompt (or the training prompt)."""
+    losses = [float(reasoner.loss([(e.inp, e.target)], training_prompt=training_prompt)) for e in examples]
     return float(math.exp(np.mean(losses)))
 
 
@@ -215,7 +219,7 @@ def evaluate(
     examples: Sequence[ReasonExample],
     embed: Callable[[list[str]], np.ndarray],
     *,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     seed: int = 0,
 ) -> list[EvalRow]:
     """One row per variant; `embed` maps sentences to (N, D) L2-normalised vectors (MiniLM)."""

@@ -106,7 +106,7 @@ def train_cmd(
 def eval_cmd(
     data: Annotated[Path, typer.Argument(help="JSONL with reference justifications")],
     checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 128,
 ) -> None:
     """Print the paper's Table 3 layout: MiniLM cosine to the references and their perplexity."""
     from engine.encoders.minilm import MiniLMTextEncoder

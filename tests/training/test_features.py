@@ -117,3 +117,18 @@ def test_pools_are_random_seeded_and_disjoint() -> None:
     assert [len(p) for p in kept] == [3, 3, 2] and sorted(i for p in kept for i in p) == list(range(8))
     with pytest.raises(ValueError, match="pool_size"):
         random_pools(10, 0)
+
+
+def test_prompts_keep_clips_77_token_context(tmp_path: Path) -> None:
+    """The default cache keeps a prompt's every token up to CLIP's 77 (not cut at 32)."""
+    spec = FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4)
+    assert spec.max_text_tokens == 77 and spec.shape("text") == (77, 2)
+    writer = FeatureShardWriter(tmp_path, spec)
+    text = np.arange(2 * 90, dtype=np.float32).reshape(90, 2)  # 90 token states: more than CLIP's context
+    writer.add(FeatureItem(id="a", target=np.ones((1, 4)), text=text[:60]))
+    writer.add(FeatureItem(id="b", target=np.ones((1, 4)), text=text))
+    writer.close()
+    ds = FeatureDataset(tmp_path)
+    assert ds.tensors["text_len"].tolist() == [60, 77]
+    assert ds.tensors["text"][0, :60].float().numpy() == pytest.approx(text[:60])
+    assert ds.tensors["text"][1].float().numpy() == pytest.approx(text[:77])
