@@ -2,7 +2,7 @@
 
     musechat reasoner targets OUT.jsonl          # lines from the catalog's metadata and tags
     musechat reasoner train DATA.jsonl --out DIR # f_l + LoRA on the profile's LLM
-    musechat reasoner eval DATA.jsonl [--checkpoint DIR]   # Table 3 layout
+    musechat reasoner eval DATA.jsonl [--checkpoint DIR] [--bertscore-model DIR] [--infolm-model DIR]  # Table 3
     musechat reasoner say TITLE [--tag T ...] [--checkpoint DIR]  # stream one justification
 
 The LLM is the profile's (`ProfileConfig.reasoner`: Vicuna-7B for paper, SmolLM2-135M for lite,
@@ -107,18 +107,31 @@ def eval_cmd(
     data: Annotated[Path, typer.Argument(help="JSONL with reference justifications")],
     checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
     max_new_tokens: int = 128,
+    bertscore_model: Annotated[
+        Path | None, typer.Option(help="local copy of roberta-large (BERTScore's default); else the profile's text encoder, labelled")
+    ] = None,
+    bertscore_layer: Annotated[int, typer.Option(help="hidden-state layer of --bertscore-model (roberta-large: 17)")] = 17,
+    infolm_model: Annotated[
+        Path | None, typer.Option(help="local masked LM for InfoLM (its default: a copy of bert-base-uncased); else not computed")
+    ] = None,
 ) -> None:
-    """Print the paper's Table 3 layout: MiniLM cosine to the references and their perplexity."""
-    from engine.encoders.minilm import MiniLMTextEncoder
-    from training.train_reasoner import evaluate, format_table, read_examples
+    """Print the paper's Table 3: BERTScore F1, InfoLM AB divergence / L2 / Fisher-Rao, with the models used."""
+    from engine.profiles import load_encoders
+    from training.text_metrics import BertScoreConfig
+    from training.train_reasoner import TextScorer, evaluate, format_table, read_examples
 
     settings = get_settings()
     examples = read_examples(data, music_for_track=_feature_lookup(settings), music_for_audio=_audio_lookup(settings))
     base = _reasoner(settings, None)
     tuned = _reasoner(settings, checkpoint) if checkpoint else None
-    minilm = MiniLMTextEncoder(device=settings.device)
-    rows = evaluate(base, tuned, examples, lambda t: minilm.encode_sentences(t).numpy(), max_new_tokens=max_new_tokens)
-    typer.echo(format_table(rows))
+    profile = _profile(settings)
+    encoder = None if bertscore_model else load_encoders(profile, device=settings.device).text
+    scorer = TextScorer(
+        bertscore=BertScoreConfig(model_dir=bertscore_model, num_layers=bertscore_layer),
+        encoder=encoder, encoder_name=f"{profile.name}: {profile.text_backbone}", infolm_dir=infolm_model,
+    )  # fmt: skip
+    rows, labels = evaluate(base, tuned, examples, scorer, max_new_tokens=max_new_tokens)
+    typer.echo(format_table(rows, labels))
 
 
 @reasoner_app.command("say")
