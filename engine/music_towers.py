@@ -22,12 +22,19 @@ for the paper's AST, 10.24 s), which a training cache keeps in float16.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.fusion import MuseChatRecommender
+from engine.fusion import FusionConfig, MuseChatRecommender
+from engine.loss import InfoNCELoss
+
+TOWERS_FILE = "towers.safetensors"  # g_mc.* and g_mt.* weights, beside the fusion checkpoint's files
+TOWERS_META = "towers.json"
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,14 @@ class TowerRecommender(nn.Module):
             for tower in (g_mc, g_mt):
                 tower.requires_grad_(False).eval()
 
+    @property
+    def config(self) -> FusionConfig:
+        return self.recommender.config
+
+    @property
+    def loss(self) -> InfoNCELoss:
+        return self.recommender.loss
+
     def train(self, mode: bool = True) -> TowerRecommender:
         super().train(mode)
         if self.freeze_towers:
@@ -120,3 +135,38 @@ class TowerRecommender(nn.Module):
         """Training step on 10 s samples: the video segment, the same 10 s of target music, a 10 s candidate clip, the prompt."""
         cand = None if candidate_mels is None else self.candidate_tokens(candidate_mels)
         return self.recommender(video, text, cand, target_pooled=self.target_cls(target_mels), **kwargs)
+
+
+def load_towers(profile: str, backbone: str | None = None, *, gradient_checkpointing: bool = False) -> tuple[AstTower, AstTower]:
+    """Two trainable copies (g_mc, g_mt) of the profile's AST (or `backbone`: a hub id or local folder)."""
+    from engine.encoders import hf
+    from engine.profiles import RANDOM_TINY, resolve_profile
+
+    cfg = resolve_profile(profile, {"music": backbone} if backbone else None)
+    if cfg.music_family != "ast":
+        raise ValueError(f"profile {cfg.name!r} has no AST music encoder ({cfg.music_family}); trained towers need AST")
+    if cfg.music_backbone == RANDOM_TINY:
+        model, _ = hf.tiny_ast()
+    else:
+        model = hf.from_pretrained(hf.ASTForAudioClassification, cfg.music_backbone, setting="MUSECHAT_MUSIC_BACKBONE", dtype=torch.float32)
+    return (AstTower.from_classifier(model, gradient_checkpointing=gradient_checkpointing),
+            AstTower.from_classifier(model, gradient_checkpointing=gradient_checkpointing))
+
+
+def save_towers(model: TowerRecommender, directory: str | Path) -> Path:
+    """Write g_mc and g_mt (weights + AST config) into `directory` (a fusion checkpoint's folder)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {f"{name}.{k}": v.detach().cpu().contiguous() for name in ("g_mc", "g_mt") for k, v in getattr(model, name).ast.state_dict().items()}
+    save_file(state, str(directory / TOWERS_FILE), metadata={"format": "pt"})
+    meta = {"ast_config": model.g_mc.ast.config.to_dict(), "frozen": model.freeze_towers}
+    (directory / TOWERS_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_tower_weights(model: TowerRecommender, directory: str | Path) -> None:
+    """Load weights written by `save_towers` into `model`'s towers."""
+    state = load_file(str(Path(directory) / TOWERS_FILE))
+    for name in ("g_mc", "g_mt"):
+        prefix = f"{name}."
+        getattr(model, name).ast.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

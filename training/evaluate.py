@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from engine.checkpoint import CheckpointMismatchError, load_checkpoint
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, modality_dropout_label
-from training.features import FeatureDataset, random_pools
+from engine.music_towers import TowerRecommender
+from training.features import MUSIC_LOG_MELS, FeatureDataset, random_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, average_metrics, chance_metrics, target_ranks, turn_metrics
 
 log = logging.getLogger(__name__)
@@ -98,14 +99,18 @@ def pooled_result(
 
 
 @torch.no_grad()
-def music_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+def music_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Track vectors of the targets of quartets `idx`: normalised mean of segment vectors.  # (N, d)"""
     t = data.tensors
     out = []
     for chunk in idx.split(EVAL_BATCH):
         seg = t["target"][chunk].float().to(device)  # (B, S, Dm)
         b, s, dm = seg.shape
-        v = model.encode_music(pooled=seg.reshape(b * s, dm)).reshape(b, s, -1)  # (B, S, d)
+        if data.spec.music_input == MUSIC_LOG_MELS:  # the trained g_mt on each 10 s segment's log-mels
+            mels = seg.reshape(b * s, data.spec.mel_frames, data.spec.mel_bins)
+            v = model.encode_music(mels).reshape(b, s, -1)  # (B, S, d)
+        else:
+            v = model.encode_music(pooled=seg.reshape(b * s, dm)).reshape(b, s, -1)  # (B, S, d)
         mask = (torch.arange(s)[None, :] < t["target_len"][chunk].long()[:, None]).to(device)
         mean = (v * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         out.append(F.normalize(mean, dim=-1))
@@ -113,7 +118,7 @@ def music_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
 
 
 @torch.no_grad()
-def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, turn: int, device: torch.device) -> torch.Tensor:
+def query_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDataset, idx: torch.Tensor, turn: int, device: torch.device) -> torch.Tensor:
     """Clip-level queries of quartets `idx` at turn 1 (video only) or 2 (all inputs).  # (N, d)"""
     if turn not in (1, 2):
         raise ValueError(f"turn must be 1 or 2, got {turn}")
@@ -133,7 +138,12 @@ def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
             "video": t["video"][gidx, segs].float().to(device),
             "has_video": (t["video_len"][gidx] > 0).to(device),
         }
-        if turn == 2:
+        if turn == 2 and data.spec.music_input == MUSIC_LOG_MELS:  # the candidate clip through the trained g_mc
+            kwargs["text"] = t["text"][gidx].float().to(device)
+            kwargs["text_mask"] = (torch.arange(t["text"].shape[1])[None, :] < t["text_len"][gidx].long()[:, None]).to(device)
+            kwargs["candidate_mels"] = t["candidate"][gidx, 0].float().view(len(gidx), data.spec.mel_frames, data.spec.mel_bins).to(device)
+            kwargs["has_candidate"] = (t["candidate_len"][gidx] > 0).to(device)
+        elif turn == 2:
             for name in ("text", "candidate"):
                 rows_n = t[name].shape[1]
                 kwargs[name] = t[name][gidx].float().to(device)
@@ -145,7 +155,7 @@ def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
 
 
 def evaluate_model(
-    model: MuseChatRecommender,
+    model: MuseChatRecommender | TowerRecommender,
     data: FeatureDataset,
     *,
     name: str = "model",

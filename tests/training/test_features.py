@@ -132,3 +132,24 @@ def test_prompts_keep_clips_77_token_context(tmp_path: Path) -> None:
     assert ds.tensors["text_len"].tolist() == [60, 77]
     assert ds.tensors["text"][0, :60].float().numpy() == pytest.approx(text[:60])
     assert ds.tensors["text"][1].float().numpy() == pytest.approx(text[:77])
+
+
+def test_log_mel_spec_and_batches(tmp_path: Path) -> None:
+    spec = FeatureSpec.for_log_mels("tiny", video_dim=3, text_dim=2, mel_frames=4, mel_bins=2, max_segments=2, max_text_tokens=4)
+    assert (spec.music_dim, spec.target_music_dim, spec.max_candidate_segments, spec.music_input) == (8, 8, 1, "log_mels")
+    with pytest.raises(ValueError, match="flattened"):
+        FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=7, target_music_dim=8, music_input="log_mels", mel_frames=4, mel_bins=2)
+    with pytest.raises(ValueError, match="music_input"):
+        FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=8, target_music_dim=8, music_input="wav")
+    writer = FeatureShardWriter(tmp_path, spec)
+    target = np.arange(16, dtype=np.float32).reshape(2, 8)  # two 10 s segments of 4 frames x 2 bins
+    writer.add(FeatureItem(id="a", target=target, candidate=100 + np.arange(8, dtype=np.float32)[None], video=np.ones((2, 3))))
+    writer.add(FeatureItem(id="b", target=target[:1], video=np.ones((1, 3))))  # no candidate
+    writer.close()
+    ds = FeatureDataset(tmp_path)
+    b = ds.batch(torch.tensor([0, 1]), torch.tensor([1, 0]))
+    assert set(b) == {"video", "has_video", "text", "text_mask", "candidate_mels", "has_candidate", "target_mels"}
+    assert b["target_mels"][0].tolist() == target[1].reshape(4, 2).tolist()  # segment 1 of quartet a, as (frames, bins)
+    assert b["target_mels"][1].tolist() == target[0].reshape(4, 2).tolist()
+    assert b["candidate_mels"][0].tolist() == (100 + np.arange(8)).reshape(4, 2).tolist()
+    assert b["has_candidate"].tolist() == [True, False]
