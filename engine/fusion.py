@@ -52,6 +52,10 @@ contextual (CLIP text, AST), and musicnn's 3 s patch order within a 10 s segment
 Projections apply a LayerNorm before the linear map because the encoders' feature scales differ
 widely between profiles (CLIP, EfficientNet, musicnn).
 
+The AST towers themselves (g_mc, g_mt), trained with this module as the paper does, live in
+engine/music_towers.py (`TowerRecommender`), which feeds their outputs in here; on cached frozen
+features (the lite profile, the app) the towers' outputs are the cached vectors.
+
 Target side (paper 4.1, g_mt): `MusicTower` takes the target's pooled vector (AST's CLS token in
 the paper profile) or its tokens (masked mean) -> linear -> 256-d, L2-normalised. A track's vector
 is the normalised mean of its segment vectors (`track_vector`, paper section 5: twelve 10 s

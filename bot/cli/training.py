@@ -147,6 +147,8 @@ def train_command(
     modality_dropout: bool = typer.Option(
         False, "--modality-dropout", help="Drop inputs at random in training (ours, not the paper's); the app's checkpoints use it."
     ),
+    freeze_towers: bool = typer.Option(False, "--freeze-towers", help="Log-mel caches: keep the AST towers fixed (a deviation from the paper)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Log-mel caches: checkpoint the AST towers."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     resume: bool = typer.Option(False, help="Continue from OUT/state.pt."),
     save_every: int = typer.Option(500),
@@ -167,6 +169,7 @@ def train_command(
         data=str(data), out=str(out_dir), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, holdout=holdout, device=device,
         resume=resume, save_every=save_every, fusion=overrides, modality_dropout=modality_dropout,
+        freeze_towers=freeze_towers, gradient_checkpointing=gradient_checkpointing,
     )
     try:
         result = train(cfg)
