@@ -170,3 +170,20 @@ def load_tower_weights(model: TowerRecommender, directory: str | Path) -> None:
     for name in ("g_mc", "g_mt"):
         prefix = f"{name}."
         getattr(model, name).ast.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def load_tower_checkpoint(directory: str | Path, *, expect_profile: str | None = None, device: str | torch.device = "cpu") -> TowerRecommender:
+    """A `TowerRecommender` from a run's checkpoint folder: the fusion checkpoint plus `save_towers`' files, eval mode."""
+    from transformers import ASTConfig, ASTModel
+
+    from engine.checkpoint import CheckpointNotFoundError, load_checkpoint
+
+    directory = Path(directory)
+    if not (directory / TOWERS_META).is_file() or not (directory / TOWERS_FILE).is_file():
+        raise CheckpointNotFoundError(f"{directory} holds no trained AST towers ({TOWERS_FILE}, {TOWERS_META})")
+    recommender = load_checkpoint(directory, expect_profile=expect_profile)
+    meta = json.loads((directory / TOWERS_META).read_text())
+    config = ASTConfig.from_dict(meta["ast_config"])
+    model = TowerRecommender(recommender, AstTower(ASTModel(config)), AstTower(ASTModel(config)), freeze_towers=bool(meta.get("frozen")))
+    load_tower_weights(model, directory)
+    return model.to(device).eval()

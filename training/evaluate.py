@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from engine.checkpoint import CheckpointMismatchError, load_checkpoint
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, modality_dropout_label
-from engine.music_towers import TowerRecommender
+from engine.music_towers import TowerRecommender, load_tower_checkpoint
 from training.features import MUSIC_LOG_MELS, FeatureDataset, random_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, average_metrics, chance_metrics, target_ranks, turn_metrics
 
@@ -222,6 +222,16 @@ def evaluate_checkpoints(
     """Load each (name, checkpoint directory) and evaluate it on the same pools."""
     results = []
     for name, path in checkpoints:
+        if data.spec.music_input == MUSIC_LOG_MELS:  # a run that trained the AST towers
+            towers = load_tower_checkpoint(path, expect_profile=data.spec.profile, device=device)
+            ast = towers.g_mt.ast.config
+            if (int(ast.max_length), int(ast.num_mel_bins)) != (data.spec.mel_frames, data.spec.mel_bins):
+                raise CheckpointMismatchError(
+                    f"the towers of {path} take {ast.max_length} x {ast.num_mel_bins} log-mels; the cache holds "
+                    f"{data.spec.mel_frames} x {data.spec.mel_bins}"
+                )
+            results.append(evaluate_model(towers, data, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
+            continue
         model = load_checkpoint(path, expect_profile=data.spec.profile, device=device)
         c, sp = model.config, data.spec
         found = (c.video_dim, c.text_dim, c.music_dim, c.target_music_dim)

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import CheckpointNotFoundError, load_checkpoint
 from engine.fusion import MuseChatRecommender
-from engine.music_towers import TowerRecommender, load_tower_weights, load_towers
-from training.evaluate import evaluate_model
+from engine.music_towers import TowerRecommender, load_tower_checkpoint, load_towers
+from training.evaluate import evaluate_checkpoints, evaluate_model
 from training.features import FeatureDataset, FeatureItem, FeatureShardWriter, FeatureSpec, write_synthetic_features
 from training.metrics import chance_metrics
 from training.train_fusion import METRICS_FILE, MODEL_DIR, STATE_FILE, TrainConfig, fusion_config_for, param_groups, parse_args, train
@@ -187,7 +187,11 @@ def test_log_mel_cache_trains_both_ast_towers_unless_frozen(tmp_path: Path, free
     # the run's checkpoint holds the fusion model and the towers; evaluation runs the towers on log-mels
     res = evaluate_model(model, data, pool_size=12)
     assert res.n_pools == 2 and res.turn2.n_queries == 24
-    again_mc, again_mt = load_towers("tiny")
-    fresh = TowerRecommender(load_checkpoint(tmp_path / "run" / MODEL_DIR, expect_profile="tiny"), again_mc, again_mt)
-    load_tower_weights(fresh, tmp_path / "run" / MODEL_DIR)
+    fresh = load_tower_checkpoint(tmp_path / "run" / MODEL_DIR, expect_profile="tiny")
+    assert fresh.freeze_towers is freeze
     assert evaluate_model(fresh, data, pool_size=12).turn2 == res.turn2
+    # `musechat eval`'s path: the same checkpoint by name, on the same pools
+    (row,) = evaluate_checkpoints(data, [("towers", tmp_path / "run" / MODEL_DIR)], pool_size=12)
+    assert row.turn2 == res.turn2
+    with pytest.raises(CheckpointNotFoundError, match="no trained AST towers"):
+        load_tower_checkpoint(tmp_path / "elsewhere")
