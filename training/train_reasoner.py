@@ -8,7 +8,8 @@ Data: JSONL, one justification per line:
 
 The music embedding (the mean of the track's segment vectors, `TrackAnalysis.music_vector`) comes
 from the line itself, else the catalog's feature cache (`track_id`), else an analysis of `audio`
-with the profile's music encoder.
+with the profile's music encoder; or, as the paper (4.2), from a fusion run's fine-tuned g_mt
+(`tower_music_vector`: the mean of all its output tokens; `musechat reasoner train --towers`).
 
 Recipe (paper 4.2): 3 epochs, AdamW at lr 5e-4 with linear decay to 0, LoRA r=32, sequences cut at
 128 tokens; f_l and the LoRA train, the LLM stays frozen. Training uses the paper's training prompt,
@@ -114,6 +115,15 @@ def read_examples(
         )  # fmt: skip
         out.append(ReasonExample(inp, str(d["target"])))
     return out
+
+
+@torch.no_grad()
+def tower_music_vector(towers: Any, encoder: Any, audio: np.ndarray) -> np.ndarray:
+    """x̄_mt of paper 4.2: the mean of ALL output tokens of the fine-tuned g_mt (`TowerRecommender`),
+    averaged over the track's 10 s windows; `encoder` (the profile's AstMusicEncoder) cuts the
+    audio and computes the log-mels.  # (D,)"""
+    mels = torch.from_numpy(np.stack([encoder.log_mels(w) for w in encoder.split(audio)]))  # (W, frames, mel)
+    return towers.mean_tokens(mels.to(next(towers.g_mt.parameters()).device)).mean(dim=0).float().cpu().numpy()
 
 
 def build_targets(tracks: Iterable[Any], *, max_tags: int = 4) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from training.train_reasoner import (
     format_table,
     perplexity,
     read_examples,
+    tower_music_vector,
     train,
 )
 
@@ -119,6 +120,33 @@ def test_loss_falls_and_only_lora_and_f_l_change(tmp_path):
         torch.testing.assert_close(app.next_token_logits(EXAMPLES[0].inp), r.next_token_logits(EXAMPLES[0].inp))
     finally:
         R.clear_cache()
+
+
+def test_music_input_is_the_mean_of_all_fine_tuned_g_mt_tokens():
+    """Paper 4.2: x̄_mt is the mean of ALL output tokens of g_mt, here over the track's 10 s windows."""
+    from engine.encoders import hf
+    from engine.fusion import FusionConfig, MuseChatRecommender
+    from engine.music_towers import AstTower, TowerRecommender
+
+    enc = hf.AstMusicEncoder(*hf.tiny_ast())
+    torch.manual_seed(0)
+    rec = MuseChatRecommender(FusionConfig(profile="tiny", video_dim=4, text_dim=4, music_dim=enc.dim, target_music_dim=enc.dim, d_model=16, n_heads=4, n_layers=1))
+    towers = TowerRecommender(rec, AstTower.from_classifier(enc.model), AstTower.from_classifier(enc.model)).eval()
+    with torch.no_grad():  # a "fine-tuned" g_mt: not the profile's AST any more
+        for p in towers.g_mt.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    audio = np.random.default_rng(0).standard_normal(int(2.5 * enc.window)).astype(np.float32) * 0.1  # 2 windows + a tail
+    windows = enc.split(audio)
+    assert len(windows) == 3
+    got = tower_music_vector(towers, enc, audio)
+    with torch.no_grad():
+        want = torch.stack([towers.g_mt(torch.from_numpy(enc.log_mels(w))[None])[0].mean(0) for w in windows]).mean(0)
+    assert got.shape == (enc.dim,)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    # g_mt's, not g_mc's (which still is the profile's AST)
+    with torch.no_grad():
+        other = torch.stack([towers.g_mc(torch.from_numpy(enc.log_mels(w))[None])[0].mean(0) for w in windows]).mean(0)
+    assert np.abs(got - other.numpy()).max() > 1e-4
 
 
 def test_train_refuses_a_reasoner_without_lora():
