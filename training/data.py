@@ -39,7 +39,7 @@ from engine.media import CorruptMediaError, MediaError, MediaLimits
 from engine.profiles import Encoders
 from engine.tracks import TrackAnalysis, analyse_track
 from engine.video import VideoFeatures, content_hash, video_features
-from training.features import FeatureItem, FeatureShardWriter
+from training.features import FeatureItem, FeatureShardWriter, random_pools
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,18 @@ def retrieve_candidate(query: np.ndarray, pool_vectors: np.ndarray, pool_ids: Se
     raise ValueError("the candidate pool holds nothing but the target")
 
 
-def sample_pool(n: int, exclude: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to `size` distinct indices of range(n) without `exclude`, sorted."""
-    others = np.delete(np.arange(n), exclude)
-    if len(others) <= size:
-        return others
-    return np.sort(rng.choice(others, size=size, replace=False))
+def candidate_pools(n: int, size: int, seed: int) -> list[np.ndarray]:
+    """For each of n clips, the other members of its pool: random non-overlapping pools of `size` (paper 3).
+
+    `random_pools(keep_remainder=True)` cuts range(n) into seeded pools; clip i's candidates are
+    its pool without i, sorted.
+    """
+    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * n
+    for pool in random_pools(n, size, seed=seed, keep_remainder=True):
+        members = np.asarray(pool, dtype=np.int64)
+        for i in pool:
+            out[i] = members[members != i]
+    return out
 
 
 def _title(analysis: TrackAnalysis) -> str:
@@ -204,19 +210,19 @@ def catalog_quartets(
     """Music-only quartets from catalog analyses into `writer`; returns the quartets (no video).
 
     Each track is a target once; its candidate is the track most similar to it by music vector
-    among a seeded random pool of `pool_size` others (a plausible but wrong first pick, as the
-    paper's retriever gives); turn 2's words come from the tag differences. Targets already in
-    the cache (resume) are skipped. The writer is flushed but not closed.
+    among the other members of its pool (random non-overlapping pools of `pool_size`, paper 3): a
+    plausible but wrong first pick, as the paper's retriever gives; turn 2's words come from the
+    tag differences. Targets already in the cache (resume) are skipped. The writer is flushed but not closed.
     """
     if len(analyses) < 2:
         raise ValueError(f"a catalog quartet needs two tracks, the catalog has {len(analyses)}")
-    rng = np.random.default_rng(seed)
     text_rng = random.Random(seed)
     vectors = np.stack([a.music_vector for a in analyses])  # (N, Dm)
+    pools = candidate_pools(len(analyses), pool_size, seed)
     todo: list[Quartet] = []
     items: list[tuple[int, int]] = []
     for i, target in enumerate(analyses):
-        pool = sample_pool(len(analyses), i, pool_size, rng)
+        pool = pools[i]
         j = retrieve_candidate(vectors[i], vectors[pool], pool.tolist(), exclude=i)
         cand = analyses[j]
         qid = f"catalog-{target.content_hash}"
@@ -317,10 +323,10 @@ def build_from_videos(
     """Quartets from a folder of music videos (paper section 3), features into `writer` (flushed, not closed).
 
     Each video's centre 120 s gives its twelve 10 s segments of image features (5 fps) and of its
-    own soundtrack's music features, which is the target. The candidate comes from a seeded pool
-    of `pool_size` other clips of the folder (the target excluded): the fusion `model`'s turn-1
-    pick (video only) when one is given (the paper used a pretrained retriever), else a seeded
-    random member of the pool. Turn texts come from the tag differences (module docstring).
+    own soundtrack's music features, which is the target. The candidate comes from the target's
+    pool (random non-overlapping pools of `pool_size` clips of the folder, paper 3; the target
+    excluded): the fusion `model`'s turn-1 pick (video only) when one is given (the paper used a
+    pretrained retriever), else a seeded random member of the pool. Turn texts come from the tag differences (module docstring).
     Per-video analyses are cached under the writer's folder, so an interrupted build resumes.
     """
     folder = Path(folder)
@@ -353,7 +359,7 @@ def build_from_videos(
     if len(names) < 2:
         raise ValueError(f"{folder}: {len(names)} usable music videos; a quartet needs at least 2 (skipped: {failures})")
     rng = np.random.default_rng(seed)
-    pools = [sample_pool(len(names), i, pool_size, rng) for i in range(len(names))]
+    pools = candidate_pools(len(names), pool_size, seed)
     if model is not None:
         cands = _model_candidates(model, videos, musics, pools)
     else:

@@ -1,16 +1,19 @@
 """Evaluate recommendation models with the MuseChat protocol (paper section 5, Table 1).
 
-- The test quartets are cut into non-overlapping pools of 500 (`PAPER_POOL_SIZE`); each query
-  ranks the pool's target tracks by cosine.
+- The test quartets are cut into random (seeded) non-overlapping pools of 500 (`PAPER_POOL_SIZE`,
+  `random_pools`; a remainder is left out); each query ranks its pool's target tracks by cosine.
+- Every metric, the median rank included, is computed per pool and averaged across pools, as the
+  paper reports (training/metrics.py `average_metrics`).
 - Track vector: the L2-normalised mean of the target's segment vectors (twelve 10 s segments).
 - Query vector, likewise: the normalised mean of the per-segment queries (video segment j with the
   prompt and the candidate); a quartet without video has one query.
 - Turn 1: video only. Turn 2: video + candidate music + prompt. Metrics (training/metrics.py):
   R@1/5/10 and MR of turn 2 (Table 1's layout), SR over both turns; turn 1 is reported too.
-- The chance row is the expected value for the pool size; the paper's published rows can be added
-  for reference, marked as such.
+- The chance row is the expected value for the pool size; the paper's published rows of Table 1
+  and Table 2 (ablations) are added for reference, marked as such.
+- Each row says whether its model was trained with modality dropout (ours, not the paper's).
 
-    python -m training.evaluate --data FEATURES --checkpoint RUN/model [--checkpoint ...] --holdout N
+    python -m training.evaluate --data FEATURES --checkpoint RUN/model [--checkpoint ...] --holdout N [--pool-seed S]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +30,19 @@ import torch.nn.functional as F
 
 from engine.checkpoint import CheckpointMismatchError, load_checkpoint
 from engine.encoders.base import TextEncoder
-from engine.fusion import MuseChatRecommender
-from training.features import FeatureDataset, iter_pools
-from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, chance_metrics, target_ranks, turn_metrics
+from engine.fusion import MuseChatRecommender, modality_dropout_label
+from engine.music_towers import TowerRecommender, load_tower_checkpoint
+from training.features import MUSIC_LOG_MELS, FeatureDataset, random_pools
+from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, average_metrics, chance_metrics, target_ranks, turn_metrics
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 256  # queries encoded at once
 
-# paper Table 1 and the ablations (turn 2; pools of 500): MR, R@1, R@5, R@10, SR (None: not given)
-PAPER_ROWS: dict[str, tuple[float, float, float | None, float | None, float | None]] = {
+Row = tuple[float, float, float, float, float | None]  # MR, R@1, R@5, R@10, SR (None: not given)
+
+# paper Table 1 (turn 2; pools of 500)
+PAPER_TABLE1: dict[str, Row] = {
     "VM-NET (paper)": (28, 5.31, 18.14, 28.78, None),
     "MVPt (paper)": (7, 20.71, 48.89, 63.14, None),
     "ViML (paper)": (5, 22.61, 52.43, 66.56, None),
@@ -44,31 +50,67 @@ PAPER_ROWS: dict[str, tuple[float, float, float | None, float | None, float | No
     "Self-Attn (paper)": (5, 21.40, 50.83, 65.29, 28.37),
     "Cross-Attn (paper)": (3, 25.71, 56.97, 71.07, 31.48),
     "MuseChat (paper)": (2, 32.79, 63.92, 76.53, 40.49),
-    "w/o video (paper)": (19, 8.12, None, None, None),
-    "w/o candidate (paper)": (5, 22.67, None, None, 26.02),
 }
+# paper Table 2, the ablations (turn 2; pools of 500); MuseChat's row is Table 1's
+PAPER_TABLE2: dict[str, Row] = {
+    "MVPt, video -> music (paper, Table 2)": (7, 20.71, 48.89, 63.14, 20.71),
+    "w/o video: music, text (paper, Table 2)": (19, 8.12, 24.53, 37.11, 8.12),
+    "w/o candidate: video, text (paper, Table 2)": (5, 22.67, 51.53, 65.42, 26.02),
+}
+PAPER_ROWS: dict[str, Row] = {**PAPER_TABLE1, **PAPER_TABLE2}
 
 
 @dataclass
 class EvalResult:
     name: str
-    turn1: RetrievalMetrics
-    turn2: RetrievalMetrics  # carries the success rate over both turns
+    turn1: RetrievalMetrics  # averaged across pools
+    turn2: RetrievalMetrics  # averaged across pools; carries the success rate over both turns
     n_pools: int
+    pool_seed: int = 0
+    modality_dropout: str | None = None  # what the model trained with (modality_dropout_label); None: not a fusion model
+    per_pool: list[tuple[RetrievalMetrics, RetrievalMetrics]] = field(default_factory=list)  # (turn 1, turn 2) of each pool
 
     def to_json(self) -> dict:
-        return {"name": self.name, "turn1": self.turn1.to_json(), "turn2": self.turn2.to_json(), "n_pools": self.n_pools}
+        return {
+            "name": self.name,
+            "turn1": self.turn1.to_json(),
+            "turn2": self.turn2.to_json(),
+            "n_pools": self.n_pools,
+            "pool_seed": self.pool_seed,
+            "modality_dropout": self.modality_dropout,
+            "per_pool": [{"turn1": a.to_json(), "turn2": b.to_json()} for a, b in self.per_pool],
+        }
+
+
+def pooled_result(
+    name: str, ranks: list[tuple[np.ndarray, np.ndarray]], *, pool_seed: int, modality_dropout: str | None = None
+) -> EvalResult:
+    """Per-pool metrics from each pool's (turn-1 ranks, turn-2 ranks), and their averages (paper 5)."""
+    per_pool = [(turn_metrics(r1, len(r1)), turn_metrics(r2, len(r2), turn1_ranks=r1)) for r1, r2 in ranks]
+    return EvalResult(
+        name=name,
+        turn1=average_metrics([a for a, _ in per_pool]),
+        turn2=average_metrics([b for _, b in per_pool]),
+        n_pools=len(per_pool),
+        pool_seed=pool_seed,
+        modality_dropout=modality_dropout,
+        per_pool=per_pool,
+    )
 
 
 @torch.no_grad()
-def music_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+def music_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Track vectors of the targets of quartets `idx`: normalised mean of segment vectors.  # (N, d)"""
     t = data.tensors
     out = []
     for chunk in idx.split(EVAL_BATCH):
         seg = t["target"][chunk].float().to(device)  # (B, S, Dm)
         b, s, dm = seg.shape
-        v = model.encode_music(pooled=seg.reshape(b * s, dm)).reshape(b, s, -1)  # (B, S, d)
+        if data.spec.music_input == MUSIC_LOG_MELS:  # the trained g_mt on each 10 s segment's log-mels
+            mels = seg.reshape(b * s, data.spec.mel_frames, data.spec.mel_bins)
+            v = model.encode_music(mels).reshape(b, s, -1)  # (B, S, d)
+        else:
+            v = model.encode_music(pooled=seg.reshape(b * s, dm)).reshape(b, s, -1)  # (B, S, d)
         mask = (torch.arange(s)[None, :] < t["target_len"][chunk].long()[:, None]).to(device)
         mean = (v * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         out.append(F.normalize(mean, dim=-1))
@@ -76,7 +118,7 @@ def music_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
 
 
 @torch.no_grad()
-def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.Tensor, turn: int, device: torch.device) -> torch.Tensor:
+def query_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDataset, idx: torch.Tensor, turn: int, device: torch.device) -> torch.Tensor:
     """Clip-level queries of quartets `idx` at turn 1 (video only) or 2 (all inputs).  # (N, d)"""
     if turn not in (1, 2):
         raise ValueError(f"turn must be 1 or 2, got {turn}")
@@ -96,7 +138,12 @@ def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
             "video": t["video"][gidx, segs].float().to(device),
             "has_video": (t["video_len"][gidx] > 0).to(device),
         }
-        if turn == 2:
+        if turn == 2 and data.spec.music_input == MUSIC_LOG_MELS:  # the candidate clip through the trained g_mc
+            kwargs["text"] = t["text"][gidx].float().to(device)
+            kwargs["text_mask"] = (torch.arange(t["text"].shape[1])[None, :] < t["text_len"][gidx].long()[:, None]).to(device)
+            kwargs["candidate_mels"] = t["candidate"][gidx, 0].float().view(len(gidx), data.spec.mel_frames, data.spec.mel_bins).to(device)
+            kwargs["has_candidate"] = (t["candidate_len"][gidx] > 0).to(device)
+        elif turn == 2:
             for name in ("text", "candidate"):
                 rows_n = t[name].shape[1]
                 kwargs[name] = t[name][gidx].float().to(device)
@@ -108,61 +155,83 @@ def query_vectors(model: MuseChatRecommender, data: FeatureDataset, idx: torch.T
 
 
 def evaluate_model(
-    model: MuseChatRecommender,
+    model: MuseChatRecommender | TowerRecommender,
     data: FeatureDataset,
     *,
     name: str = "model",
     pool_size: int = PAPER_POOL_SIZE,
+    pool_seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> EvalResult:
-    """Turn-1 and turn-2 metrics of `model` over non-overlapping pools of `data` (module docstring)."""
+    """Turn-1 and turn-2 metrics of `model`, averaged over random non-overlapping pools of `data` (module docstring)."""
     device = torch.device(device)
     model = model.to(device).eval()
-    r1s, r2s, n_pools, size = [], [], 0, 0
-    for pool in iter_pools(len(data), pool_size):
-        idx = torch.tensor(list(pool))
+    ranks: list[tuple[np.ndarray, np.ndarray]] = []
+    for pool in random_pools(len(data), pool_size, seed=pool_seed):
+        idx = torch.tensor(pool)
         music = music_vectors(model, data, idx, device)  # (P, d)
         targets = torch.arange(len(idx), device=device)
-        for turn, acc in ((1, r1s), (2, r2s)):
-            q = query_vectors(model, data, idx, turn, device)  # (P, d)
-            acc.append(target_ranks(q @ music.T, targets).cpu())
-        n_pools += 1
-        size = len(idx)
-    ranks1, ranks2 = torch.cat(r1s).numpy(), torch.cat(r2s).numpy()
-    log.info("evaluated %s on %d pools of %d", name, n_pools, size)
-    return EvalResult(name=name, turn1=turn_metrics(ranks1, size), turn2=turn_metrics(ranks2, size, turn1_ranks=ranks1), n_pools=n_pools)
+        r1, r2 = (target_ranks(query_vectors(model, data, idx, turn, device) @ music.T, targets).cpu().numpy() for turn in (1, 2))
+        ranks.append((r1, r2))
+    result = pooled_result(name, ranks, pool_seed=pool_seed, modality_dropout=modality_dropout_label(model.config))
+    log.info("evaluated %s on %d pools of %d (seed %d)", name, result.n_pools, result.turn2.pool_size, pool_seed)
+    return result
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _paper_line(name: str, row: Row) -> str:
+    mr, a, b, c, sr = row
+    return f"| {name} | {mr:g} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {_fmt(sr)} | - | - | 500 | - |"
+
+
 def markdown_table(results: list[EvalResult], pool_size: int, *, paper_rows: bool = True) -> str:
-    """Table 1's layout: method, MR, R@1, R@5, R@10 (turn 2), SR; plus turn-1 columns and chance."""
+    """Table 1's layout: method, MR, R@1, R@5, R@10 (turn 2), SR; turn-1 columns, pools, modality dropout.
+
+    Every figure is the mean across pools (MR included); then chance, then the paper's Table 1 and
+    Table 2 rows for reference.
+    """
     lines = [
-        f"| Method | MR ↓ | R@1 | R@5 | R@10 | SR | turn-1 MR | turn-1 R@1 | pools × size |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Method | MR ↓ | R@1 | R@5 | R@10 | SR | turn-1 MR | turn-1 R@1 | pools × size | modality dropout |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ch = chance_metrics(pool_size)
-    lines.append(f"| Random (chance) | {ch.median_rank:g} | {_fmt(ch.r1)} | {_fmt(ch.r5)} | {_fmt(ch.r10)} | {_fmt(ch.success_rate)} | {ch.median_rank:g} | {_fmt(ch.r1)} | - |")
+    lines.append(f"| Random (chance) | {ch.median_rank:g} | {_fmt(ch.r1)} | {_fmt(ch.r5)} | {_fmt(ch.r10)} | {_fmt(ch.success_rate)} | {ch.median_rank:g} | {_fmt(ch.r1)} | - | - |")
     for r in results:
         m, t1 = r.turn2, r.turn1
         lines.append(
             f"| {r.name} | {m.median_rank:g} | {_fmt(m.r1)} | {_fmt(m.r5)} | {_fmt(m.r10)} | {_fmt(m.success_rate)} "
-            f"| {t1.median_rank:g} | {_fmt(t1.r1)} | {r.n_pools} × {m.pool_size} |"
+            f"| {t1.median_rank:g} | {_fmt(t1.r1)} | {r.n_pools} × {m.pool_size} | {r.modality_dropout or '-'} |"
         )
     if paper_rows:
-        for name, (mr, a, b, c, sr) in PAPER_ROWS.items():
-            lines.append(f"| {name} | {mr:g} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {_fmt(sr)} | - | - | 500 |")
+        lines += [_paper_line(name, row) for name, row in PAPER_TABLE1.items()]
+        lines += [_paper_line(name, row) for name, row in PAPER_TABLE2.items()]
     return "\n".join(lines) + "\n"
 
 
 def evaluate_checkpoints(
-    data: FeatureDataset, checkpoints: list[tuple[str, str | Path]], *, pool_size: int = PAPER_POOL_SIZE, device: str = "cpu"
+    data: FeatureDataset,
+    checkpoints: list[tuple[str, str | Path]],
+    *,
+    pool_size: int = PAPER_POOL_SIZE,
+    pool_seed: int = 0,
+    device: str = "cpu",
 ) -> list[EvalResult]:
     """Load each (name, checkpoint directory) and evaluate it on the same pools."""
     results = []
     for name, path in checkpoints:
+        if data.spec.music_input == MUSIC_LOG_MELS:  # a run that trained the AST towers
+            towers = load_tower_checkpoint(path, expect_profile=data.spec.profile, device=device)
+            ast = towers.g_mt.ast.config
+            if (int(ast.max_length), int(ast.num_mel_bins)) != (data.spec.mel_frames, data.spec.mel_bins):
+                raise CheckpointMismatchError(
+                    f"the towers of {path} take {ast.max_length} x {ast.num_mel_bins} log-mels; the cache holds "
+                    f"{data.spec.mel_frames} x {data.spec.mel_bins}"
+                )
+            results.append(evaluate_model(towers, data, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
+            continue
         model = load_checkpoint(path, expect_profile=data.spec.profile, device=device)
         c, sp = model.config, data.spec
         found = (c.video_dim, c.text_dim, c.music_dim, c.target_music_dim)
@@ -171,7 +240,7 @@ def evaluate_checkpoints(
                 f"fusion checkpoint {path} takes features of sizes (video, text, music, target) {found}; "
                 f"the feature cache has {(sp.video_dim, sp.text_dim, sp.music_dim, sp.target_music_dim)}"
             )
-        results.append(evaluate_model(model, data, name=name, pool_size=pool_size, device=device))
+        results.append(evaluate_model(model, data, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
     return results
 
 
@@ -181,7 +250,14 @@ def write_report(results: list[EvalResult], pool_size: int, out: str | Path) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     md, js = out.with_suffix(".md"), out.with_suffix(".json")
     md.write_text(markdown_table(results, pool_size))
-    payload = {"pool_size": pool_size, "chance": chance_metrics(pool_size).to_json(), "results": [r.to_json() for r in results]}
+    payload = {
+        "pool_size": pool_size,
+        "averaged_across_pools": True,
+        "chance": chance_metrics(pool_size).to_json(),
+        "results": [r.to_json() for r in results],
+        "paper_table1": {k: dict(zip(("median_rank", "r1", "r5", "r10", "success_rate"), v, strict=True)) for k, v in PAPER_TABLE1.items()},
+        "paper_table2": {k: dict(zip(("median_rank", "r1", "r5", "r10", "success_rate"), v, strict=True)) for k, v in PAPER_TABLE2.items()},
+    }
     js.write_text(json.dumps(payload, indent=2) + "\n")
     return md, js
 
@@ -193,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--holdout", type=int, default=0, help="evaluate the held-out split of this size (as training's --holdout)")
     p.add_argument("--seed", type=int, default=0, help="the split's seed (training's --seed)")
     p.add_argument("--pool-size", type=int, default=PAPER_POOL_SIZE)
+    p.add_argument("--pool-seed", type=int, default=0, help="seed of the random non-overlapping pools")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval/results")
     a = p.parse_args(argv)
@@ -201,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.holdout:
         _, data = data.split(a.holdout, seed=a.seed)
     pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in a.checkpoint]
-    results = evaluate_checkpoints(data, pairs, pool_size=a.pool_size, device=a.device)  # type: ignore[arg-type]
+    results = evaluate_checkpoints(data, pairs, pool_size=a.pool_size, pool_seed=a.pool_seed, device=a.device)  # type: ignore[arg-type]
     md, _ = write_report(results, min(a.pool_size, len(data)), a.out)
     print(md.read_text())
 
@@ -215,6 +292,7 @@ def evaluate_zero_shot(
     text_encoder: TextEncoder,
     *,
     pool_size: int = PAPER_POOL_SIZE,
+    pool_seed: int = 0,
     ids: list[str] | None = None,
     name: str = "zero-shot scorer",
 ) -> EvalResult:
@@ -224,7 +302,8 @@ def evaluate_zero_shot(
     and each track's sentence vector, tags and rhythm; `data build` keeps them in its media cache
     (`FEATURES/media`). Turn 1: the video alone; turn 2: the video, the prompt as the user's words,
     and the candidate as the previous track (steering moves from it). `ids`: the quartets to use,
-    in pool order (default: the cache's order, as `evaluate_model` sees them).
+    in the dataset's order (default: the cache's order, as `evaluate_model` sees them), so that the
+    same `pool_seed` gives the same pools.
     """
     from engine.tracks import TrackAnalysis
     from engine.video import VideoFeatures
@@ -254,8 +333,8 @@ def evaluate_zero_shot(
             analyses[h] = TrackAnalysis.from_bytes((media / f"{h}.music.npz").read_bytes())
         return analyses[h]
 
-    r1s, r2s, n_pools, size = [], [], 0, 0
-    for pool in iter_pools(len(quartets), pool_size):
+    ranks: list[tuple[np.ndarray, np.ndarray]] = []
+    for pool in random_pools(len(quartets), pool_size, seed=pool_seed):
         qs = [quartets[i] for i in pool]
         tracks = [analysis(sha(q.id)) for q in qs]
         cands = Candidates(
@@ -263,6 +342,7 @@ def evaluate_zero_shot(
             tags=vocab.matrix([t.tag_probs for t in tracks]),
             rhythm=np.stack([t.rhythm_array for t in tracks]),
         )
+        r1s, r2s = [], []
         for k, q in enumerate(qs):
             vf = VideoFeatures.from_bytes((media / f"{sha(q.id)}.video.npz").read_bytes())
             s1 = scorer.score(video=vf, candidates=cands)
@@ -274,7 +354,5 @@ def evaluate_zero_shot(
             s2 = scorer.score(video=vf, text=q.prompt or None, candidates=cands, previous=previous)
             for s, acc in ((s1, r1s), (s2, r2s)):
                 acc.append(int(target_ranks(torch.from_numpy(np.asarray(s, dtype=np.float64))[None], torch.tensor([k]))[0]))
-        n_pools += 1
-        size = len(qs)
-    ranks1, ranks2 = np.asarray(r1s), np.asarray(r2s)
-    return EvalResult(name=name, turn1=turn_metrics(ranks1, size), turn2=turn_metrics(ranks2, size, turn1_ranks=ranks1), n_pools=n_pools)
+        ranks.append((np.asarray(r1s), np.asarray(r2s)))
+    return pooled_result(name, ranks, pool_seed=pool_seed)

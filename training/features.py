@@ -19,6 +19,11 @@ extraction resumes where the last complete shard ended (`FeatureShardWriter.done
 `FeatureDataset` loads every shard into memory (at the lite profile's sizes an 88k-quartet
 dataset is a few GB in float16); batches are indexed tensors, no DataLoader workers are needed.
 
+With `FeatureSpec.music_input == "log_mels"` (the trained AST towers, engine/music_towers.py) the
+music arrays hold AST's log-mel inputs instead, each 10 s sample flattened to one row of
+mel_frames x mel_bins float16 values: the target's segments, and one 10 s candidate clip; batches
+hand them to `TowerRecommender` as `target_mels` / `candidate_mels` (B, frames, mel bins).
+
 `write_synthetic_features` writes a dataset with a planted video <-> music relation (a shared
 latent per quartet) for the tests and the benchmark: it is a test instrument, never training data.
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,10 +47,11 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_SEGMENTS = 12  # 120 s clip / 10 s segments (paper section 3)
-MAX_TEXT_TOKENS = 32  # prompt tokens kept; the paper's prompts are one or two sentences
+MAX_TEXT_TOKENS = 77  # prompt tokens kept: CLIP's whole context (paper 4.1, the CLIP text encoder's tokens)
 DEFAULT_SHARD_SIZE = 1024  # quartets per shard
 STORE_DTYPE = np.float16
 ARRAYS = ("video", "target", "candidate", "text")
+MUSIC_FEATURES, MUSIC_LOG_MELS = "features", "log_mels"  # FeatureSpec.music_input
 
 
 @dataclass
@@ -60,6 +66,27 @@ class FeatureSpec:
     max_segments: int = MAX_SEGMENTS
     max_candidate_segments: int = MAX_SEGMENTS
     max_text_tokens: int = MAX_TEXT_TOKENS
+    music_input: str = MUSIC_FEATURES  # "features": frozen-encoder vectors; "log_mels": the trained towers' inputs
+    mel_frames: int = 0  # log_mels: AST frames per 10 s sample (1024 for the paper's AST)
+    mel_bins: int = 0  # log_mels: mel bins (128)
+
+    def __post_init__(self) -> None:
+        if self.music_input not in (MUSIC_FEATURES, MUSIC_LOG_MELS):
+            raise ValueError(f"music_input must be {MUSIC_FEATURES!r} or {MUSIC_LOG_MELS!r}, got {self.music_input!r}")
+        if self.music_input == MUSIC_LOG_MELS:
+            width = self.mel_frames * self.mel_bins
+            if width <= 0 or self.music_dim != width or self.target_music_dim != width or self.max_candidate_segments != 1:
+                raise ValueError(
+                    "a log-mel cache stores each 10 s sample flattened: music_dim = target_music_dim = "
+                    f"mel_frames x mel_bins ({width}) and one candidate clip (max_candidate_segments 1)"
+                )
+
+    @classmethod
+    def for_log_mels(cls, profile: str, video_dim: int, text_dim: int, mel_frames: int, mel_bins: int, **kw: int) -> FeatureSpec:
+        """A cache of the towers' inputs: per quartet the target's 10 s segments and one 10 s candidate clip as log-mels."""
+        width = mel_frames * mel_bins
+        return cls(profile=profile, video_dim=video_dim, text_dim=text_dim, music_dim=width, target_music_dim=width,
+                   max_candidate_segments=1, music_input=MUSIC_LOG_MELS, mel_frames=mel_frames, mel_bins=mel_bins, **kw)
 
     def shape(self, name: str) -> tuple[int, int]:
         return {
@@ -232,6 +259,18 @@ class FeatureDataset:
             rows = t[name].shape[1]
             return torch.arange(rows)[None, :] < t[f"{name}_len"][idx].to(torch.long)[:, None]  # (B, rows)
 
+        if self.spec.music_input == MUSIC_LOG_MELS:  # the towers' inputs, 10 s each (paper 5.1)
+            b, f, m = len(idx), self.spec.mel_frames, self.spec.mel_bins
+            out = {
+                "video": t["video"][idx, seg].float(),  # (B, Dv)
+                "has_video": t["video_len"][idx] > 0,
+                "text": t["text"][idx].float(),  # (B, T, Dt)
+                "text_mask": lengths_mask("text"),
+                "candidate_mels": t["candidate"][idx, 0].float().view(b, f, m),  # (B, F, M) the candidate clip
+                "has_candidate": t["candidate_len"][idx] > 0,
+                "target_mels": t["target"][idx, seg.clamp(max=t["target_len"][idx].to(torch.long) - 1)].float().view(b, f, m),
+            }
+            return {k: v.to(device) for k, v in out.items()}
         out = {
             "video": t["video"][idx, seg].float(),  # (B, Dv)
             "has_video": t["video_len"][idx] > 0,
@@ -282,13 +321,27 @@ def write_synthetic_features(
     return FeatureDataset(root)
 
 
-def iter_pools(n: int, pool_size: int) -> Iterable[range]:
-    """Non-overlapping pools of `pool_size` consecutive quartets (paper 5); a smaller remainder is dropped.
+def random_pools(n: int, pool_size: int, *, seed: int = 0, keep_remainder: bool = False) -> list[list[int]]:
+    """Random, seeded, non-overlapping pools of `pool_size` indices of range(n) (paper 3 and 5).
 
-    With fewer than `pool_size` quartets in all, there is one pool of all of them.
+    The paper: "randomly create non-overlapping music pools using test data, each containing 500
+    tracks" (evaluation) and candidates drawn from pools of 2,000 (data). A seeded permutation of
+    range(n) is cut into consecutive pools; each pool is sorted. The remainder (n mod pool_size)
+    is dropped, as evaluation needs pools of one size; with `keep_remainder` (data build: every
+    clip needs a candidate) it is a last, smaller pool, merged into the one before it when it
+    holds a single index (a pool of one has no candidate). Fewer than `pool_size` in all: one pool
+    of every index.
     """
-    if n < pool_size:
-        yield range(n)
-        return
-    for start in range(0, n - pool_size + 1, pool_size):
-        yield range(start, start + pool_size)
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    if n <= pool_size:
+        return [list(range(n))] if n else []
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    pools = [sorted(perm[i : i + pool_size]) for i in range(0, n - pool_size + 1, pool_size)]
+    rest = perm[len(pools) * pool_size :]
+    if keep_remainder and rest:
+        if len(rest) == 1:
+            pools[-1] = sorted(pools[-1] + rest)
+        else:
+            pools.append(sorted(rest))
+    return pools

@@ -8,6 +8,10 @@ Within a pool of N tracks each query's target has a rank (1 = best). From the ra
 Ties: a target's rank is 1 + the number of tracks scored strictly higher, plus the number of
 OTHER tracks with exactly the same score (pessimistic), so a constant scorer cannot look good.
 
+Pools: the paper reports "the average performance for each of these metrics across all test music
+pools", so every metric, the median rank included, is computed per pool and then averaged
+(`average_metrics`); the MR of a table row is a mean of pool medians, not the median of all ranks.
+
 Chance (the paper's "Random" row): a uniformly random ranking puts the target at each rank with
 probability 1/N, so R@k = k/N, MR = N/2 (the paper's 250 for N = 500), and two independent tries
 succeed with probability 1 - (1 - 1/N)^2 (~ 2/N: the paper's 0.40 %).
@@ -110,4 +114,30 @@ def chance_metrics(pool_size: int, n_queries: int = 0) -> RetrievalMetrics:
         success_rate=100.0 * (1.0 - (1.0 - 1.0 / n) ** 2),
         n_queries=n_queries,
         pool_size=n,
+    )
+
+
+def average_metrics(per_pool: list[RetrievalMetrics]) -> RetrievalMetrics:
+    """The mean of each metric across pools (paper 5: "the average performance ... across all test
+    music pools"), median rank included; n_queries is the total. The pools must be of one size."""
+    if not per_pool:
+        raise ValueError("no pools to average")
+    sizes = {m.pool_size for m in per_pool}
+    if len(sizes) != 1:
+        raise ValueError(f"pools of different sizes cannot be averaged: {sorted(sizes)}")
+    has_sr = {m.success_rate is not None for m in per_pool}
+    if len(has_sr) != 1:
+        raise ValueError("either every pool has a success rate or none has")
+
+    def mean(name: str) -> float:
+        return float(np.mean([getattr(m, name) for m in per_pool]))
+
+    return RetrievalMetrics(
+        median_rank=mean("median_rank"),
+        r1=mean("r1"),
+        r5=mean("r5"),
+        r10=mean("r10"),
+        success_rate=mean("success_rate") if has_sr == {True} else None,
+        n_queries=sum(m.n_queries for m in per_pool),
+        pool_size=per_pool[0].pool_size,
     )

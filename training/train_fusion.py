@@ -18,6 +18,10 @@ initialised at 0.1, AdamW lr 4e-5, weight decay 5e-4, batch 34 per GPU (16 x V10
   embeddings (open_clip's rule: only matrices decay).
 - Schedule (ours, the paper gives none): linear warm-up over `warmup_steps`, then cosine to 0.
 - Mixed precision: bfloat16 autocast on CUDA (no loss scaler needed); fp32 on CPU.
+- Trained AST towers (paper 4.1): a log-mel cache (`FeatureSpec.music_input == "log_mels"`) trains
+  g_mc and g_mt (engine/music_towers.py, from the profile's AST) with the fusion module on 10 s
+  samples; `freeze_towers` keeps them fixed (a deviation), `gradient_checkpointing` trades compute
+  for memory. `RUN/model/` then also holds the towers (`towers.safetensors`).
 - Checkpoints: `RUN/state.pt` (model, optimizer, scheduler, step, every rank's RNG states, the
   configs) every `save_every` steps and at the end, written atomically; `resume=True` continues
   from it exactly: on CPU a resumed run is bit-identical to an uninterrupted one (tested).
@@ -30,6 +34,7 @@ initialised at 0.1, AdamW lr 4e-5, weight decay 5e-4, batch 34 per GPU (16 x V10
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -47,8 +52,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine.checkpoint import save_checkpoint
-from engine.fusion import FusionConfig, MuseChatRecommender
-from training.features import FeatureDataset, FeatureSpec
+from engine.fusion import APP_MODALITY_DROPOUT, FusionConfig, MuseChatRecommender, modality_dropout_label
+from engine.music_towers import TowerRecommender, load_towers, save_towers
+from training.features import MUSIC_LOG_MELS, FeatureDataset, FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +89,31 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
     holdout: int = 0  # quartets held out of training (the first of a seeded split; evaluate uses the same split)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig overrides: variant, use_video, d_model, ...
+    modality_dropout: bool = False  # ours, not the paper's: the app's rates (APP_MODALITY_DROPOUT) unless `fusion` sets them
+    # log-mel caches only (FeatureSpec.music_input == "log_mels"): the trained AST towers g_mc, g_mt
+    music_backbone: str | None = None  # the towers' starting AST (default: the profile's)
+    freeze_towers: bool = False  # keep g_mc and g_mt fixed: a deviation from the paper
+    gradient_checkpointing: bool = False  # in the towers: less memory, more compute
 
 
-def fusion_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None) -> FusionConfig:
-    """The FusionConfig that fits a feature cache's sizes, with overrides (variant, ablations, dims)."""
+def fusion_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None, *, modality_dropout: bool = False) -> FusionConfig:
+    """The FusionConfig that fits a feature cache's sizes, with overrides (variant, ablations, dims).
+
+    `modality_dropout`: start from the app's rates (APP_MODALITY_DROPOUT); explicit p_drop_*
+    overrides still win. Off (the paper) by default.
+    """
     known = {f.name for f in fields(FusionConfig)}
     bad = sorted(set(overrides or {}) - known)
     if bad:
         raise ValueError(f"unknown fusion config fields {bad}")
+    base = dict(APP_MODALITY_DROPOUT) if modality_dropout else {}
     return FusionConfig(
         profile=spec.profile,
         video_dim=spec.video_dim,
         text_dim=spec.text_dim,
         music_dim=spec.music_dim,
         target_music_dim=spec.target_music_dim,
-        **(overrides or {}),
+        **{**base, **(overrides or {})},
     )
 
 
@@ -189,7 +205,7 @@ class TrainResult:
     step: int
     epoch: int
     last_loss: float
-    model: MuseChatRecommender  # unwrapped, on the training device
+    model: MuseChatRecommender | TowerRecommender  # unwrapped, on the training device
     run_dir: Path
 
 
@@ -222,7 +238,11 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = MuseChatRecommender(fusion_config_for(data.spec, cfg.fusion)).to(device)
+    model = _build_model(cfg, data.spec).to(device)
+    if rank == 0:
+        log.info("training %s (use_video=%s use_text=%s use_candidate=%s), modality dropout %s",
+                 model.config.variant, model.config.use_video, model.config.use_text, model.config.use_candidate,
+                 modality_dropout_label(model.config))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
     step = 0
@@ -288,6 +308,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
                     "lr": scheduler.get_last_lr()[0],
                     "temperature": model.loss.temperature,
                     "samples_per_s": n_log / max(now - t_log, 1e-9),
+                    "modality_dropout": modality_dropout_label(model.config),
                 }
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
@@ -303,13 +324,31 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
         if log_file is not None:
             log_file.close()
     if rank == 0:
-        save_checkpoint(model, run / MODEL_DIR)
+        if isinstance(model, TowerRecommender):
+            save_checkpoint(model.recommender, run / MODEL_DIR)
+            save_towers(model, run / MODEL_DIR)
+        else:
+            save_checkpoint(model, run / MODEL_DIR)
     if world > 1:
         dist.barrier()
     return TrainResult(step=step, epoch=step // steps_per_epoch, last_loss=last_loss, model=model, run_dir=run)
 
 
-def _gathered_loss(ddp_model: nn.Module, model: MuseChatRecommender, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _build_model(cfg: TrainConfig, spec: FeatureSpec) -> MuseChatRecommender | TowerRecommender:
+    """MVT-Fusion on cached features, or inside the two trained AST towers for a log-mel cache."""
+    if spec.music_input != MUSIC_LOG_MELS:
+        return MuseChatRecommender(fusion_config_for(spec, cfg.fusion, modality_dropout=cfg.modality_dropout))
+    g_mc, g_mt = load_towers(spec.profile, cfg.music_backbone, gradient_checkpointing=cfg.gradient_checkpointing)
+    frames, bins = int(g_mc.ast.config.max_length), int(g_mc.ast.config.num_mel_bins)
+    if (frames, bins) != (spec.mel_frames, spec.mel_bins):
+        raise ValueError(f"the towers' AST takes {frames} x {bins} log-mels, the cache holds {spec.mel_frames} x {spec.mel_bins}")
+    dims = dataclasses.replace(spec, music_dim=g_mc.dim, target_music_dim=g_mt.dim, music_input="features", mel_frames=0, mel_bins=0,
+                               max_candidate_segments=spec.max_candidate_segments)
+    recommender = MuseChatRecommender(fusion_config_for(dims, cfg.fusion, modality_dropout=cfg.modality_dropout))
+    return TowerRecommender(recommender, g_mc, g_mt, freeze_towers=cfg.freeze_towers)
+
+
+def _gathered_loss(ddp_model: nn.Module, model: MuseChatRecommender | TowerRecommender, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """InfoNCE against every rank's music vectors: own batch first (the positives), the rest after."""
     out = ddp_model(**batch)
     q, m = out["query"], out["music"]
@@ -363,6 +402,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--variant", default="mvt", choices=["mvt", "sum", "self_attn", "cross_attn"])
     p.add_argument("--no-video", action="store_true", help="the paper's 'without video' ablation")
     p.add_argument("--no-candidate", action="store_true", help="the paper's 'without candidate' ablation")
+    p.add_argument("--no-text", action="store_true", help="the 'without text' ablation")
+    p.add_argument("--freeze-towers", action="store_true", help="log-mel caches: keep the AST towers fixed (a deviation)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="log-mel caches: checkpoint the AST towers")
+    p.add_argument("--music-backbone", default=None, help="log-mel caches: the towers' starting AST (default: the profile's)")
+    p.add_argument("--modality-dropout", action="store_true",
+                   help="drop inputs at random in training (ours, not the paper's; the app's checkpoints use it)")
     p.add_argument("--fusion", default="{}", help="JSON FusionConfig overrides, e.g. '{\"d_model\": 128}'")
     a = p.parse_args(argv)
     fusion = {"variant": a.variant, **json.loads(a.fusion)}
@@ -370,11 +415,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         fusion["use_video"] = False
     if a.no_candidate:
         fusion["use_candidate"] = False
+    if a.no_text:
+        fusion["use_text"] = False
     return TrainConfig(
         data=a.data, out=a.out, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, seed=a.seed, gather_negatives=a.gather_negatives,
         amp=not a.no_amp, device=a.device, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
-        holdout=a.holdout, fusion=fusion,
+        holdout=a.holdout, fusion=fusion, modality_dropout=a.modality_dropout, freeze_towers=a.freeze_towers,
+        gradient_checkpointing=a.gradient_checkpointing, music_backbone=a.music_backbone,
     )
 
 
@@ -382,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train(parse_args(argv))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"step": result.step, "loss": result.last_loss, "checkpoint": str(result.run_dir / MODEL_DIR)}))
+        print(json.dumps({"step": result.step, "loss": result.last_loss, "checkpoint": str(result.run_dir / MODEL_DIR),
+                          "modality_dropout": modality_dropout_label(result.model.config)}))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ Data: JSONL, one justification per line:
 
 The music embedding (the mean of the track's segment vectors, `TrackAnalysis.music_vector`) comes
 from the line itself, else the catalog's feature cache (`track_id`), else an analysis of `audio`
-with the profile's music encoder.
+with the profile's music encoder; or, as the paper (4.2), from a fusion run's fine-tuned g_mt
+(`tower_music_vector`: the mean of all its output tokens; `musechat reasoner train --towers`).
 
 Recipe (paper 4.2): 3 epochs, AdamW at lr 5e-4 with linear decay to 0, LoRA r=32, sequences cut at
-128 tokens; f_l and the LoRA train, the LLM stays frozen. CPU with tiny/lite, GPU with paper
+128 tokens; f_l and the LoRA train, the LLM stays frozen. Training uses the paper's training prompt,
+without the title (`### Recommender: Music feature: <Music>[music token] </Music >; Generate
+Recommendation: `); inference adds `Music title: [title]; `. Evaluation generates up to 128 tokens. CPU with tiny/lite, GPU with paper
 (LLM in bf16; f_l and LoRA in fp32). Under torchrun each rank takes every WORLD_SIZE-th example and
 the trainable gradients are averaged with all_reduce before each step (plain data parallelism
 without DDP's module wrapper: the loss is not the module's forward).
@@ -19,11 +22,12 @@ without DDP's module wrapper: the loss is not the module's forward).
 `build_targets` writes training lines from catalog metadata and tags (templated sentences: a
 stand-in for human-written justifications, said so in each line's "origin").
 
-`evaluate` reports, per variant, the mean cosine similarity between generated and reference
-justifications under all-MiniLM-L6-v2 sentence embeddings (an offline encoder: NOT BERTScore, whose
-RoBERTa-large weights are not available offline) and the perplexity of the references, in the
-layout of the paper's Table 3: base LLM title only / LLM + music token (f_l on, LoRA off) /
-fine-tuned (f_l + LoRA).
+`evaluate` gives the paper's Table 3: BERTScore F1 and InfoLM's AB divergence, L2 and Fisher-Rao
+(training/text_metrics.py: the published algorithms through torchmetrics, with local copies of the
+default models or a labelled substitute) of the generated justifications against the references,
+plus the references' perplexity, for three rows as the paper's: the base LLM on the title alone,
+the trained model on the music embedding alone (its training prompt: "Vicuna w/ Music"), and the
+trained model on title + embedding (MuseChat).
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ import numpy as np
 import torch
 
 from engine.reasoner import MusicReasoner, ReasonInput
+from training.text_metrics import INFOLM_DEFAULT, BertScore, BertScoreConfig, InfoLMScore, bertscore, infolm_scores
 
 log = logging.getLogger(__name__)
 
 ORIGIN_TEMPLATE = "template from catalog metadata and tags"
+EVAL_MAX_NEW_TOKENS = 128  # paper 4.2: max length 128; evaluation generates up to 128 tokens
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,15 @@ def read_examples(
         )  # fmt: skip
         out.append(ReasonExample(inp, str(d["target"])))
     return out
+
+
+@torch.no_grad()
+def tower_music_vector(towers: Any, encoder: Any, audio: np.ndarray) -> np.ndarray:
+    """x̄_mt of paper 4.2: the mean of ALL output tokens of the fine-tuned g_mt (`TowerRecommender`),
+    averaged over the track's 10 s windows; `encoder` (the profile's AstMusicEncoder) cuts the
+    audio and computes the log-mels.  # (D,)"""
+    mels = torch.from_numpy(np.stack([encoder.log_mels(w) for w in encoder.split(audio)]))  # (W, frames, mel)
+    return towers.mean_tokens(mels.to(next(towers.g_mt.parameters()).device)).mean(dim=0).float().cpu().numpy()
 
 
 def build_targets(tracks: Iterable[Any], *, max_tags: int = 4) -> list[dict[str, Any]]:
@@ -187,62 +202,125 @@ def train(reasoner: MusicReasoner, examples: Sequence[ReasonExample], cfg: Train
 
 
 # =================================================================================================
-# evaluation (paper Table 3 layout)
+# evaluation (paper Table 3)
 # =================================================================================================
 
-VARIANT_BASE = "base LLM (title only)"
-VARIANT_MUSIC = "LLM + music token (LoRA off)"
-VARIANT_TUNED = "fine-tuned (f_l + LoRA)"
+VARIANT_BASE = "LLM, title only (untrained)"  # the paper's "Vicuna-7B" row
+VARIANT_MUSIC = "w/ Music: embeddings only (trained, training prompt)"  # the paper's "Vicuna w/ Music" row
+VARIANT_TUNED = "MuseChat: title + embeddings (trained)"  # the paper's "MuseChat" row
+
+# paper Table 3: BERTScore F1, AB divergence, L2, Fisher-Rao
+PAPER_TABLE3: dict[str, tuple[float, float, float, float]] = {
+    "Vicuna-7B (paper)": (0.9453, 3.93, 0.382, 2.11),
+    "Vicuna w/ Music (paper)": (0.9526, 2.68, 0.279, 2.02),
+    "MuseChat (paper)": (0.9676, 1.51, 0.208, 1.47),
+}
 
 
 @dataclass(frozen=True)
 class EvalRow:
     variant: str
-    similarity: float  # mean MiniLM cosine, generated vs reference
-    perplexity: float  # of the references under the variant
+    bertscore_f1: float
+    ab_divergence: float | None  # None: InfoLM not computed (no masked LM given)
+    l2_distance: float | None
+    fisher_rao_distance: float | None
+    perplexity: float  # of the references under the variant's prompt
     n: int
 
 
+@dataclass(frozen=True)
+class TextScorer:
+    """How Table 3's metrics are computed (training/text_metrics.py); the labels go into the report."""
+
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
+    encoder: Any = None  # the profile's TextEncoder: BERTScore's substitute when bertscore.model_dir is None
+    encoder_name: str = ""
+    infolm_dir: str | Path | None = None  # a local masked LM (InfoLM's default: bert-base-uncased)
+
+    def score(self, preds: list[str], refs: list[str]) -> tuple[BertScore, InfoLMScore | None]:
+        bs = bertscore(preds, refs, config=self.bertscore if self.bertscore.model_dir is not None else None,
+                       encoder=self.encoder, encoder_name=self.encoder_name)
+        il = infolm_scores(preds, refs, self.infolm_dir) if self.infolm_dir is not None else None
+        return bs, il
+
+    def labels(self, bs: BertScore, il: InfoLMScore | None) -> list[str]:
+        return [bs.label, il.label if il is not None else f"InfoLM: not computed (give a local masked LM, e.g. a copy of {INFOLM_DEFAULT})"]
+
+
 @torch.no_grad()
-def perplexity(reasoner: MusicReasoner, examples: Sequence[ReasonExample]) -> float:
-    losses = [float(reasoner.loss([(e.inp, e.target)])) for e in examples]
+def perplexity(reasoner: MusicReasoner, examples: Sequence[ReasonExample], *, training_prompt: bool = False) -> float:
+    """exp(mean loss) of the references under the inference prompt (or the training prompt)."""
+    losses = [float(reasoner.loss([(e.inp, e.target)], training_prompt=training_prompt)) for e in examples]
     return float(math.exp(np.mean(losses)))
+
+
+@torch.no_grad()
+def generate_from_training_prompt(reasoner: MusicReasoner, inp: ReasonInput, *, max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> str:
+    """Sample a reason from the paper's training prompt (music token only), as `generate` samples (temperature 0.1)."""
+    embeds = reasoner.prompt_embeds(inp, prefill=False, training=True)  # (1, T, H)
+    ids = reasoner.llm.generate(
+        inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+        max_new_tokens=max_new_tokens, do_sample=True, temperature=reasoner.cfg.temperature, top_p=1.0, top_k=0,
+    )  # fmt: skip
+    return reasoner.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
 
 def evaluate(
     base: MusicReasoner,
     tuned: MusicReasoner | None,
     examples: Sequence[ReasonExample],
-    embed: Callable[[list[str]], np.ndarray],
+    scorer: TextScorer,
     *,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     seed: int = 0,
-) -> list[EvalRow]:
-    """One row per variant; `embed` maps sentences to (N, D) L2-normalised vectors (MiniLM)."""
-    refs = embed([e.target for e in examples])  # (N, D)
+) -> tuple[list[EvalRow], list[str]]:
+    """Table 3's rows and the metric labels: the base LLM on the title alone; the trained model on
+    the music embedding alone (the training prompt, the paper's "Vicuna w/ Music"); the trained
+    model on title + embedding (the inference prompt, no tags, video or feedback: the paper's).
+    Generation: up to `max_new_tokens` (128), temperature 0.1."""
+    refs = [e.target for e in examples]
+    labels: list[str] = []
 
-    def row(name: str, model: MusicReasoner, inputs: Sequence[ReasonInput]) -> EvalRow:
-        torch.manual_seed(seed)
-        texts = [model.generate(i, max_new_tokens=max_new_tokens).text or "" for i in inputs]
-        sims = np.sum(embed(texts) * refs, axis=1)  # (N,)
-        ppl = perplexity(model, [ReasonExample(i, e.target) for i, e in zip(inputs, examples)])
-        return EvalRow(name, float(sims.mean()), ppl, len(examples))
+    def row(name: str, texts: list[str], ppl: float) -> EvalRow:
+        bs, il = scorer.score([t or "" for t in texts], refs)
+        labels[:] = scorer.labels(bs, il)
+        log.info("table 3 row %r: BERTScore F1 %.4f", name, bs.f1)
+        return EvalRow(
+            name, bs.f1, il.ab_divergence if il else None, il.l2_distance if il else None,
+            il.fisher_rao_distance if il else None, ppl, len(examples),
+        )  # fmt: skip
 
-    title_only = [ReasonInput(e.inp.title) for e in examples]  # the paper's baseline: the title alone
-    rows = [row(VARIANT_BASE, base, title_only)]
+    title_only = [ReasonInput(e.inp.title) for e in examples]
+    torch.manual_seed(seed)
+    texts = [base.generate(i, max_new_tokens=max_new_tokens).text or "" for i in title_only]
+    rows = [row(VARIANT_BASE, texts, perplexity(base, [ReasonExample(i, e.target) for i, e in zip(title_only, examples)]))]
     if tuned is not None:
-        inputs = [e.inp for e in examples]
-        with tuned.llm.disable_adapter():
-            rows.append(row(VARIANT_MUSIC, tuned, inputs))
-        rows.append(row(VARIANT_TUNED, tuned, inputs))
-    return rows
+        music_only = [ReasonInput(e.inp.title, music_vector=e.inp.music_vector) for e in examples]  # the title is not read
+        torch.manual_seed(seed)
+        texts = [generate_from_training_prompt(tuned, i, max_new_tokens=max_new_tokens) for i in music_only]
+        rows.append(row(VARIANT_MUSIC, texts, perplexity(tuned, [ReasonExample(i, e.target) for i, e in zip(music_only, examples)], training_prompt=True)))
+        torch.manual_seed(seed)
+        texts = [tuned.generate(i, max_new_tokens=max_new_tokens).text or "" for i in music_only]
+        rows.append(row(VARIANT_TUNED, texts, perplexity(tuned, [ReasonExample(i, e.target) for i, e in zip(music_only, examples)])))
+    return rows, labels
 
 
-def format_table(rows: Sequence[EvalRow]) -> str:
-    """Markdown table in the layout of the paper's Table 3."""
+def _f(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def format_table(rows: Sequence[EvalRow], labels: Sequence[str] = (), *, paper_rows: bool = True) -> str:
+    """Markdown in the layout of the paper's Table 3, the metric labels under it."""
     lines = [
-        "| variant | MiniLM cosine (gen vs ref) | perplexity (ref) | n |",
-        "|---|---|---|---|",
+        "| variant | BERTScore F1 ↑ | AB div ↓ | L2 ↓ | Fisher-Rao ↓ | perplexity (ref) | n |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r.variant} | {r.similarity:.4f} | {r.perplexity:.2f} | {r.n} |" for r in rows]
+    lines += [
+        f"| {r.variant} | {r.bertscore_f1:.4f} | {_f(r.ab_divergence, 2)} | {_f(r.l2_distance, 3)} | {_f(r.fisher_rao_distance, 2)} "
+        f"| {r.perplexity:.2f} | {r.n} |"
+        for r in rows
+    ]
+    if paper_rows:
+        lines += [f"| {name} | {a:.4f} | {b:.2f} | {c:.3f} | {d:.2f} | - | - |" for name, (a, b, c, d) in PAPER_TABLE3.items()]
+    lines += [f"\n{label}" for label in labels]
     return "\n".join(lines)

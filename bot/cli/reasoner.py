@@ -2,7 +2,7 @@
 
     musechat reasoner targets OUT.jsonl          # lines from the catalog's metadata and tags
     musechat reasoner train DATA.jsonl --out DIR # f_l + LoRA on the profile's LLM
-    musechat reasoner eval DATA.jsonl [--checkpoint DIR]   # Table 3 layout
+    musechat reasoner eval DATA.jsonl [--checkpoint DIR] [--bertscore-model DIR] [--infolm-model DIR]  # Table 3
     musechat reasoner say TITLE [--tag T ...] [--checkpoint DIR]  # stream one justification
 
 The LLM is the profile's (`ProfileConfig.reasoner`: Vicuna-7B for paper, SmolLM2-135M for lite,
@@ -45,9 +45,23 @@ def _feature_lookup(settings: Settings):
     return music_for_track
 
 
-def _audio_lookup(settings: Settings):
+def _audio_lookup(settings: Settings, towers: Path | None = None):
     from engine.profiles import load_encoders
     from engine.tracks import analyse_track
+
+    if towers is not None:  # paper 4.2: the mean of all output tokens of the fine-tuned g_mt
+        from engine.media import decode_audio
+        from engine.music_towers import load_tower_checkpoint
+        from training.train_reasoner import tower_music_vector
+
+        model = load_tower_checkpoint(towers, expect_profile=_profile(settings).name, device=settings.device)
+
+        def music_from_towers(path: Path) -> np.ndarray:
+            enc = load_encoders(_profile(settings), device=settings.device)
+            audio = decode_audio(path, sample_rate=enc.music.sample_rate, ffmpeg=settings.ffmpeg_binary)
+            return tower_music_vector(model, enc.music, audio)
+
+        return music_from_towers
 
     def music_for_audio(path: Path) -> np.ndarray:
         enc = load_encoders(_profile(settings), device=settings.device)
@@ -86,13 +100,17 @@ def train_cmd(
     epochs: int = 3,
     lr: float = 5e-4,
     batch_size: int = 4,
+    towers: Annotated[
+        Path | None, typer.Option(help="a fusion run's model/ folder with trained AST towers: audio lines use its g_mt (paper 4.2)")
+    ] = None,
 ) -> None:
     """Train f_l and the LoRA on the profile's frozen LLM, and save them for the app."""
     from engine.reasoner import MusicReasoner, ReasonerConfig, load_llm
     from training.train_reasoner import TrainConfig, read_examples, train
 
     settings = get_settings()
-    examples = read_examples(data, music_for_track=_feature_lookup(settings), music_for_audio=_audio_lookup(settings))
+    by_track = None if towers else _feature_lookup(settings)  # cached vectors are not g_mt's
+    examples = read_examples(data, music_for_track=by_track, music_for_audio=_audio_lookup(settings, towers))
     p = _profile(settings)
     model, tok = load_llm(p.reasoner, device=settings.device)
     r = MusicReasoner(model, tok, ReasonerConfig(llm=p.reasoner), p.music_dim)
@@ -106,19 +124,34 @@ def train_cmd(
 def eval_cmd(
     data: Annotated[Path, typer.Argument(help="JSONL with reference justifications")],
     checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 128,
+    bertscore_model: Annotated[
+        Path | None, typer.Option(help="local copy of roberta-large (BERTScore's default); else the profile's text encoder, labelled")
+    ] = None,
+    bertscore_layer: Annotated[int, typer.Option(help="hidden-state layer of --bertscore-model (roberta-large: 17)")] = 17,
+    infolm_model: Annotated[
+        Path | None, typer.Option(help="local masked LM for InfoLM (its default: a copy of bert-base-uncased); else not computed")
+    ] = None,
+    towers: Annotated[Path | None, typer.Option(help="as `train --towers`: audio lines use the fine-tuned g_mt")] = None,
 ) -> None:
-    """Print the paper's Table 3 layout: MiniLM cosine to the references and their perplexity."""
-    from engine.encoders.minilm import MiniLMTextEncoder
-    from training.train_reasoner import evaluate, format_table, read_examples
+    """Print the paper's Table 3: BERTScore F1, InfoLM AB divergence / L2 / Fisher-Rao, with the models used."""
+    from engine.profiles import load_encoders
+    from training.text_metrics import BertScoreConfig
+    from training.train_reasoner import TextScorer, evaluate, format_table, read_examples
 
     settings = get_settings()
-    examples = read_examples(data, music_for_track=_feature_lookup(settings), music_for_audio=_audio_lookup(settings))
+    by_track = None if towers else _feature_lookup(settings)
+    examples = read_examples(data, music_for_track=by_track, music_for_audio=_audio_lookup(settings, towers))
     base = _reasoner(settings, None)
     tuned = _reasoner(settings, checkpoint) if checkpoint else None
-    minilm = MiniLMTextEncoder(device=settings.device)
-    rows = evaluate(base, tuned, examples, lambda t: minilm.encode_sentences(t).numpy(), max_new_tokens=max_new_tokens)
-    typer.echo(format_table(rows))
+    profile = _profile(settings)
+    encoder = None if bertscore_model else load_encoders(profile, device=settings.device).text
+    scorer = TextScorer(
+        bertscore=BertScoreConfig(model_dir=bertscore_model, num_layers=bertscore_layer),
+        encoder=encoder, encoder_name=f"{profile.name}: {profile.text_backbone}", infolm_dir=infolm_model,
+    )  # fmt: skip
+    rows, labels = evaluate(base, tuned, examples, scorer, max_new_tokens=max_new_tokens)
+    typer.echo(format_table(rows, labels))
 
 
 @reasoner_app.command("say")

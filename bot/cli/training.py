@@ -34,7 +34,7 @@ def data_from_catalog(
     features: Path = typer.Option(None, help="Track-analysis cache to read (default: the live catalog's, in MUSECHAT_DATA_DIR)."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
-    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
     shard_size: int = typer.Option(1024, help="Quartets per shard."),
 ) -> None:
     """Music-only quartets (candidate, feedback from tag differences, target) from the live catalog."""
@@ -86,7 +86,7 @@ def data_build(
     checkpoint: Path = typer.Option(None, help="Fusion checkpoint that retrieves the candidates (default: MUSECHAT_FUSION_CHECKPOINT; none: random from the pool)."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
-    pool_size: int = typer.Option(2000, help="Candidate pool size, the target excluded (paper 3)."),
+    pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
     shard_size: int = typer.Option(1024, help="Quartets per shard."),
 ) -> None:
     """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target."""
@@ -143,6 +143,12 @@ def train_command(
     variant: str = typer.Option("mvt", help="mvt | sum | self_attn | cross_attn (paper Table 1)."),
     no_video: bool = typer.Option(False, "--no-video", help="The paper's 'without video' ablation."),
     no_candidate: bool = typer.Option(False, "--no-candidate", help="The paper's 'without candidate' ablation."),
+    no_text: bool = typer.Option(False, "--no-text", help="The 'without text' ablation."),
+    modality_dropout: bool = typer.Option(
+        False, "--modality-dropout", help="Drop inputs at random in training (ours, not the paper's); the app's checkpoints use it."
+    ),
+    freeze_towers: bool = typer.Option(False, "--freeze-towers", help="Log-mel caches: keep the AST towers fixed (a deviation from the paper)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Log-mel caches: checkpoint the AST towers."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     resume: bool = typer.Option(False, help="Continue from OUT/state.pt."),
     save_every: int = typer.Option(500),
@@ -157,16 +163,24 @@ def train_command(
         overrides["use_video"] = False
     if no_candidate:
         overrides["use_candidate"] = False
+    if no_text:
+        overrides["use_text"] = False
     cfg = TrainConfig(
         data=str(data), out=str(out_dir), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, holdout=holdout, device=device,
-        resume=resume, save_every=save_every, fusion=overrides,
+        resume=resume, save_every=save_every, fusion=overrides, modality_dropout=modality_dropout,
+        freeze_towers=freeze_towers, gradient_checkpointing=gradient_checkpointing,
     )
     try:
         result = train(cfg)
     except (FeatureCacheError, ValueError) as e:
         _fail(str(e))
-    out.print(f"trained {result.step} steps, last loss {result.last_loss:.4f}; checkpoint: {out_dir / MODEL_DIR}")
+    from engine.fusion import modality_dropout_label
+
+    out.print(
+        f"trained {result.step} steps, last loss {result.last_loss:.4f}, modality dropout "
+        f"{modality_dropout_label(result.model.config)}; checkpoint: {out_dir / MODEL_DIR}"
+    )
     out.print(f"use it: MUSECHAT_FUSION_CHECKPOINT={out_dir / MODEL_DIR}")
 
 
@@ -176,6 +190,7 @@ def eval_command(
     holdout: int = typer.Option(0, help="Evaluate the held-out split of this size (as `train --holdout`)."),
     seed: int = typer.Option(0, help="The split's seed (as `train --seed`)."),
     pool_size: int = typer.Option(500, help="Pool size (paper: 500)."),
+    pool_seed: int = typer.Option(0, help="Seed of the random non-overlapping pools; metrics are averaged across pools."),
     device: str = typer.Option("cpu"),
     report: Path = typer.Option(Path("eval/results"), help="Writes REPORT.md and REPORT.json."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Add the zero-shot scorer's row (caches from `data build`)."),
@@ -190,7 +205,7 @@ def eval_command(
         if holdout:
             _, ds = ds.split(holdout, seed=seed)
         pairs = [tuple(c.split("=", 1)) if "=" in c else (Path(c).parent.name or c, c) for c in checkpoint]
-        results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, device=device)  # type: ignore[arg-type]
+        results = evaluate_checkpoints(ds, pairs, pool_size=pool_size, pool_seed=pool_seed, device=device)  # type: ignore[arg-type]
         if zero_shot:
             from bot.settings import get_settings
             from engine.profiles import load_encoders
@@ -198,7 +213,7 @@ def eval_command(
 
             s = get_settings()
             enc = load_encoders(ds.spec.profile, overrides=s.backbone_overrides, device=s.device)
-            results.append(evaluate_zero_shot(data, enc.text, pool_size=pool_size, ids=ds.ids))
+            results.append(evaluate_zero_shot(data, enc.text, pool_size=pool_size, pool_seed=pool_seed, ids=ds.ids))
     except (FeatureCacheError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     md, js = write_report(results, min(pool_size, len(ds)), report)

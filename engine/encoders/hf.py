@@ -364,6 +364,12 @@ class AstMusicEncoder(MusicEncoder):
             chunks.pop()
         return chunks
 
+    def log_mels(self, audio: np.ndarray) -> np.ndarray:
+        """AST's input for the first window of `audio` (10.24 s for the paper's AST): (frames, mel bins),
+        float16, as a training cache keeps it for the trained towers (engine/music_towers.py)."""
+        feats = self.features([self.split(audio)[0]], sampling_rate=self.sample_rate, return_tensors="np")
+        return np.asarray(feats["input_values"][0], dtype=np.float16)
+
     @torch.inference_mode()
     def _run(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows -> last hidden states (W, T, D) and tag probabilities (W, L)."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.fusion import (
+    APP_MODALITY_DROPOUT,
     VARIANTS,
     Branch,
     CrossAttention,
@@ -18,6 +19,7 @@ from engine.fusion import (
     Projection,
     QueryFusion,
     masked_mean,
+    modality_dropout_label,
     rank,
     track_vector,
 )
@@ -313,18 +315,83 @@ def test_empty_text_mask_counts_as_absent(inputs: dict[str, torch.Tensor]) -> No
     torch.testing.assert_close(q, want, atol=ATOL, rtol=0)
 
 
-def test_ablations_ignore_their_input(inputs: dict[str, torch.Tensor]) -> None:
+def test_without_video_ignores_the_video(inputs: dict[str, torch.Tensor]) -> None:
     no_video = make_model(use_video=False)
     assert no_video.video_proj is None
     a = no_video(**inputs)
     b = no_video(**dict(inputs, video=torch.randn(B, DV)))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     torch.testing.assert_close(a, no_video(**{k: v for k, v in inputs.items() if k != "video"}), atol=ATOL, rtol=0)
-    no_cand = make_model(use_candidate=False)
-    assert no_cand.music_proj is None
-    c = no_cand(**inputs)
-    d = no_cand(**dict(inputs, candidate=torch.randn(B, P, DM)))
-    torch.testing.assert_close(c, d, atol=0, rtol=0)
+    # the cross-attention stays: x_f = absent_video + Att(t_cls, x_mc) + Att(mc_cls, x_t)
+    m = no_video
+    want = hand_mvt(m, m.absent_video.expand(B, -1), m.text_proj(inputs["text"]), inputs["text_mask"],
+                    m.music_proj(inputs["candidate"]), inputs["candidate_mask"])
+    torch.testing.assert_close(m.fuse(**inputs), want, atol=ATOL, rtol=0)
+
+
+# paper 5.3 (Table 2): removing an input removes its cross-attention, the cls token is summed
+ABLATIONS = {
+    "without candidate": ({"use_candidate": False}, "text"),
+    "without text": ({"use_text": False}, "music"),
+}
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS), ids=list(ABLATIONS))
+def test_table2_ablation_modules(ablation: str, inputs: dict[str, torch.Tensor]) -> None:
+    overrides, kept = ABLATIONS[ablation]
+    removed = "music" if kept == "text" else "text"
+    m = make_model(**overrides)
+    names = {n for n, _ in m.named_parameters()}
+    # the removed input's projection, absent embedding and branch, and the cross-attention, are gone
+    assert m.cross_attn is None and not any(n.startswith("cross_attn") for n in names)
+    assert getattr(m, f"{removed}_proj") is None and getattr(m, f"{removed}_branch") is None
+    assert getattr(m, f"absent_{removed}") is None
+    assert not any(n.startswith((f"{removed}_proj", f"{removed}_branch", f"absent_{removed}")) for n in names)
+    # what stays: the kept branch with its four self-attention layers (paper 4.1)
+    branch = getattr(m, f"{kept}_branch")
+    assert len(branch.encoder.layers) == 4
+    full = {n for n, _ in make_model().named_parameters()}
+    assert names == {n for n in full if not n.startswith(("cross_attn", f"{removed}_proj", f"{removed}_branch", f"absent_{removed}"))}
+    # shapes and the formula: x_f = x_v + kept_cls
+    x_f = m.fuse(**inputs)
+    assert x_f.shape == (B, 256) and m(**inputs).shape == (B, 256)
+    key = "text" if kept == "text" else "candidate"
+    seq, _ = branch(getattr(m, f"{kept}_proj")(inputs[key]), inputs[f"{key}_mask"])
+    assert seq.shape[:2] == (B, 1 + inputs[key].shape[1])
+    torch.testing.assert_close(x_f, m.video_proj(inputs["video"]) + seq[:, 0], atol=ATOL, rtol=0)
+    # the removed input changes nothing
+    other = "candidate" if kept == "text" else "text"
+    garbled = dict(inputs, **{other: 5 * torch.randn_like(inputs[other])})
+    torch.testing.assert_close(m(**garbled), m(**inputs), atol=0, rtol=0)
+    without = {k: v for k, v in inputs.items() if not k.startswith(other)}
+    torch.testing.assert_close(m(**without), m(**inputs), atol=ATOL, rtol=0)
+    # every parameter left trains (DDP needs no unused-parameter search)
+    torch.manual_seed(0)
+    model = MuseChatRecommender(tiny_config(**overrides))
+    model(**inputs, target_pooled=torch.randn(B, DTM))["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_video_only_model_and_no_input_refused(inputs: dict[str, torch.Tensor]) -> None:
+    m = make_model(use_text=False, use_candidate=False)
+    assert m.text_branch is None and m.music_branch is None and m.cross_attn is None
+    torch.testing.assert_close(m.fuse(**inputs), m.video_proj(inputs["video"]), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="at least one of video, text and candidate"):
+        tiny_config(use_video=False, use_text=False, use_candidate=False)
+
+
+def test_modality_dropout_is_off_by_default(inputs: dict[str, torch.Tensor]) -> None:
+    c = FusionConfig(profile="tiny", video_dim=DV, text_dim=DT, music_dim=DM, target_music_dim=DTM)
+    assert (c.p_drop_video, c.p_drop_text, c.p_drop_candidate) == (0.0, 0.0, 0.0)
+    assert c.modality_dropout is False and modality_dropout_label(c) == "off (paper)"
+    m = make_model()
+    with torch.no_grad():
+        want = m(**inputs)
+        m.train()  # dropout 0.0 in make_model: training mode changes nothing without modality dropout
+        for _ in range(5):
+            torch.testing.assert_close(m(**inputs), want, atol=ATOL, rtol=0)
+    app = dataclasses.replace(c, **APP_MODALITY_DROPOUT)
+    assert app.modality_dropout and modality_dropout_label(app) == "on (video 0.1, text 0.3, candidate 0.5)"
 
 
 def test_modality_dropout_in_training_only(inputs: dict[str, torch.Tensor]) -> None:

@@ -20,6 +20,7 @@ from engine.reasoner import (
     ReasonerConfig,
     ReasonInput,
     build_prompt,
+    build_training_prompt,
     justify,
     load_reasoner,
 )
@@ -51,13 +52,13 @@ PROMPT_CASES = [
         ReasonInput("Night Drive", tags=("synth", "dark"), feedback="more drums", video="a car at night"),
         True,
         "### Recommender: Music title: Night Drive; Music tags: synth, dark; Video: a car at night; "
-        f"User feedback: more drums; Music feature: <Music>{MUSIC_SLOT}</Music>; Generate Recommendation: ",
+        f"User feedback: more drums; Music feature: <Music>{MUSIC_SLOT} </Music >; Generate Recommendation: ",
     ),
     (
         ReasonerConfig(use_tags=False, use_video=False, use_feedback=False),
         ReasonInput("Night Drive", tags=("synth",), feedback="more drums", video="a car"),
         True,
-        f"### Recommender: Music title: Night Drive; Music feature: <Music>{MUSIC_SLOT}</Music>; Generate Recommendation: ",
+        f"### Recommender: Music title: Night Drive; Music feature: <Music>{MUSIC_SLOT} </Music >; Generate Recommendation: ",
     ),
     (
         ReasonerConfig(),
@@ -71,6 +72,68 @@ PROMPT_CASES = [
 @pytest.mark.parametrize(("cfg", "inp", "with_music", "expected"), PROMPT_CASES)
 def test_prompt_is_the_papers_with_switchable_fields(cfg, inp, with_music, expected):
     assert build_prompt(inp, cfg, with_music=with_music) == expected
+
+
+def byte_level_reasoner(seed: int = 0) -> MusicReasoner:
+    """A tiny Llama on a byte-level tokenizer with no merges: one token per character, spaces kept."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    r = MusicReasoner(LlamaForCausalLM(cfg).eval(), tok, ReasonerConfig(use_tags=False, use_video=False, use_feedback=False), MUSIC_DIM)
+    r.attach_lora(seed=1)
+    return r
+
+
+PAPER_TRAINING_PROMPT = ("### Recommender: Music feature: <Music>", " </Music >; Generate Recommendation: ")  # around the music token
+PAPER_INFERENCE_PROMPT = ("### Recommender: Music title: Night Drive; Music feature: <Music>", " </Music >; Generate Recommendation: ")
+
+
+@pytest.mark.parametrize(("training", "expected"), [(True, PAPER_TRAINING_PROMPT), (False, PAPER_INFERENCE_PROMPT)], ids=["training", "inference"])
+def test_paper_prompts_token_by_token(training, expected):
+    """Paper 4.2: the training prompt has no title; inference adds `Music title: [title]; `."""
+    if training:
+        assert build_training_prompt() == f"{expected[0]}{MUSIC_SLOT}{expected[1]}"
+    r = byte_level_reasoner()
+    inp = ReasonInput("Night Drive", music_vector=music(4), tags=("synth",), feedback="more", video="a car")
+    before, slot, after = r._prompt_text(inp, with_music=True, prefill=False, training=training).partition(MUSIC_SLOT)
+    assert (before, slot, after) == (expected[0], MUSIC_SLOT, expected[1])
+    # the ids the LLM reads: one per character, spaces included, then the soft token, then the rest
+    ids_before, ids_after = r._ids(before), r._ids(after)
+    assert r.tokenizer.convert_ids_to_tokens(ids_before) == [c.replace(" ", "Ġ") for c in expected[0]]
+    assert r.tokenizer.convert_ids_to_tokens(ids_after) == [c.replace(" ", "Ġ") for c in expected[1]]
+    emb = r.llm.get_input_embeddings()
+    with torch.no_grad():
+        got = r.prompt_embeds(inp, prefill=False, training=training)[0]  # (T, H)
+        want = torch.cat([emb(torch.tensor(ids_before)), r.projector(torch.from_numpy(inp.music_vector)[None])[0], emb(torch.tensor(ids_after))])
+    assert got.shape == (len(expected[0]) + 1 + len(expected[1]), r.hidden)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # the loss sees the same prompt: its value is the mean cross-entropy of the target after it
+    target = "calm"
+    t_ids = r._ids(" " + target) + [r.tokenizer.eos_token_id]
+    with torch.no_grad():
+        x = torch.cat([want, emb(torch.tensor(t_ids))])[None]
+        logits = r.llm(inputs_embeds=x).logits[0]
+        n = want.shape[0]
+        manual = torch.nn.functional.cross_entropy(logits[n - 1 : n - 1 + len(t_ids)], torch.tensor(t_ids))
+        torch.testing.assert_close(r.loss([(inp, target)], training_prompt=training), manual, atol=1e-5, rtol=1e-5)
+
+
+def test_training_prompt_needs_the_music_token_and_lengths_are_128(tiny_parts):
+    r = fresh(tiny_parts, trained=False)
+    with pytest.raises(ValueError, match="training prompt needs the music token"):
+        r.loss([(ReasonInput("x", music_vector=music(1)), "calm")])
+    assert (ReasonerConfig().max_length, ReasonerConfig().max_new_tokens) == (128, 128)  # paper 4.2
 
 
 def test_untrained_reasoner_leaves_the_soft_token_out(tiny_parts):

@@ -17,7 +17,7 @@ from training.data import (
     feedback_text,
     read_quartets,
     retrieve_candidate,
-    sample_pool,
+    candidate_pools,
     write_quartets,
 )
 from training.features import FeatureDataset, FeatureShardWriter, FeatureSpec
@@ -85,9 +85,23 @@ def test_candidate_retrieval_excludes_the_target() -> None:
     vecs = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     assert retrieve_candidate(vecs[0], vecs, [0, 1, 2], exclude=0) == 1
     assert retrieve_candidate(vecs[2], vecs[[0, 1]], [0, 1], exclude=2) == 1
-    pool = sample_pool(10, 3, 4, np.random.default_rng(0))
-    assert len(pool) == 4 and 3 not in pool and len(set(pool.tolist())) == 4
-    assert sample_pool(3, 1, 2000, np.random.default_rng(0)).tolist() == [0, 2]
+    assert [p.tolist() for p in candidate_pools(3, 2000, seed=0)] == [[1, 2], [0, 2], [0, 1]]
+
+
+def test_candidate_pools_are_random_non_overlapping_pools() -> None:
+    """Paper 3: candidates come from random non-overlapping pools of 2,000 that exclude the target."""
+    n = 4500
+    pools = candidate_pools(n, 2000, seed=1)
+    assert len(pools) == n
+    groups = {tuple(sorted([i, *p.tolist()])) for i, p in enumerate(pools)}
+    assert sorted(len(g) for g in groups) == [500, 2000, 2000]  # 2,000 + 2,000 + the remainder
+    assert sorted(i for g in groups for i in g) == list(range(n))  # each clip in exactly one pool
+    for i in (0, 17, 4499):
+        assert i not in pools[i] and len(set(pools[i].tolist())) == len(pools[i])
+        assert all(i in pools[j] for j in pools[i][:5])  # same pool, both ways
+    assert [p.tolist() for p in candidate_pools(n, 2000, seed=1)] == [p.tolist() for p in pools]
+    assert pools[0].tolist() != candidate_pools(n, 2000, seed=2)[0].tolist()
+    assert not any(g == tuple(range(g[0], g[0] + len(g))) for g in groups)  # random, not consecutive blocks
 
 
 def _analysis(i: int, tags: dict[str, float], vec: np.ndarray) -> TrackAnalysis:

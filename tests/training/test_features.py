@@ -16,7 +16,7 @@ from training.features import (
     FeatureItem,
     FeatureShardWriter,
     FeatureSpec,
-    iter_pools,
+    random_pools,
 )
 
 SPEC = FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4, max_segments=3, max_candidate_segments=2, max_text_tokens=4)
@@ -91,6 +91,65 @@ def test_batch_takes_the_same_segment_of_video_and_target(tmp_path: Path) -> Non
             assert b["video"][row, 0].item() == 3 * seg[i].item() + i
 
 
-def test_pools_do_not_overlap() -> None:
-    assert [list(p) for p in iter_pools(7, 3)] == [[0, 1, 2], [3, 4, 5]]
-    assert [list(p) for p in iter_pools(2, 500)] == [[0, 1]]
+def test_pools_are_random_seeded_and_disjoint() -> None:
+    pools = random_pools(1234, 500, seed=3)
+    assert [len(p) for p in pools] == [500, 500]  # the remainder of 234 is left out
+    flat = [i for p in pools for i in p]
+    assert len(set(flat)) == 1000 and set(flat) <= set(range(1234))  # disjoint, within range
+    assert all(p == sorted(p) for p in pools)
+    assert random_pools(1234, 500, seed=3) == pools  # seeded
+    other = random_pools(1234, 500, seed=4)
+    assert other != pools and set(other[0]) != set(pools[0])
+    # random: not the consecutive blocks, and members spread over the whole range
+    assert pools[0] != list(range(500)) and pools[0] != list(range(500, 1000))
+    assert min(pools[0]) < 50 and max(pools[0]) > 1180
+    # pool membership is uniform: over many seeds each index lands in a pool ~1000/1234 of the time
+    counts = np.zeros(1234)
+    for seed in range(200):
+        for p in random_pools(1234, 500, seed=seed):
+            counts[p] += 1
+    assert abs(counts.mean() / 200 - 1000 / 1234) < 1e-9 and counts.min() > 0.6 * 200 and counts.max() < 0.97 * 200
+    # small sets: one pool of all; the data build keeps the remainder (a single index joins the last pool)
+    assert random_pools(2, 500) == [[0, 1]] and random_pools(0, 500) == []
+    kept = random_pools(7, 3, seed=0, keep_remainder=True)
+    assert [len(p) for p in kept] == [3, 4] and sorted(i for p in kept for i in p) == list(range(7))
+    kept = random_pools(8, 3, seed=0, keep_remainder=True)
+    assert [len(p) for p in kept] == [3, 3, 2] and sorted(i for p in kept for i in p) == list(range(8))
+    with pytest.raises(ValueError, match="pool_size"):
+        random_pools(10, 0)
+
+
+def test_prompts_keep_clips_77_token_context(tmp_path: Path) -> None:
+    """The default cache keeps a prompt's every token up to CLIP's 77 (not cut at 32)."""
+    spec = FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4)
+    assert spec.max_text_tokens == 77 and spec.shape("text") == (77, 2)
+    writer = FeatureShardWriter(tmp_path, spec)
+    text = np.arange(2 * 90, dtype=np.float32).reshape(90, 2)  # 90 token states: more than CLIP's context
+    writer.add(FeatureItem(id="a", target=np.ones((1, 4)), text=text[:60]))
+    writer.add(FeatureItem(id="b", target=np.ones((1, 4)), text=text))
+    writer.close()
+    ds = FeatureDataset(tmp_path)
+    assert ds.tensors["text_len"].tolist() == [60, 77]
+    assert ds.tensors["text"][0, :60].float().numpy() == pytest.approx(text[:60])
+    assert ds.tensors["text"][1].float().numpy() == pytest.approx(text[:77])
+
+
+def test_log_mel_spec_and_batches(tmp_path: Path) -> None:
+    spec = FeatureSpec.for_log_mels("tiny", video_dim=3, text_dim=2, mel_frames=4, mel_bins=2, max_segments=2, max_text_tokens=4)
+    assert (spec.music_dim, spec.target_music_dim, spec.max_candidate_segments, spec.music_input) == (8, 8, 1, "log_mels")
+    with pytest.raises(ValueError, match="flattened"):
+        FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=7, target_music_dim=8, music_input="log_mels", mel_frames=4, mel_bins=2)
+    with pytest.raises(ValueError, match="music_input"):
+        FeatureSpec(profile="tiny", video_dim=3, text_dim=2, music_dim=8, target_music_dim=8, music_input="wav")
+    writer = FeatureShardWriter(tmp_path, spec)
+    target = np.arange(16, dtype=np.float32).reshape(2, 8)  # two 10 s segments of 4 frames x 2 bins
+    writer.add(FeatureItem(id="a", target=target, candidate=100 + np.arange(8, dtype=np.float32)[None], video=np.ones((2, 3))))
+    writer.add(FeatureItem(id="b", target=target[:1], video=np.ones((1, 3))))  # no candidate
+    writer.close()
+    ds = FeatureDataset(tmp_path)
+    b = ds.batch(torch.tensor([0, 1]), torch.tensor([1, 0]))
+    assert set(b) == {"video", "has_video", "text", "text_mask", "candidate_mels", "has_candidate", "target_mels"}
+    assert b["target_mels"][0].tolist() == target[1].reshape(4, 2).tolist()  # segment 1 of quartet a, as (frames, bins)
+    assert b["target_mels"][1].tolist() == target[0].reshape(4, 2).tolist()
+    assert b["candidate_mels"][0].tolist() == (100 + np.arange(8)).reshape(4, 2).tolist()
+    assert b["has_candidate"].tolist() == [True, False]

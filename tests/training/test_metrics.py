@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from training.metrics import (
+    RetrievalMetrics,
+    average_metrics,
     chance_metrics,
     median_rank,
     recall_at_k,
@@ -58,6 +60,31 @@ def test_turn_metrics_row() -> None:
     assert (m.median_rank, m.r1, m.r5, m.r10, m.success_rate) == (3.5, 25.0, 75.0, 75.0, 50.0)
     assert (m.n_queries, m.pool_size) == (4, 20)
     assert turn_metrics(t1, pool_size=20).success_rate is None
+
+
+def test_average_across_pools_by_hand() -> None:
+    """Paper 5: each metric, MR included, is averaged across pools (not pooled over all queries)."""
+    # pool A (size 10): turn-1 ranks [1, 6, 2, 9], turn-2 ranks [2, 1, 7, 3]
+    #   MR median(2, 1, 7, 3) = 2.5; R@1 1/4 = 25 %; R@5 3/4 = 75 %; R@10 100 %; SR (1|2, 6|1, 2|7, 9|3) = 2/4 = 50 %
+    # pool B (size 10): turn-1 ranks [4, 8], turn-2 ranks [9, 10]
+    #   MR 9.5; R@1 0; R@5 0; R@10 100 %; SR 0
+    a = turn_metrics(np.array([2, 1, 7, 3]), 10, turn1_ranks=np.array([1, 6, 2, 9]))
+    b = turn_metrics(np.array([9, 10]), 10, turn1_ranks=np.array([4, 8]))
+    assert (a.median_rank, a.r1, a.r5, a.r10, a.success_rate) == (2.5, 25.0, 75.0, 100.0, 50.0)
+    assert (b.median_rank, b.r1, b.r5, b.r10, b.success_rate) == (9.5, 0.0, 0.0, 100.0, 0.0)
+    avg = average_metrics([a, b])
+    assert avg == RetrievalMetrics(median_rank=6.0, r1=12.5, r5=37.5, r10=100.0, success_rate=25.0, n_queries=6, pool_size=10)
+    # not the metrics of all six queries at once (MR 5.0, R@1 16.67, SR 33.3)
+    everyone = turn_metrics(np.array([2, 1, 7, 3, 9, 10]), 10, turn1_ranks=np.array([1, 6, 2, 9, 4, 8]))
+    assert everyone.median_rank == 5.0 and avg.median_rank != everyone.median_rank
+    # turn-1 rows have no SR; pools of different sizes or mixed SR are refused
+    assert average_metrics([turn_metrics(np.array([1, 3]), 10), turn_metrics(np.array([5]), 10)]).success_rate is None
+    with pytest.raises(ValueError, match="different sizes"):
+        average_metrics([a, turn_metrics(np.array([1]), 20, turn1_ranks=np.array([1]))])
+    with pytest.raises(ValueError, match="success rate"):
+        average_metrics([a, turn_metrics(np.array([1]), 10)])
+    with pytest.raises(ValueError, match="no pools"):
+        average_metrics([])
 
 
 def test_chance_matches_the_papers_random_row() -> None:

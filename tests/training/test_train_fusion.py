@@ -7,14 +7,16 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import CheckpointNotFoundError, load_checkpoint
 from engine.fusion import MuseChatRecommender
-from training.evaluate import evaluate_model
-from training.features import FeatureDataset, FeatureSpec, write_synthetic_features
+from engine.music_towers import TowerRecommender, load_tower_checkpoint, load_towers
+from training.evaluate import evaluate_checkpoints, evaluate_model
+from training.features import FeatureDataset, FeatureItem, FeatureShardWriter, FeatureSpec, write_synthetic_features
 from training.metrics import chance_metrics
 from training.train_fusion import METRICS_FILE, MODEL_DIR, STATE_FILE, TrainConfig, fusion_config_for, param_groups, parse_args, train
 
@@ -69,7 +71,8 @@ def test_signal_recovery_on_planted_features(synthetic: FeatureDataset, tmp_path
     rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "temperature", "samples_per_s"}
+    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "temperature", "samples_per_s", "modality_dropout"}
+    assert rows[0]["modality_dropout"] == "off (paper)"
 
 
 def test_resume_is_bit_identical(synthetic: FeatureDataset, tmp_path: Path) -> None:
@@ -132,5 +135,63 @@ def test_command_line_flags_map_to_the_config() -> None:
     assert cfg.fusion == {"variant": "cross_attn", "d_model": 128, "use_candidate": False}
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.gather_negatives, cfg.amp) == (4e-5, 5e-4, 34, True, True)
     assert fusion_config_for(SPEC, cfg.fusion).use_candidate is False
+    assert cfg.modality_dropout is False and fusion_config_for(SPEC, cfg.fusion).modality_dropout is False
     with pytest.raises(ValueError, match="unknown fusion config fields"):
         fusion_config_for(SPEC, {"d_modle": 1})
+    cfg = parse_args(["--data", "f", "--out", "r", "--no-text", "--modality-dropout"])
+    assert cfg.fusion == {"variant": "mvt", "use_text": False} and cfg.modality_dropout is True
+    app = fusion_config_for(SPEC, cfg.fusion, modality_dropout=True)
+    assert (app.p_drop_video, app.p_drop_text, app.p_drop_candidate) == (0.1, 0.3, 0.5) and app.use_text is False
+    # explicit rates win over the app's
+    assert fusion_config_for(SPEC, {"p_drop_text": 0.0}, modality_dropout=True).p_drop_text == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the trained AST towers on a log-mel cache (paper 4.1, 5.1)
+
+
+def _log_mel_cache(root: Path, n: int) -> FeatureDataset:
+    """Random 10 s log-mel samples at the tiny AST's size (64 frames x 16 bins): two target segments and one candidate clip."""
+    spec = FeatureSpec.for_log_mels("tiny", video_dim=12, text_dim=8, mel_frames=64, mel_bins=16, max_segments=2, max_text_tokens=4)
+    g = np.random.default_rng(0)
+    writer = FeatureShardWriter(root, spec, shard_size=16)
+    for i in range(n):
+        writer.add(FeatureItem(
+            id=f"q{i:03d}", target=g.standard_normal((2, 64 * 16)), candidate=g.standard_normal((1, 64 * 16)),
+            video=g.standard_normal((2, 12)), text=g.standard_normal((3, 8)),
+        ))
+    writer.close()
+    return FeatureDataset(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("freeze", [False, True], ids=["towers trained (paper)", "towers frozen"])
+def test_log_mel_cache_trains_both_ast_towers_unless_frozen(tmp_path: Path, freeze: bool) -> None:
+    data = _log_mel_cache(tmp_path / "cache", 24)
+    batch = data.batch(torch.arange(3), data.segment_choice(0))
+    assert batch["target_mels"].shape == (3, 64, 16) and batch["candidate_mels"].shape == (3, 64, 16)
+    result = train(_cfg(tmp_path / "run", max_steps=3, batch_size=8, freeze_towers=freeze), data)
+    model = result.model
+    assert isinstance(model, TowerRecommender) and model.config.music_dim == model.g_mc.dim == 32
+    start_mc, start_mt = load_towers("tiny")  # the profile's AST both towers start from
+
+    def moved(tower: torch.nn.Module, start: torch.nn.Module) -> float:
+        a, b = tower.state_dict(), start.state_dict()
+        return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+
+    if freeze:
+        assert moved(model.g_mc, start_mc) == 0.0 and moved(model.g_mt, start_mt) == 0.0
+    else:
+        assert moved(model.g_mc, start_mc) > 1e-5 and moved(model.g_mt, start_mt) > 1e-5
+        assert moved(model.g_mc, model.g_mt) > 0  # two towers, trained apart
+    # the run's checkpoint holds the fusion model and the towers; evaluation runs the towers on log-mels
+    res = evaluate_model(model, data, pool_size=12)
+    assert res.n_pools == 2 and res.turn2.n_queries == 24
+    fresh = load_tower_checkpoint(tmp_path / "run" / MODEL_DIR, expect_profile="tiny")
+    assert fresh.freeze_towers is freeze
+    assert evaluate_model(fresh, data, pool_size=12).turn2 == res.turn2
+    # `musechat eval`'s path: the same checkpoint by name, on the same pools
+    (row,) = evaluate_checkpoints(data, [("towers", tmp_path / "run" / MODEL_DIR)], pool_size=12)
+    assert row.turn2 == res.turn2
+    with pytest.raises(CheckpointNotFoundError, match="no trained AST towers"):
+        load_tower_checkpoint(tmp_path / "elsewhere")

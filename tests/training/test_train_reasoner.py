@@ -10,19 +10,24 @@ import pytest
 import torch
 
 from engine import reasoner as R
+from engine.encoders.base import TextEncoder, TextTokens
 from engine.reasoner import MusicReasoner, ReasonerConfig, ReasonInput
 from training.train_reasoner import (
     ORIGIN_TEMPLATE,
     VARIANT_BASE,
     VARIANT_MUSIC,
     VARIANT_TUNED,
+    EVAL_MAX_NEW_TOKENS,
     EvalRow,
     ReasonExample,
+    TextScorer,
     TrainConfig,
     build_targets,
     evaluate,
     format_table,
+    perplexity,
     read_examples,
+    tower_music_vector,
     train,
 )
 
@@ -117,31 +122,91 @@ def test_loss_falls_and_only_lora_and_f_l_change(tmp_path):
         R.clear_cache()
 
 
+def test_music_input_is_the_mean_of_all_fine_tuned_g_mt_tokens():
+    """Paper 4.2: x̄_mt is the mean of ALL output tokens of g_mt, here over the track's 10 s windows."""
+    from engine.encoders import hf
+    from engine.fusion import FusionConfig, MuseChatRecommender
+    from engine.music_towers import AstTower, TowerRecommender
+
+    enc = hf.AstMusicEncoder(*hf.tiny_ast())
+    torch.manual_seed(0)
+    rec = MuseChatRecommender(FusionConfig(profile="tiny", video_dim=4, text_dim=4, music_dim=enc.dim, target_music_dim=enc.dim, d_model=16, n_heads=4, n_layers=1))
+    towers = TowerRecommender(rec, AstTower.from_classifier(enc.model), AstTower.from_classifier(enc.model)).eval()
+    with torch.no_grad():  # a "fine-tuned" g_mt: not the profile's AST any more
+        for p in towers.g_mt.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    audio = np.random.default_rng(0).standard_normal(int(2.5 * enc.window)).astype(np.float32) * 0.1  # 2 windows + a tail
+    windows = enc.split(audio)
+    assert len(windows) == 3
+    got = tower_music_vector(towers, enc, audio)
+    with torch.no_grad():
+        want = torch.stack([towers.g_mt(torch.from_numpy(enc.log_mels(w))[None])[0].mean(0) for w in windows]).mean(0)
+    assert got.shape == (enc.dim,)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    # g_mt's, not g_mc's (which still is the profile's AST)
+    with torch.no_grad():
+        other = torch.stack([towers.g_mc(torch.from_numpy(enc.log_mels(w))[None])[0].mean(0) for w in windows]).mean(0)
+    assert np.abs(got - other.numpy()).max() > 1e-4
+
+
 def test_train_refuses_a_reasoner_without_lora():
     r = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
     with pytest.raises(ValueError, match="attach_lora"):
         train(r, EXAMPLES)
 
 
-def test_evaluate_has_the_three_rows_of_table_3():
+class LetterEncoder(TextEncoder):
+    """[CLS] letters [SEP], each letter a one-hot vector: a real (if crude) contextual-embedding stand-in."""
+
+    dim = 27
+
+    def encode_tokens(self, texts: list[str]) -> TextTokens:
+        rows = [[26] + [ord(c) - 97 for c in t.lower() if "a" <= c <= "z"] + [26] for t in texts]
+        n = max(len(r) for r in rows)
+        states, mask = torch.zeros(len(rows), n, 27), torch.zeros(len(rows), n, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            states[i, torch.arange(len(r)), torch.tensor(r)] = 1.0
+            mask[i, : len(r)] = True
+        return TextTokens(states, mask)
+
+    def encode_sentences(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def test_evaluate_has_the_three_rows_of_table_3(monkeypatch):
     base = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
     tuned = tiny_reasoner()
+    seen: dict[str, list] = {"generate": [], "training_prompt": [], "max_new_tokens": []}
+    real_generate = MusicReasoner.generate
 
-    def embed(texts: list[str]) -> np.ndarray:  # a bag-of-letters "encoder", normalised
-        out = np.zeros((len(texts), 26), np.float32)
-        for i, t in enumerate(texts):
-            for ch in t.lower():
-                if "a" <= ch <= "z":
-                    out[i, ord(ch) - 97] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+    def spy_generate(self, inp, **kw):
+        seen["generate"].append((self is tuned, inp))
+        seen["max_new_tokens"].append(kw.get("max_new_tokens"))
+        return real_generate(self, inp, **kw)
 
-    rows = evaluate(base, tuned, EXAMPLES, embed, max_new_tokens=4)
+    monkeypatch.setattr(MusicReasoner, "generate", spy_generate)
+    rows, labels = evaluate(base, tuned, EXAMPLES, TextScorer(encoder=LetterEncoder(), encoder_name="letters"), max_new_tokens=4)
     assert [r.variant for r in rows] == [VARIANT_BASE, VARIANT_MUSIC, VARIANT_TUNED]
-    assert all(r.n == 2 and -1.0 <= r.similarity <= 1.0 and r.perplexity > 1.0 for r in rows)
-    # LoRA B starts at zero: with the adapter off or on, a fresh LoRA gives the same perplexity
-    assert rows[1].perplexity == pytest.approx(rows[2].perplexity, rel=1e-5)
-    table = format_table([EvalRow("x", 0.5, 12.345, 3)])
-    assert table.splitlines()[-1] == "| x | 0.5000 | 12.35 | 3 |"
+    assert all(r.n == 2 and 0.0 <= r.bertscore_f1 <= 1.0 and r.perplexity > 1.0 for r in rows)
+    assert all(r.ab_divergence is None and r.l2_distance is None and r.fisher_rao_distance is None for r in rows)
+    assert "SUBSTITUTE" in labels[0] and "letters" in labels[0] and "InfoLM: not computed" in labels[1]
+    # the base model reads the title alone; the MuseChat row title + music, without tags, video or feedback
+    base_inputs = [inp for is_tuned, inp in seen["generate"] if not is_tuned]
+    tuned_inputs = [inp for is_tuned, inp in seen["generate"] if is_tuned]
+    assert [(i.title, i.music_vector) for i in base_inputs] == [("storm", None), ("lake", None)]
+    assert [i.title for i in tuned_inputs] == ["storm", "lake"] and all(i.music_vector is not None and not i.tags for i in tuned_inputs)
+    assert set(seen["max_new_tokens"]) == {4}
+    # "w/ Music" scores the references under the training prompt (no title), MuseChat under the inference prompt
+    music_only = [ReasonExample(ReasonInput(e.inp.title, music_vector=e.inp.music_vector), e.target) for e in EXAMPLES]
+    assert rows[1].perplexity == pytest.approx(perplexity(tuned, music_only, training_prompt=True), rel=1e-6)
+    assert rows[2].perplexity == pytest.approx(perplexity(tuned, music_only), rel=1e-6)
+    assert rows[1].perplexity != pytest.approx(rows[2].perplexity, rel=1e-6)
+    table = format_table([EvalRow("x", 0.95, 1.5, 0.2081, 1.47, 12.345, 3)], ["label A"])
+    lines = table.splitlines()
+    assert lines[0] == "| variant | BERTScore F1 ↑ | AB div ↓ | L2 ↓ | Fisher-Rao ↓ | perplexity (ref) | n |"
+    assert lines[2] == "| x | 0.9500 | 1.50 | 0.208 | 1.47 | 12.35 | 3 |"
+    assert "| MuseChat (paper) | 0.9676 | 1.51 | 0.208 | 1.47 | - | - |" in lines and lines[-1] == "label A"
+    assert EVAL_MAX_NEW_TOKENS == 128
 
 
 def test_cli_trains_saves_and_says(tmp_path, monkeypatch):

@@ -77,11 +77,13 @@ def test_from_catalog_train_eval(app: typer.Typer, tmp_path: Path) -> None:
     run = tmp_path / "run"
     fusion = json.dumps({"d_model": 16, "n_heads": 4, "n_layers": 1})
     r = runner.invoke(app, ["train", "--data", str(feats), "--out", str(run), "--max-steps", "3", "--batch-size", "8",
-                            "--holdout", "10", "--no-video", "--device", "cpu", "--fusion", fusion])
+                            "--holdout", "10", "--no-video", "--device", "cpu", "--fusion", fusion, "--modality-dropout"])
     assert r.exit_code == 0, r.output
+    assert "modality dropout on (video 0.1, text 0.3, candidate 0.5)" in r.output
     assert f"MUSECHAT_FUSION_CHECKPOINT={run / 'model'}" in r.output
     model = load_checkpoint(run / "model", expect_profile="tiny")
     assert model.config.use_video is False and model.config.d_model == 16
+    assert (model.config.p_drop_video, model.config.p_drop_text, model.config.p_drop_candidate) == (0.1, 0.3, 0.5)
 
     report = tmp_path / "eval" / "table"
     r = runner.invoke(app, ["eval", "--data", str(feats), "--checkpoint", f"w/o video={run / 'model'}", "--holdout", "10", "--report", str(report)])
