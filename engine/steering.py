@@ -103,6 +103,7 @@ DIRECTIONS: dict[str, tuple[int, float]] = {
     "no": (-1, EXCLUDE_STRENGTH), "without": (-1, EXCLUDE_STRENGTH), "remove": (-1, EXCLUDE_STRENGTH),
     "drop": (-1, EXCLUDE_STRENGTH), "lose": (-1, EXCLUDE_STRENGTH), "skip": (-1, EXCLUDE_STRENGTH),
     "avoid": (-1, EXCLUDE_STRENGTH), "get rid of": (-1, EXCLUDE_STRENGTH), "none": (-1, EXCLUDE_STRENGTH),
+    "nothing": (-1, EXCLUDE_STRENGTH), "nothing too": (-1, 0.6),
     "cut": (-1, EXCLUDE_STRENGTH), "kill": (-1, EXCLUDE_STRENGTH), "minus": (-1, EXCLUDE_STRENGTH),
     "no more": (-1, 1.0), "not too": (-1, 0.6), "not so": (-1, 0.7), "not that": (-1, 0.7),
     "not as": (-1, 0.7), "a bit less": (-1, 0.5), "a little less": (-1, 0.5),
@@ -138,6 +139,7 @@ PARTICLES: dict[str, int] = {"up": 1, "down": -1, "back": -1}
 # "low energy"); beside a word that says which way ("a calm tempo", "beach party energy") they add nothing
 AXIS_NOUNS = frozenset({"pace", "paced", "tempo", "speed", "bpm", "volume", "energy"})
 PROTECTED = {"low key": "lowkey", "8 bit": "8bit", "16 bit": "8bit", "drum and bass": "drum_and_bass", "rock and roll": "rock_and_roll", "r&b": "rnb", "r and b": "rnb", "rhythm and blues": "rnb"}
+HEAVY_WITH = re.compile(r"\b(drums?|bass|guitars?|piano|synths?|strings|percussion|vocals?|beats?|choir|orchestra)\s+heavy\b")
 TOKEN = re.compile(r"[a-z0-9_']+")
 
 # --- the lexicon: surface words -> concept ----------------------------------------------------
@@ -622,6 +624,7 @@ class FeedbackParser:
         """Clauses -> direction segments: direction words, then the content they apply to."""
         text = text.lower().replace("-", " ").replace("\u2019", "'")
         text = re.sub(r"(\d)'s\b", r"\1s", text)  # 80's -> 80s
+        text = HEAVY_WITH.sub(r"lots of \1", text)  # "drum heavy": lots of drums, not heavy metal
         text = re.sub(r"\b(?!it|that|what|let|there|here)(\w+)'s\b", r"\1", text)  # a man's voice -> man voice
         for phrase, token in PROTECTED.items():  # multi-word names that contain "and" or "bit"
             text = re.sub(rf"\b{re.escape(phrase)}\b", token, text)
