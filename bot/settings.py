@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     )
     zeroshot_semantic_weight: float = Field(1.0, description="zero-shot: weight of video labels + words vs track text")
     zeroshot_pace_weight: float = Field(1.0, description="zero-shot: weight of video pace vs track tempo/loudness")
-    zeroshot_steering_weight: float = Field(4.0, description="zero-shot: weight of feedback steering")
+    zeroshot_steering_weight: float = Field(12.0, description="zero-shot: weight of feedback steering")
     steering_drift_penalty: float = Field(0.25, description="steering: penalty for changing tags nobody asked about")
     fusion_steering_weight: float = Field(1.0, description="steering beside a fusion checkpoint (0: the model alone)")
     candidate_pool: int = Field(200, description="catalog candidates re-ranked per turn")

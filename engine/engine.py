@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from engine.media import MediaLimits
-from engine.steering import Preference
+from engine.steering import Preference, unavailable
 from engine.video import VideoFeatures, video_features
 from engine.zeroshot import (
     Candidates,
@@ -98,6 +98,7 @@ class Ranking:
     parts: dict[str, np.ndarray]  # name -> (N,) weighted part per candidate
     mode: str
     preference: Preference | None
+    unavailable: tuple[str, ...] = ()  # what the words asked for that no candidate has ("more opera")
 
     def explain(self, i: int) -> dict[str, float]:
         return {name: float(v[i]) for name, v in self.parts.items()} | {"total": float(self.scores[i])}
@@ -176,6 +177,7 @@ class Engine:
     def warm_up(self) -> None:
         """Load every model now (at start-up) rather than on the first request."""
         _ = self.encoders, self.fusion, self.scorer
+        self.scorer.parser.precompute()  # the descriptions any-words steering compares phrases with
 
     def share_text_encoder(self, text_encoder) -> None:
         """Use `text_encoder` (a thread-safe one: a model worker's micro-batched encoder, bot/jobs/batching.py)
@@ -332,4 +334,5 @@ class Engine:
                 parts["not like rejected"] = -NEGATIVE_WEIGHT * standardise(sim, 0.02)
         total = np.sum(list(parts.values()), axis=0).astype(np.float32)
         order = np.argsort(-total, kind="stable")
-        return Ranking(order, total, parts, query.mode, query.preference)
+        missing = tuple(unavailable(query.preference, cands.tags, vocab)) if query.preference is not None else ()
+        return Ranking(order, total, parts, query.mode, query.preference, missing)

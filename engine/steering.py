@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,13 +68,24 @@ ONSET_FLOOR = 0.1  # onsets per second added before taking log2 (silence has non
 TAG_SCALE_FLOOR = 0.02  # probability: the smallest spread a tag is measured in
 DEFAULT_DRIFT_PENALTY = 0.25  # chosen by benchmarks/bench_steering.py (see ZeroShotWeights)
 
-# --- sentence similarity for words the lexicon does not know (MiniLM cosines) ---------------
-SIM_MIN = 0.45  # below this cosine a tag is unrelated ("banana" tops out near 0.30)
-SIM_MARGIN = 0.08  # only tags within this cosine of the best match move
-SIM_TEMPERATURE = 0.04  # softmax temperature over the kept cosines
+# --- any words: sentence similarity for words the lexicon does not know (MiniLM cosines) -----
+# The content words of a clause that no lexicon entry covers ("sounds like a rainy afternoon",
+# "beach party energy") are embedded as one phrase and compared with short descriptions of every
+# tag and of the concept words (pace, energy, mood: `DESCRIPTIONS`); the best few within
+# `SIM_MARGIN` of the best and above `SIM_MIN` stand for the phrase, each meaning what its
+# lexicon entry means (tags and rhythm), weighted by a softmax at `SIM_TEMPERATURE`.
+# below this cosine nothing is close enough: the words are reported as not understood. Measured on
+# the tuning half of benchmarks/steering_phrases.tsv: scene phrases match at 0.31-0.60 ("road trip"
+# 0.31, "rainy afternoon" 0.40), office words at 0 ("a spreadsheet", "my tax return"); some
+# unrelated single words still pass ("banana" 0.30 -> mellow, "purple" 0.35 -> blues): the reply
+# shows what they were taken for.
+SIM_MIN = 0.30
+SIM_MARGIN = 0.06  # only descriptions within this cosine of the best match count
+SIM_TEMPERATURE = 0.03  # softmax temperature over the kept cosines
+SIM_MAX_MATCHES = 3  # concepts a phrase may stand for ("rainy afternoon -> calm, soft, sad")
 SIM_STRENGTH = 0.7  # similarity matches are less certain than lexicon matches
 DESCRIPTION_TEMPLATE = "{} music"  # best separation of related/unrelated among 3 templates tried
-
+PHRASE_CACHE_SIZE = 512  # embedded feedback phrases kept per parser
 # --- direction and intensity words ----------------------------------------------------------
 EXCLUDE_STRENGTH = 1.5  # "no X", "without X", "remove X": stronger than "less X"
 # phrase -> (sign, strength multiplier). Multi-word phrases are matched before single words;
@@ -81,7 +94,8 @@ DIRECTIONS: dict[str, tuple[int, float]] = {
     "more": (1, 1.0), "add": (1, 1.0), "added": (1, 1.0), "stronger": (1, 1.0), "extra": (1, 1.0),
     "increase": (1, 1.0), "boost": (1, 1.0), "bring in": (1, 1.0), "turn up": (1, 1.0),
     "with": (1, 1.0), "want": (1, 1.0), "like": (1, 1.0), "love": (1, 1.0), "need": (1, 1.0),
-    "prefer": (1, 1.0), "keep": (1, 0.5), "higher": (1, 1.0), "bigger": (1, 1.0),
+    "prefer": (1, 1.0), "keep": (1, 0.5), "higher": (1, 1.0), "bigger": (1, 1.0), "high": (1, 1.0),
+    "low": (-1, 1.0), "half": (-1, 1.0),
     "less": (-1, 1.0), "fewer": (-1, 1.0), "lower": (-1, 1.0), "reduce": (-1, 1.0),
     "weaker": (-1, 1.0), "tone down": (-1, 1.0), "turn down": (-1, 1.0), "decrease": (-1, 1.0),
     "too": (-1, 1.0), "not": (-1, 1.0), "don't": (-1, 1.0), "dont": (-1, 1.0),
@@ -89,6 +103,7 @@ DIRECTIONS: dict[str, tuple[int, float]] = {
     "no": (-1, EXCLUDE_STRENGTH), "without": (-1, EXCLUDE_STRENGTH), "remove": (-1, EXCLUDE_STRENGTH),
     "drop": (-1, EXCLUDE_STRENGTH), "lose": (-1, EXCLUDE_STRENGTH), "skip": (-1, EXCLUDE_STRENGTH),
     "avoid": (-1, EXCLUDE_STRENGTH), "get rid of": (-1, EXCLUDE_STRENGTH), "none": (-1, EXCLUDE_STRENGTH),
+    "nothing": (-1, EXCLUDE_STRENGTH), "nothing too": (-1, 0.6),
     "cut": (-1, EXCLUDE_STRENGTH), "kill": (-1, EXCLUDE_STRENGTH), "minus": (-1, EXCLUDE_STRENGTH),
     "no more": (-1, 1.0), "not too": (-1, 0.6), "not so": (-1, 0.7), "not that": (-1, 0.7),
     "not as": (-1, 0.7), "a bit less": (-1, 0.5), "a little less": (-1, 0.5),
@@ -108,13 +123,23 @@ FILLERS = frozenset(
     for at by video clip background go get let's lets have has using use can could would should
     will okay ok yeah yes hmm now next another other else also so than as or then there here
     which what ish bit thanks thank lol little same way really any needs need nice good great
-    cool fine up down out off into over gotta wanna fan better best worse""".split()
+    cool fine up down out off into over gotta wanna fan better best worse back tone dial pump crank
+    amp bring take turn kick wake let""".split()
 )
 # clause boundaries: punctuation and conjunctions. "and"/"or" joined clauses with no direction
 # word of their own inherit the previous clause's ("no drums and vocals"), "but" clauses do not.
 CLAUSE_SPLIT = re.compile(r"\s*(?:[,;.!?:]+|\bbut\b|\bthough\b|\balthough\b|\bhowever\b|\bwhile\b|\bwhereas\b|\byet\b|\bplus\b|\bthen\b|\band\b|\bor\b|&)\s*")
 INHERITING = frozenset({"and", "or", "&", "plus"})
-PROTECTED = {"8 bit": "8bit", "16 bit": "8bit", "drum and bass": "drum_and_bass", "rock and roll": "rock_and_roll", "r&b": "rnb", "r and b": "rnb", "rhythm and blues": "rnb"}
+# "tone it down", "bring the energy down", "pump it up": the particle gives the direction. Content
+# that raises energy or pace ("energy", "tempo", "volume") is turned down by "down"/"back"; content
+# that already means less ("calm it down", "slow it down") keeps its sign; with no content at all
+# the particle means more or less energy.
+PARTICLES: dict[str, int] = {"up": 1, "down": -1, "back": -1}
+# nouns that name an axis rather than a direction: alone they mean "more" of it ("higher tempo",
+# "low energy"); beside a word that says which way ("a calm tempo", "beach party energy") they add nothing
+AXIS_NOUNS = frozenset({"pace", "paced", "tempo", "speed", "bpm", "volume", "energy"})
+PROTECTED = {"low key": "lowkey", "8 bit": "8bit", "16 bit": "8bit", "drum and bass": "drum_and_bass", "rock and roll": "rock_and_roll", "r&b": "rnb", "r and b": "rnb", "rhythm and blues": "rnb"}
+HEAVY_WITH = re.compile(r"\b(drums?|bass|guitars?|piano|synths?|strings|percussion|vocals?|beats?|choir|orchestra)\s+heavy\b")
 TOKEN = re.compile(r"[a-z0-9_']+")
 
 # --- the lexicon: surface words -> concept ----------------------------------------------------
@@ -193,8 +218,8 @@ _CONCEPT_TABLE: list[tuple[str, Concept]] = [
     ("country", Concept({"country": 1.0})),
     ("folk folksy", Concept({"folk": 1.0, "acoustic": 0.3})),
     ("classical", Concept({"classical": 1.0, "classic": 1.0, "strings": 0.3})),
-    ("ambient atmospheric", Concept({"ambient": 1.0, "new+age": 0.5, "chillout": 0.3})),
-    ("new+age", Concept({"new+age": 1.0, "ambient": 0.5})),
+    ("ambient atmospheric", Concept({"ambient": 1.0, "new age": 0.5, "chillout": 0.3})),
+    ("new+age", Concept({"new age": 1.0, "ambient": 0.5})),
     ("experimental avant+garde", Concept({"experimental": 1.0, "weird": 0.5})),
     ("weird strange odd quirky", Concept({"weird": 1.0, "experimental": 0.5})),
     ("indian", Concept({"indian": 1.0, "sitar": 0.5})),
@@ -209,7 +234,7 @@ _CONCEPT_TABLE: list[tuple[str, Concept]] = [
     # mood
     ("sad sadness melancholic melancholy gloomy depressing somber sombre sorrowful mournful tragic",
      Concept({"sad": 1.0, "happy": -1.0, "mellow": 0.3})),
-    ("dark darkness grim ominous sinister moody spooky creepy eerie haunting scary", Concept({"sad": 0.7, "happy": -0.7, "weird": 0.3})),
+    ("dark darkness grim ominous sinister moody spooky creepy eerie haunting scary tense tension suspense suspenseful anxious nervous", Concept({"sad": 0.7, "happy": -0.7, "weird": 0.3})),
     ("happy happiness cheerful joyful joyous fun playful uplifting sunny positive bright jolly", Concept({"happy": 1.0, "sad": -1.0, "catchy": 0.3})),
     ("beautiful lovely", Concept({"beautiful": 1.0})),
     ("epic cinematic dramatic heroic majestic grand triumphant", Concept({"strings": 0.5, "classical": 0.5, "choir": 0.3, "loud": 0.5, "quiet": -0.3}, (0.0, 0.5, 0.0))),
@@ -217,20 +242,20 @@ _CONCEPT_TABLE: list[tuple[str, Concept]] = [
     ("sexy sensual", Concept({"sexy": 1.0})),
     ("mellow", Concept({"mellow": 1.0, "chill": 0.5, "soft": 0.5})),
     ("chill chilled chillout relaxed relaxing laid+back laidback lounge", Concept({"chill": 1.0, "chillout": 1.0, "mellow": 0.5, "easy listening": 0.5, "loud": -0.5}, (-0.5, -0.5, -0.5))),
-    ("calm peaceful gentle tranquil serene soothing relaxation", CALM),
+    ("calm peaceful gentle tranquil serene soothing relaxation lowkey understated reflective contemplative thoughtful introspective", CALM),
     ("energetic energy intense powerful driving hype lively exciting excitement action punchy", ENERGETIC),
     ("upbeat up+tempo uptempo bouncy", Concept({"happy": 0.7, "fast": 0.7, "dance": 0.5, "catchy": 0.3, "sad": -0.5, "slow": -0.5}, (1.0, 0.5, 1.0))),
-    ("heavy hard aggressive harsh", Concept({"metal": 1.0, "heavy metal": 1.0, "hard rock": 1.0, "loud": 0.5, "soft": -0.5, "quiet": -0.5}, (0.0, 1.0, 0.5))),
+    ("heavy hard aggressive harsh angry anger furious rage", Concept({"metal": 1.0, "heavy metal": 1.0, "hard rock": 1.0, "loud": 0.5, "soft": -0.5, "quiet": -0.5}, (0.0, 1.0, 0.5))),
     ("light airy delicate", Concept({"soft": 1.0, "easy listening": 0.5, "metal": -0.5, "loud": -0.5}, (0.0, -0.5, 0.0))),
     # pace and energy (the rhythm channel)
     ("fast quick rapid speedy pacey frantic", Concept({"fast": 1.0, "slow": -1.0}, (1.0, 0.0, 1.0))),
-    ("slow slowly sluggish", Concept({"slow": 1.0, "fast": -1.0}, (-1.0, 0.0, -1.0))),
+    ("slow slowly sluggish crawl crawling", Concept({"slow": 1.0, "fast": -1.0}, (-1.0, 0.0, -1.0))),
     ("loud loudness noisy", Concept({"loud": 1.0, "quiet": -1.0, "soft": -0.5}, (0.0, 1.0, 0.3))),
     ("quiet quieter silent", Concept({"quiet": 1.0, "soft": 0.5, "loud": -1.0}, (0.0, -1.0, 0.0))),
     ("soft softly", Concept({"soft": 1.0, "quiet": 0.5, "loud": -1.0}, (0.0, -1.0, 0.0))),
     ("busy busier dense", Concept({"fast": 0.3}, (0.0, 0.0, 1.0))),
     ("sparse minimal minimalist", Concept({"quiet": 0.3}, (0.0, 0.0, -1.0))),
-    ("pace tempo speed", Concept({"fast": 1.0, "slow": -1.0}, (1.0, 0.0, 0.5))),
+    ("pace paced tempo speed bpm", Concept({"fast": 1.0, "slow": -1.0}, (1.0, 0.0, 0.5))),
     ("volume", Concept({"loud": 1.0, "quiet": -1.0}, (0.0, 1.0, 0.0))),
 ]
 
@@ -309,6 +334,67 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Short descriptions of the concept words, for any-words steering (module docstring, step 1): what
+# the word sounds like and where such music is heard. Keys are lexicon words (their Concept is what
+# a match means); every tag also counts through "<tag> music" and its SYNONYMS.
+DESCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "calm": ("calm peaceful relaxing music", "quiet background music for resting, studying or sleeping"),
+    "energetic": ("energetic intense high-energy music", "powerful driving music for action, sport and workouts", "music for sports highlights, trailers and chases"),
+    "upbeat": ("upbeat bouncy music with a lively tempo", "feel-good music that gets people moving"),
+    "happy": ("happy cheerful joyful music", "bright sunny carefree feel-good music"),
+    "sad": ("sad melancholic sorrowful music", "emotional music for grief, loss and loneliness"),
+    "dark": ("dark ominous eerie music", "spooky suspenseful music for horror and mystery"),
+    "epic": ("epic cinematic orchestral music", "heroic dramatic music for battles and adventure"),
+    "beautiful": ("beautiful tender romantic music", "lovely moving music for love and weddings"),
+    "mellow": ("mellow smooth warm music", "easygoing soft music for a quiet dinner or a slow evening", "warm cozy music by the fire"),
+    "chill": ("chilled laid-back lounge music", "relaxed music for a lazy afternoon"),
+    "heavy": ("heavy aggressive loud guitar music", "angry hard-hitting headbanging music"),
+    "light": ("light airy delicate music",),
+    "weird": ("weird strange experimental sounds", "quirky unusual music"),
+    "party": ("party music for celebrating", "music for a festive celebration with friends"),
+    "dance": ("danceable club music with a steady beat", "music for a night out on the dance floor"),
+    "ambient": ("ambient atmospheric soundscape", "spacious drifting background texture"),
+    "new age": ("new age music for meditation, yoga and spa",),
+    "electronic": ("electronic music made with computers and synthesizers", "futuristic digital music, neon city nights"),
+    "techno": ("techno rave music with a pounding beat",),
+    "synth": ("synthesizer sounds", "retro video game chiptune bleeps"),
+    "folk": ("folk music with traditional acoustic instruments", "rustic old-world tavern music"),
+    "country": ("country music with banjo and twangy guitar",),
+    "jazz": ("jazz with saxophone, trumpet and swing", "smooth late-night jazz"),
+    "classical": ("classical music played by an orchestra",),
+    "strings": ("string section, violins and cellos",),
+    "piano": ("piano music", "a pianist playing keys"),
+    "drums": ("drums and percussion", "a drummer playing a kit"),
+    "guitar": ("guitar music", "a guitarist playing riffs or strumming chords"),
+    "acoustic": ("acoustic unplugged music",),
+    "rock": ("rock music with electric guitars and drums",),
+    "metal": ("heavy metal with distorted guitars",),
+    "punk": ("fast raw punk rock",),
+    "funk": ("funky groove with slap bass",),
+    "sexy": ("sexy sensual r&b music",),
+    "catchy": ("catchy pop tune with hooks",),
+    "fast": ("fast tempo, quick rapid pace", "music that rushes along at high speed"),
+    "slow": ("slow tempo, unhurried leisurely pace", "music that moves slowly"),
+    "loud": ("loud music at high volume",),
+    "quiet": ("quiet music at low volume",),
+    "soft": ("soft gentle music",),
+    "busy": ("busy dense music with many notes",),
+    "sparse": ("sparse minimal music with few notes",),
+    "vocals": ("music with a singer and lyrics", "a singing voice"),
+    "instrumental": ("instrumental music without vocals", "music with no singing"),
+    "female vocals": ("female vocals, a woman singing",),
+    "male vocals": ("male vocals, a man singing",),
+    "choir": ("a choir singing, choral voices", "chanting voices in a church"),
+    "opera": ("opera singer, operatic voice",),
+    "flute": ("flute and woodwinds",),
+    "violin": ("violin and fiddle",),
+    "harp": ("harp",),
+    "cello": ("cello",),
+    "sitar": ("sitar, indian music",),
+    "harpsichord": ("harpsichord, baroque music",),
+}
+
+
 class TagVocabulary:
     """The tags steering works over, in the fixed order of tag probability vectors (V,)."""
 
@@ -378,8 +464,12 @@ class PreferenceTerm:
     exclude: bool  # "no X", "without X", "remove X"
     tags: dict[str, float]  # tag name -> weight this term adds (signed)
     rhythm: tuple[float, float, float]  # (tempo, loudness, onset rate) it adds (signed)
+    meaning: tuple[str, ...] = ()  # "similarity": the concepts the words stood for, best first
 
     def describe(self) -> str:
+        if self.source == "similarity":  # "rainy afternoon -> calm, soft, sad"
+            lead = "no " if self.exclude else "less " if self.sign < 0 else ""
+            return f"{lead}{self.phrase} \u2192 {', '.join(self.meaning)}"
         if self.exclude:
             return f"no {self.phrase}"
         degree = "much " if self.strength > 1.0 else "a bit " if self.strength < 1.0 else ""
@@ -425,44 +515,89 @@ class FeedbackParser:
     def __init__(self, vocabulary: TagVocabulary, text_encoder: TextEncoder | None = None) -> None:
         self.vocab = vocabulary
         self.text_encoder = text_encoder
-        self._desc_vecs: np.ndarray | None = None  # (M, D) description sentence vectors
-        self._desc_tag: np.ndarray | None = None  # (M,) tag index of each description
         # tag display names the lexicon does not cover still match by name
         self.lexicon: dict[str, Concept] = dict(LEXICON)
         for display in vocabulary.by_display:
             self.lexicon.setdefault(display.replace("-", " "), Concept({display: 1.0}))
         self._max_ngram = max(len(k.split()) for k in self.lexicon)
+        self._desc_vecs: np.ndarray | None = None  # (M, D) description sentence vectors
+        self._desc_keys: list[str] = []  # lexicon key of each distinct concept
+        self._desc_owner: np.ndarray | None = None  # (M,) index into _desc_keys of each description
+        self._phrases: OrderedDict[str, np.ndarray] = OrderedDict()  # embedded feedback phrases (LRU)
+        self._lock = threading.Lock()  # the engine's worker threads share one parser
 
     # -- similarity ------------------------------------------------------------------------------
-    def _descriptions(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._desc_vecs is None:
-            assert self.text_encoder is not None
-            texts, owner = [], []
-            for i, t in enumerate(self.vocab.tags):
-                for d in t.descriptions:
-                    texts.append(d)
-                    owner.append(i)
+    def description_texts(self) -> tuple[list[str], list[str]]:
+        """(descriptions, lexicon key each stands for): every tag's and every DESCRIPTIONS entry's."""
+        texts, keys = [], []
+        for t in self.vocab.tags:
+            key = t.display.replace("-", " ")
+            for d in t.descriptions:
+                texts.append(d)
+                keys.append(key)
+        for key, descs in DESCRIPTIONS.items():
+            if key in self.lexicon:
+                texts.extend(descs)
+                keys.extend([key] * len(descs))
+        return texts, keys
+
+    def precompute(self) -> None:
+        """Embed the descriptions now (once per parser; the engine calls it at load time)."""
+        with self._lock:
+            if self._desc_vecs is not None or self.text_encoder is None:
+                return
+            texts, keys = self.description_texts()
+            uniq = list(dict.fromkeys(keys))
+            pos = {k: i for i, k in enumerate(uniq)}
             self._desc_vecs = _to_numpy(self.text_encoder.encode_sentences(texts))
-            self._desc_tag = np.asarray(owner)
-        assert self._desc_tag is not None
-        return self._desc_vecs, self._desc_tag
+            self._desc_keys = uniq
+            self._desc_owner = np.asarray([pos[k] for k in keys])
+            log.info("embedded %d descriptions of %d concepts for any-words steering", len(texts), len(uniq))
+
+    def _embed_phrase(self, phrase: str) -> np.ndarray:
+        assert self.text_encoder is not None
+        with self._lock:
+            if phrase in self._phrases:
+                self._phrases.move_to_end(phrase)
+                return self._phrases[phrase]
+        vec = _to_numpy(self.text_encoder.encode_sentences([phrase]))[0]
+        with self._lock:
+            self._phrases[phrase] = vec
+            if len(self._phrases) > PHRASE_CACHE_SIZE:
+                self._phrases.popitem(last=False)
+        return vec
+
+    def similar_concepts(self, phrase: str) -> list[tuple[str, float, float]]:
+        """Concepts a phrase stands for: [(lexicon key, weight in (0, 1], cosine)], best first."""
+        if self.text_encoder is None:
+            return []
+        self.precompute()
+        assert self._desc_vecs is not None and self._desc_owner is not None
+        # the phrase itself, not templated: "banana music" would share "music" with every tag
+        q = self._embed_phrase(phrase)
+        sims = np.full(len(self._desc_keys), -1.0)
+        np.maximum.at(sims, self._desc_owner, self._desc_vecs @ q)  # best description per concept
+        best = float(sims.max())
+        close = np.flatnonzero((sims >= SIM_MIN) & (sims >= best - SIM_MARGIN))
+        keep: list[int] = []
+        for i in close[np.argsort(-sims[close], kind="stable")]:
+            # sentence vectors barely tell antonyms apart ("fast tempo" ~ "slow tempo"): a concept
+            # that pulls against a better match is dropped, not averaged into it
+            if not any(_conflict(self.lexicon[self._desc_keys[i]], self.lexicon[self._desc_keys[j]]) for j in keep):
+                keep.append(int(i))
+            if len(keep) == SIM_MAX_MATCHES:
+                break
+        w = np.exp((sims[keep] - best) / SIM_TEMPERATURE)
+        return [(self._desc_keys[i], float(x), float(sims[i])) for i, x in zip(keep, w)]
 
     def similar_tags(self, phrase: str) -> dict[int, float]:
-        """Tags related to a phrase by sentence similarity: tag index -> weight in (0, 1]."""
-        if self.text_encoder is None:
-            return {}
-        vecs, owner = self._descriptions()
-        # the phrase itself, not templated: "banana music" would share "music" with every tag
-        q = _to_numpy(self.text_encoder.encode_sentences([phrase]))[0]
-        sims = np.full(len(self.vocab), -1.0)
-        np.maximum.at(sims, owner, vecs @ q)  # best description per tag
-        best = float(sims.max())
-        keep = (sims >= SIM_MIN) & (sims >= best - SIM_MARGIN)
-        if not keep.any():
-            return {}
-        w = np.exp((sims[keep] - best) / SIM_TEMPERATURE)
-        w = w / w.max()
-        return {int(i): float(x) for i, x in zip(np.flatnonzero(keep), w)}
+        """Tags a phrase moves through similarity: tag index -> weight (signed by the concepts)."""
+        out: dict[int, float] = {}
+        for key, w, _ in self.similar_concepts(phrase):
+            for display, tw in self.lexicon[key].tags.items():
+                for j in self.vocab.indices(display):
+                    out[j] = out.get(j, 0.0) + w * tw
+        return out
 
     # -- parsing ---------------------------------------------------------------------------------
     def parse(self, text: str) -> Preference:
@@ -489,6 +624,8 @@ class FeedbackParser:
         """Clauses -> direction segments: direction words, then the content they apply to."""
         text = text.lower().replace("-", " ").replace("\u2019", "'")
         text = re.sub(r"(\d)'s\b", r"\1s", text)  # 80's -> 80s
+        text = HEAVY_WITH.sub(r"lots of \1", text)  # "drum heavy": lots of drums, not heavy metal
+        text = re.sub(r"\b(?!it|that|what|let|there|here)(\w+)'s\b", r"\1", text)  # a man's voice -> man voice
         for phrase, token in PROTECTED.items():  # multi-word names that contain "and" or "bit"
             text = re.sub(rf"\b{re.escape(phrase)}\b", token, text)
         pieces = CLAUSE_SPLIT.split(f" {text} ")
@@ -546,28 +683,53 @@ class FeedbackParser:
         terms: list[PreferenceTerm] = []
         leftovers: list[str] = []
         toks = seg.content
+        particle = 0 if seg.has_direction else next((PARTICLES[t] for t in reversed(toks) if t in PARTICLES), 0)
+        turned = replace(seg, sign=-seg.sign, has_direction=True)  # "bring the energy down"
+
+        def directed(concept: Concept) -> _Segment:
+            return turned if particle < 0 and sum(concept.rhythm) > 0 else seg
+
         i = 0
         while i < len(toks):
             hit = _longest(toks, i, self.lexicon, self._max_ngram)
             if hit is not None:
                 phrase, n = hit
-                terms.append(self._term(phrase.replace("_", " "), seg, self.lexicon[phrase], "lexicon"))
+                concept = self.lexicon[phrase]
+                terms.append(self._term(phrase.replace("_", " "), directed(concept), concept, "lexicon"))
                 i += n
                 continue
             base = _comparative_base(toks[i])
             if base is not None and base in self.lexicon:
-                terms.append(self._term(toks[i], seg, self.lexicon[base], "comparative"))
+                terms.append(self._term(toks[i], directed(self.lexicon[base]), self.lexicon[base], "comparative"))
             elif toks[i] not in FILLERS:
                 leftovers.append(toks[i])
             i += 1
+        if len(terms) > 1 or (terms and leftovers):
+            axis_free = [t for t in terms if t.phrase not in AXIS_NOUNS]
+            if axis_free or leftovers:
+                terms = axis_free
         if leftovers:
-            phrase = " ".join(leftovers)
-            sim = self.similar_tags(phrase)
-            if sim:
-                tags = {self.vocab.tags[j].display: SIM_STRENGTH * w for j, w in sim.items()}
-                terms.append(self._term(phrase, seg, Concept(tags, _rhythm_of(tags)), "similarity"))
-            else:
-                unmatched.append(phrase)
+            # the clause's content words together ("beach party energy", not "beach" alone)
+            phrase = " ".join(t.replace("_", " ") for t in toks if t not in FILLERS)
+            understood = [self.lexicon[t.phrase] for t in terms if t.phrase in self.lexicon]
+            matches = [m for m in self.similar_concepts(phrase) if not any(_conflict(self.lexicon[m[0]], c) for c in understood)]
+            if matches:
+                tags: dict[str, float] = {}
+                rhythm = np.zeros(3)
+                for key, w, _ in matches:
+                    concept = self.lexicon[key]
+                    for display, tw in concept.tags.items():
+                        tags[display] = tags.get(display, 0.0) + SIM_STRENGTH * w * tw
+                    rhythm += SIM_STRENGTH * w * np.asarray(concept.rhythm)
+                concept = Concept(tags, (float(rhythm[0]), float(rhythm[1]), float(rhythm[2])))
+                term = self._term(phrase, directed(concept), concept, "similarity")
+                term.meaning = tuple(key for key, _, _ in matches)
+                terms.append(term)
+            elif not terms:
+                unmatched.append(" ".join(leftovers))
+        if not terms and not leftovers and particle:  # "tone it down", "pump it up": energy
+            sign_seg = replace(seg, sign=particle, has_direction=True)
+            terms.append(self._term("energy", sign_seg, ENERGETIC, "lexicon"))
         return terms
 
     def _term(self, phrase: str, seg: _Segment, concept: Concept, source: str) -> PreferenceTerm:
@@ -580,14 +742,11 @@ class FeedbackParser:
         return PreferenceTerm(phrase=phrase, sign=seg.sign, strength=seg.strength, source=source, exclude=seg.exclude, tags=tags, rhythm=rhythm)  # type: ignore[arg-type]
 
 
-def _rhythm_of(tags: Mapping[str, float]) -> tuple[float, float, float]:
-    """Rhythm implied by pace/energy tags a similarity match hit (half as sure as the words)."""
-    out = np.zeros(3)
-    for display, w in tags.items():
-        c = LEXICON.get(display)
-        if c is not None and display in {"fast", "slow", "loud", "quiet", "soft"}:
-            out += 0.5 * w * np.asarray(c.rhythm)
-    return (float(out[0]), float(out[1]), float(out[2]))
+def _conflict(a: Concept, b: Concept) -> bool:
+    """Whether two concepts pull in opposite directions (tag weights or rhythm against each other)."""
+    tags = sum(w * b.tags.get(k, 0.0) for k, w in a.tags.items())
+    rhythm = float(np.dot(a.rhythm, b.rhythm))
+    return tags + rhythm < 0
 
 
 def _longest(tokens: list[str], i: int, table: Mapping[str, object], max_n: int) -> tuple[str, int] | None:
@@ -602,6 +761,41 @@ def _to_numpy(x: object) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().float().numpy()  # type: ignore[union-attr]
     return np.asarray(x, dtype=np.float32)
+
+
+# --- what the catalog cannot give -------------------------------------------------------------------
+
+# An MTT tag no candidate carries above this probability is absent from the catalog ("more opera"
+# on game music: mtt:opera peaks at 0.016 over the 65 held-out tracks). Only MTT tags are judged:
+# MSD's sigmoid outputs are small everywhere (msd:happy peaks at 0.008 on the same tracks) and say
+# more about ranking than about presence.
+UNAVAILABLE_PROB = 0.05
+MAIN_TAG_SHARE = 0.5  # a term's main tags: weight >= this share of its largest positive weight
+
+
+def unavailable(pref: Preference, candidate_tags: np.ndarray, vocab: TagVocabulary) -> list[str]:
+    """What the user asked more of that no candidate has: [term description] ("more opera").
+
+    A term counts when it asks for more (sign > 0), moves no rhythm axis (every catalog has a
+    faster track), and every one of its main MTT tags stays below UNAVAILABLE_PROB on every
+    candidate. candidate_tags: (N, V) in vocabulary order.
+    """
+    out: list[str] = []
+    tags = np.asarray(candidate_tags, dtype=np.float32)
+    if tags.shape[0] == 0:
+        return out
+    for term in pref.terms:
+        if term.sign <= 0 or any(term.rhythm):
+            continue
+        positive = {name: w for name, w in term.tags.items() if w > 0}
+        if not positive:
+            continue
+        top = max(positive.values())
+        main = [vocab.index(n) for n, w in positive.items() if w >= MAIN_TAG_SHARE * top]
+        mtt = [i for i in main if vocab.names[i].lower().startswith("mtt:")]
+        if mtt and len(mtt) == len(main) and float(tags[:, mtt].max()) < UNAVAILABLE_PROB:
+            out.append(term.describe())
+    return out
 
 
 # --- steering -------------------------------------------------------------------------------------
@@ -691,5 +885,5 @@ def steer(
 
 __all__ = [
     "Concept", "FeedbackParser", "Preference", "PreferenceTerm", "RHYTHM_AXES", "Tag", "TagVocabulary",
-    "rhythm_change", "rhythm_matrix", "steer", "steering_parts", "tag_scale",
+    "rhythm_change", "rhythm_matrix", "steer", "steering_parts", "tag_scale", "unavailable",
 ]

@@ -92,6 +92,8 @@ def render_reply(reply: Any) -> Panel | Text:
         footer.append(f"understood: {reply.understood}")
     if reply.unmatched:
         footer.append(f"not understood: {', '.join(reply.unmatched)}")
+    if reply.unavailable:
+        footer.append(f"nothing in the catalog for: {', '.join(reply.unavailable)}")
     if reply.filters:
         footer.append(f"filters: {reply.filters}")
     if footer:
@@ -127,6 +129,7 @@ def reply_json(reply: Any) -> dict[str, Any]:
         "kind": reply.kind.value,
         "mode": reply.mode,
         "understood": reply.understood,
+        "unavailable": list(reply.unavailable),
         "filters": reply.filters,
         "message": reply.message,
         "tracks": [

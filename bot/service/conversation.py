@@ -747,7 +747,7 @@ class ConversationService:
         writes_reason = self.config.reasoner != REASONER_OFF
         reply = Reply(
             ReplyKind.RECOMMENDATION, conv.id, turn.index, mode, tracks=tuple(cards), understood=understood,
-            unmatched=unmatched, filters=plan.filters.describe(), ranking=shown, timings=dict(timings),
+            unmatched=unmatched, unavailable=ranking.unavailable, filters=plan.filters.describe(), ranking=shown, timings=dict(timings),
             actions=AFTER_RECOMMENDATION, reason_pending=writes_reason,
         )  # fmt: skip
         await out.card(reply)  # the card never waits for the reason

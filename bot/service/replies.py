@@ -66,6 +66,7 @@ class Reply:
     tracks: tuple[TrackCard, ...] = ()
     understood: str = ""  # Preference.describe() of the user's words ("more drums, less sad")
     unmatched: tuple[str, ...] = ()  # words nothing understood
+    unavailable: tuple[str, ...] = ()  # what the words asked for that no track in the catalog has ("more opera")
     filters: str = ""  # the filters in force (FilterRequest.describe())
     message: str = ""  # a sentence for EXHAUSTED and PREVIEW replies, or a note
     preview: MediaFile | None = None  # PREVIEW: the video with the track (fits ReplyOptions.preview_budget_bytes)

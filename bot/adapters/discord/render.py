@@ -98,6 +98,10 @@ def card_embed(reply: Reply, track: TrackCard, *, reason: str | None = None, wri
     embed.add_field(name="Mode", value=reply.mode, inline=True)
     if reply.understood:
         embed.add_field(name="Understood", value=clip(reply.understood, MAX_FIELD_CHARS), inline=False)
+    if reply.unmatched:
+        embed.add_field(name="Not understood", value=clip(", ".join(reply.unmatched), MAX_FIELD_CHARS), inline=False)
+    if reply.unavailable:
+        embed.add_field(name="Nothing in the catalog for", value=clip(", ".join(reply.unavailable), MAX_FIELD_CHARS), inline=False)
     if reply.filters:
         embed.add_field(name="Filters", value=clip(reply.filters, MAX_FIELD_CHARS), inline=False)
     if track.excerpt is None and track.excerpt_note:

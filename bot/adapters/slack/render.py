@@ -148,6 +148,10 @@ def card_blocks(reply: Reply, *, streamed: bool = False, partial: str = "") -> l
     context = []
     if reply.understood:
         context.append(f"understood: {reply.understood}")
+    if reply.unmatched:
+        context.append(f"not understood: {', '.join(reply.unmatched)}")
+    if reply.unavailable:
+        context.append(f"nothing in the catalog for: {', '.join(reply.unavailable)}")
     if reply.filters:
         context.append(f"filters: {reply.filters}")
     if not reply.tracks and reply.message:

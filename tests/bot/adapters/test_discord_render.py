@@ -63,6 +63,14 @@ def reply(*tracks: TrackCard, **kw) -> Reply:
     return Reply(**fields)  # type: ignore[arg-type]
 
 
+def test_card_embed_says_what_was_not_understood_and_what_the_catalog_lacks() -> None:
+    r = reply(track(), understood="rainy afternoon \u2192 chill, ambient", unmatched=("asdf",), unavailable=("more opera",))
+    fields = {f["name"]: f["value"] for f in render.card_embed(r, r.tracks[0]).to_dict()["fields"]}
+    assert fields["Understood"] == "rainy afternoon \u2192 chill, ambient"
+    assert fields["Not understood"] == "asdf"
+    assert fields["Nothing in the catalog for"] == "more opera"
+
+
 def test_card_embed_shows_title_artist_tags_tempo_licence_mode_reason() -> None:
     r = reply(track(), understood="more drums")
     e = render.card_embed(r, r.tracks[0]).to_dict()

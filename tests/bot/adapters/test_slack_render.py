@@ -77,6 +77,12 @@ def test_reason_section_while_the_reason_is_written(kw: dict, expected: str) -> 
     assert reason["text"]["text"] == expected
 
 
+def test_words_not_understood_and_missing_from_the_catalog_are_said() -> None:
+    reply = _reply(tracks=(_card(),), understood="more drums", unmatched=("asdf",), unavailable=("more opera",))
+    texts = [e["text"] for b in render.card_blocks(reply) if b["type"] == "context" for e in b["elements"]]
+    assert texts[-1] == "understood: more drums · not understood: asdf · nothing in the catalog for: more opera"
+
+
 def test_filters_understood_and_missing_excerpt_are_shown() -> None:
     reply = _reply(
         tracks=(_card(excerpt=None, excerpt_note="excerpt unavailable", tempo_bpm=None),),
