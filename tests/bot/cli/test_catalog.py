@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bot.cli.main import app
 from bot.settings import get_settings
-from tests.conftest import lavfi
+from tests.conftest import lavfi, melody
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +29,8 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def music_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "music"
     folder.mkdir()
-    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
-    lavfi(folder / "high.ogg", "sine=f=880:d=14", args=("-c:a", "libvorbis"))
+    lavfi(folder / "low.ogg", melody(220, 12), args=("-c:a", "libvorbis"))
+    lavfi(folder / "high.ogg", melody(880, 14), args=("-c:a", "libvorbis"))
     return folder
 
 

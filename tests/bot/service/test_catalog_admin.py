@@ -1,8 +1,8 @@
 """Tests for bot/service/catalog_admin.py: folders, incremental refreshes, crash safety, tags, licences, status.
 
 Everything runs for real on the tiny profile: SQLite migrated to head in a temp folder, the
-embedded Qdrant catalog, the media store, and short tones synthesised with ffmpeg lavfi (with
-file tags where a test needs them). The music encoder is wrapped to count the tracks it embeds
+embedded Qdrant catalog, the media store, and short melodies synthesised with ffmpeg lavfi (with
+file tags where a test needs them; a steady sine is skipped as a constant tone, engine/screening.py). The music encoder is wrapped to count the tracks it embeds
 (and, for the crash test, to fail after N of them).
 """
 
@@ -44,9 +44,10 @@ from storage.media_store import MediaStore
 from storage.models import CatalogStatus as VersionStatus
 from storage.models import JobStatus
 from storage.track_store import CatalogVersionStore, TrackStore
-from tests.conftest import lavfi
+from tests.conftest import lavfi, melody
 
 TRACK_S = 6  # seconds per synthesised track: one segment, its own excerpt
+MIN_S = 5.0  # the admins here accept tracks this long (the default minimum, 10 s, is tested on its own)
 
 
 class CountingMusic(MusicEncoder):
@@ -83,9 +84,9 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tones")
     made = {}
     for name, hz in [("a", 220), ("b", 330), ("c", 440), ("d", 550), ("e", 660), ("f", 770)]:
-        made[name] = lavfi(root / f"{name}.ogg", f"sine=f={hz}:d={TRACK_S}", args=("-c:a", "libvorbis"))
+        made[name] = lavfi(root / f"{name}.ogg", melody(hz, TRACK_S), args=("-c:a", "libvorbis"))
     made["tagged"] = lavfi(
-        root / "tagged.ogg", f"sine=f=880:d={TRACK_S}",
+        root / "tagged.ogg", melody(880, TRACK_S),
         args=("-c:a", "libvorbis", "-metadata", "title=Night Drive", "-metadata", "artist=The Testers",
               "-metadata", "genre=Synthwave; Electronic", "-metadata", "LICENSE=CC-BY-4.0"),
     )  # fmt: skip
@@ -109,7 +110,7 @@ class Env:
         self.media = MediaStore(self.data / "media")
         self.admin = CatalogAdmin(
             engine=self.engine, catalog=self.catalog, media_store=self.media, data_dir=self.data,
-            encoders=encoders, fusion=fusion,
+            encoders=encoders, fusion=fusion, min_duration_s=MIN_S,
         )  # fmt: skip
 
     @property
@@ -587,7 +588,7 @@ async def test_lazy_encoders_are_loaded_only_when_needed(tmp_path: Path, sqlite_
 
     env.admin = CatalogAdmin(
         engine=env.engine, catalog=env.catalog, media_store=env.media, data_dir=env.data,
-        encoders=load, profile=counting.profile,
+        encoders=load, profile=counting.profile, min_duration_s=MIN_S,
     )  # fmt: skip
     try:
         await env.admin.add_folder(env.music)
