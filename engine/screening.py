@@ -29,6 +29,7 @@ Debian game packages not used by the demo (Ogg Vorbis, Opus, WAV, Impulse Tracke
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,10 @@ class NotMusicError(MediaError):
 
 class TooShortError(NotMusicError):
     def __init__(self, duration_s: float, min_s: float) -> None:
-        super().__init__(f"too short ({duration_s:.1f} s < {min_s:g} s)")
+        shown = f"{duration_s:.1f}"
+        if float(shown) >= min_s:  # 9.96 s must not read "10.0 s < 10 s"
+            shown = f"{math.floor(duration_s * 100) / 100:.2f}"
+        super().__init__(f"too short ({shown} s < {min_s:g} s)")
         self.duration_s, self.min_s = duration_s, min_s
 
     def __reduce__(self):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DECODER = "libsndfile"  # the name a decoded track records for this decoder
 SHORT_READ_TOLERANCE = 0.01  # fraction of the window a read may fall short of before it counts as truncated
+STEREO_TO_MONO = math.sqrt(0.5)  # gain of each channel in a stereo -> mono mix, as ffmpeg's decode_audio
 WAV_SUBTYPE = "PCM_16"  # intermediate WAVs handed to ffmpeg (excerpts, previews)
 
 
@@ -90,8 +91,9 @@ def sndfile_decode(
 ) -> np.ndarray:
     """Mono float32 at `sample_rate` Hz of `duration` seconds from `start` (the rest if None).  # (N,)
 
-    The same contract as `engine.media.decode_audio`: channels averaged, resampled with a
-    polyphase filter (scipy `resample_poly`, Kaiser window), samples left unclipped.
+    The same contract as `engine.media.decode_audio`: stereo mixed to mono as ffmpeg mixes it (so
+    loudness features agree between the decoders), other layouts averaged; resampled with a
+    polyphase filter (scipy `resample_poly`, Kaiser window); samples left unclipped.
     """
     from scipy.signal import resample_poly
 
@@ -100,7 +102,10 @@ def sndfile_decode(
     if duration is not None and not 0 < duration <= limits.max_seconds:
         raise ValueError(f"duration must be in (0, {limits.max_seconds}], got {duration}")
     data, rate = _read_window(path, start, duration)
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (N,)
+    if data.shape[1] == 2:  # as ffmpeg's `-ac 1` (swresample) mixes stereo: (L + R) / sqrt(2), measured
+        mono = (data[:, 0] + data[:, 1]) * np.float32(STEREO_TO_MONO)  # (N,)
+    else:
+        mono = data.mean(axis=1)  # (N,)
     if rate != sample_rate and len(mono):
         g = math.gcd(int(rate), int(sample_rate))
         mono = resample_poly(mono, sample_rate // g, rate // g)

@@ -141,6 +141,7 @@ SEE_COPYRIGHT = "see copyright"  # the licence recorded for tracks covered by su
 MANIFEST_FILE_COLUMNS = ("file", "filename", "path", "name")
 MANIFEST_TAG_SEPARATORS = re.compile(r"[;|,]")
 GENRE_SEPARATORS = re.compile(r"[;/,]")
+FFMPEG_LOG_TAG = re.compile(r"\[[^\]\[]* @ 0x[0-9a-f]+\]\s*")  # the "[component @ address]" of ffmpeg's log lines
 MAX_LICENCE_LEN = 128  # characters, the SQL column's size
 MAX_REPORTED_FAILURES = 200  # failures kept in a job's detail (the log has them all)
 CATALOG_LIMITS = MediaLimits(max_seconds=6 * 3600.0, max_bytes=2**31, timeout_s=120.0)  # music files: long mixes allowed
@@ -198,7 +199,7 @@ def skip_reason(exc: BaseException, path: str | Path | None = None) -> str:
         return "too large"
     if isinstance(exc, MediaTimeoutError):
         return "decode timed out"
-    detail = str(exc)
+    detail = FFMPEG_LOG_TAG.sub("", str(exc))  # "[in#0 @ 0x55...] ": an address, different each run
     if path is not None:
         detail = detail.removeprefix(f"{path}: ")
     if isinstance(exc, MediaError):

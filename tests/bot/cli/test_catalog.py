@@ -66,6 +66,27 @@ def test_a_corrupt_file_is_reported_and_the_rest_indexed(music_folder: Path) -> 
     assert "2 tracks" in result.output and "skipped" in result.output and "broken.ogg" in result.output
 
 
+def test_status_lists_skipped_files_with_their_reasons(music_folder: Path) -> None:
+    lavfi(music_folder / "tone.ogg", "sine=f=440:d=12", args=("-c:a", "libvorbis"))
+    lavfi(music_folder / "blip.ogg", melody(500, 2), args=("-c:a", "libvorbis"))
+    result = run("catalog", "add", str(music_folder), "--refresh")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich may wrap long paths
+    assert "2 tracks" in said and "skipped 2 file(s): 1 too short, 1 constant tone" in said
+    assert "blip.ogg: too short (2.0 s < 10 s)" in said and "tone.ogg: constant tone" in said
+    st = status()
+    assert st["skipped"] == [
+        {"path": str((music_folder / "blip.ogg").resolve()), "reason": "too short (2.0 s < 10 s)"},
+        {"path": str((music_folder / "tone.ogg").resolve()), "reason": "constant tone"},
+    ]
+    assert st["skipped_reasons"] == {"too short": 1, "constant tone": 1}
+    text = run("catalog", "status")
+    assert text.exit_code == 0, text.output
+    assert "skipped 2 file(s): 1 too short, 1 constant tone" in text.output
+    flat = " ".join(text.output.split())  # rich may wrap long paths
+    assert "blip.ogg: too short (2.0 s < 10 s)" in flat and "tone.ogg: constant tone" in flat
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
