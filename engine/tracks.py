@@ -6,8 +6,11 @@ musicnn's top-5 MagnaTagATune and top-5 Million Song Dataset tags (section 3). `
 does exactly that for one audio file, with no database:
 
 1. probe (an audio stream is required) and plan the segments (`engine.media.plan_segments`: the
-   centre 120 s, or all of a shorter track);
-2. decode that window ONCE, mono, at the music encoder's rate (16 kHz for every profile);
+   centre 120 s, or all of a shorter track). A file ffmpeg cannot open is probed and decoded with
+   libsndfile when libsndfile reads it (`probe_track`, engine/sndfile.py). With `min_duration_s`
+   a shorter file stops here (`engine.screening.TooShortError`);
+2. decode that window ONCE, mono, at the music encoder's rate (16 kHz for every profile); with
+   `check_content`, silence and constant tones stop here (engine/screening.py);
 3. embed each 10 s segment with the profile's music encoder (`encode_batch`, one batched pass):
    the per-segment pooled vectors (S, D) are kept for the fusion model's target-music tower
    (section 4.1's g_mt runs on segments), their mean is the track's music embedding, and the

@@ -131,8 +131,9 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
                     "folders": [str(f.path) for f in st.folders],
                     "running": st.running is not None,
                     "schedule": None if st.schedule is None else st.schedule.cron,
-                    "skipped": [{"path": f.path, "reason": f.reason or f.error} for f in st.failures if f.stage == "analyse"],
-                    "skipped_reasons": reason_counts(st.failures),
+                    "skipped": [{"path": f.path, "reason": f.reason or f.error} for f in st.failures if f.stage == "analyse"]
+                    + [{"path": path, "reason": f"duplicate of {kept}"} for path, kept in st.duplicates],
+                    "skipped_reasons": reason_counts(st.failures) | ({"duplicate": len(st.duplicates)} if st.duplicates else {}),
                     "failures": [f.to_json() for f in st.failures],
                     "schema": st.schema,
                 }
@@ -158,7 +159,7 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
                 f"{detail.get('tracks', '?')} tracks, {detail.get('analysed', 0)} embedded, {detail.get('failed', 0)} failed",
             )
         out.print(t)
-    print_skipped(st.failures, to=out)
+    print_skipped(st.failures, st.duplicates, to=out)
 
 
 def register_catalog_commands(app: typer.Typer) -> None:

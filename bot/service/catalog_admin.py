@@ -295,6 +295,7 @@ class CatalogStatus:
     folders: list[CatalogSource]
     last_runs: list[JobRun]  # newest first
     failures: list[FileFailure]  # of the newest finished run
+    duplicates: list[tuple[str, str]]  # of the newest finished run: (skipped path, path of the same audio kept)
     running: JobRun | None  # a refresh in progress (this or another process)
     schedule: JobSchedule | None
     schema: dict[str, int]  # vector name -> dimension the refresh builds
@@ -595,6 +596,7 @@ class CatalogAdmin:
         runs = await self.jobs.list_runs(kind=REFRESH_JOB, limit=10)
         finished = next((r for r in runs if r.status is not JobStatus.RUNNING), None)
         failures = [FileFailure(**f) for f in (finished.detail.get("failures", []) if finished else [])]
+        duplicates = [(str(a), str(b)) for a, b in (finished.detail.get("duplicates", []) if finished else [])]
         # a server catalog answers over the network: off the event loop
         catalog_live = await asyncio.to_thread(self.catalog.live_version)
         points = await asyncio.to_thread(self.catalog.count)
@@ -605,6 +607,7 @@ class CatalogAdmin:
             folders=await self.sources.list(),
             last_runs=runs,
             failures=failures,
+            duplicates=duplicates,
             running=next((r for r in runs if r.status is JobStatus.RUNNING), None),
             schedule=await self.jobs.get_schedule(kind=REFRESH_JOB),
             schema=self.catalog.schema.to_json(),

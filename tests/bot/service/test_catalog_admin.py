@@ -371,6 +371,7 @@ async def test_same_audio_twice_is_one_track(env: Env, tones: dict[str, Path]) -
     report = await env.admin.refresh()
     assert report.files == 2 and report.tracks == 1 and env.music_calls == 1
     assert report.duplicates == [(str(env.music / "sub" / "copy.ogg"), str(a))]
+    assert (await env.admin.status()).duplicates == report.duplicates  # status names the copy and what it copies
 
 
 async def test_a_second_refresh_at_once_is_refused(env: Env, tones: dict[str, Path]) -> None:
