@@ -7,11 +7,12 @@ recommended. The catalog (bot/service/catalog_admin.py) skips them, with a reaso
 - **too short** (`TooShortError`): under `MIN_TRACK_S` seconds by the header, checked before
   any decoding. The default is one paper segment (section 3: tracks are cut into 10 s segments,
   the unit the fusion model and the excerpt chooser work on): three of musicnn's 3 s patches, and
-  enough beats for a tempo. Shorter files in the game packages we index are sound effects.
+  enough beats for a tempo. Shorter files in the game packages we index are sound effects and a
+  few jingles (6-10 s), which are not background music for a video either.
 - **silence** (`SilenceError`): on the decoded window, cut into FRAME_S frames, the loudest
   frames stay quiet: the LOUD_PERCENTILE-th percentile of the frames' RMS level is below
-  SILENCE_DB dBFS (so at most 2 % of the window rises above it: a hidden track after minutes of
-  silence still counts as sound).
+  SILENCE_DB dBFS (at most 2 % of the window rises above it: a click or a cough in silence is
+  still silence, a quiet piece with a few loud seconds is not).
 - **constant tone** (`ConstantToneError`): among the frames above SILENCE_DB, the spectrum hardly
   changes: the median spectral flux (1 - cosine between consecutive frames' magnitude spectra)
   is below TONE_MAX_FLUX. A sine, a square wave, a dial tone, even one whose loudness swells

@@ -16,7 +16,8 @@ import soundfile as sf
 
 from engine.media import MediaLimits, NotMediaError, TooLargeError, UnopenableMediaError, decode_audio, ffmpeg_binary, probe
 from engine.sndfile import DECODER, sndfile_decode, sndfile_probe, sndfile_to_wav
-from engine.tracks import FFMPEG_DECODER, decode_track, probe_track
+from engine.profiles import load_encoders
+from engine.tracks import FFMPEG_DECODER, TrackAnalysis, analyse_track, decode_track, probe_track
 from tests.helpers.audio import pad_vorbis_setup_header
 
 CLIP_S = 20.0  # seconds of the real track
@@ -99,3 +100,11 @@ def test_a_window_as_wav_for_ffmpeg(clips: dict[str, Path], tmp_path: Path) -> N
     got = decode_audio(wav, sample_rate=SR)
     n = min(len(got), len(ref))
     assert float(np.corrcoef(got[:n], ref[:n])[0, 1]) > 0.99
+
+
+def test_an_analysis_remembers_its_decoder(clips: dict[str, Path]) -> None:
+    tiny = load_encoders("tiny")
+    a = analyse_track(clips["padded"], tiny)
+    assert a.decoder == DECODER and len(a.segments) == 2  # 20 s: two 10 s segments
+    b = TrackAnalysis.from_bytes(a.to_bytes())  # the feature cache keeps it
+    assert b.decoder == DECODER and b.duration_s == a.duration_s

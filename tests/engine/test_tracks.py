@@ -124,6 +124,7 @@ def test_round_trip_bytes(tiny, click_track: Path) -> None:
     assert (b.excerpt_start_s, b.excerpt_duration_s, b.content_hash, b.profile) == (
         a.excerpt_start_s, a.excerpt_duration_s, a.content_hash, a.profile
     )  # fmt: skip
+    assert b.decoder == a.decoder == "ffmpeg"
 
 
 BAD_FILES = [
