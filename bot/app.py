@@ -270,6 +270,7 @@ class App:
             self._admin = CatalogAdmin(
                 engine=self.sql, catalog=self.catalog, media_store=self.media, data_dir=s.data_dir, encoders=encoders,
                 profile=profile, fusion=fusion, ffmpeg=s.ffmpeg_binary, pool=self.pool,
+                min_duration_s=s.catalog_min_track_s, check_content=s.catalog_check_content,
             )  # fmt: skip
         return self._admin
 

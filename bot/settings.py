@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.service.errors import SettingsError  # noqa: F401 - the error of a setting the bot cannot run with
+from engine.screening import MIN_TRACK_S
 
 MB = 2**20  # bytes
 
@@ -101,6 +102,8 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(15 * 60.0, description="longest accepted upload, seconds")
     max_upload_bytes: int = Field(200 * MB, description="largest accepted upload, bytes")
     ffmpeg_timeout_s: float = Field(120.0, description="time limit of one ffmpeg call, seconds")
+    catalog_min_track_s: float = Field(MIN_TRACK_S, ge=0.0, description="catalog: shorter files are skipped as too short, seconds (one paper segment)")
+    catalog_check_content: bool = Field(True, description="catalog: skip silence and constant tones (engine/screening.py)")
 
     @property
     def sql_url(self) -> str:

@@ -161,6 +161,13 @@ class CorruptMediaError(MediaError):
     default_user_message = "That file looks damaged or incomplete (was the upload cut short?); please send it again."
 
 
+class UnopenableMediaError(CorruptMediaError):
+    """ffmpeg cannot open a file that starts like media: a damaged header, or one its demuxers refuse.
+
+    The catalog tries libsndfile on these (engine/sndfile.py); a user's upload gets the message above.
+    """
+
+
 class MediaTimeoutError(MediaError):
     default_user_message = "Reading that file took too long; please try a shorter or smaller video."
 
@@ -303,7 +310,7 @@ def _open_failed(path: Path, stderr: str) -> MediaError:
     tail = " | ".join(stderr.strip().splitlines()[-3:])
     score = _probe_score(stderr)
     if (score is None or score >= MIN_PROBE_SCORE) and _has_container_signature(path):
-        return CorruptMediaError(f"{path}: has a media signature but ffmpeg cannot open it: {tail}")
+        return UnopenableMediaError(f"{path}: has a media signature but ffmpeg cannot open it: {tail}")
     return NotMediaError(f"{path}: ffmpeg cannot open it: {tail}")
 
 

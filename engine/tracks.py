@@ -6,8 +6,11 @@ musicnn's top-5 MagnaTagATune and top-5 Million Song Dataset tags (section 3). `
 does exactly that for one audio file, with no database:
 
 1. probe (an audio stream is required) and plan the segments (`engine.media.plan_segments`: the
-   centre 120 s, or all of a shorter track);
-2. decode that window ONCE, mono, at the music encoder's rate (16 kHz for every profile);
+   centre 120 s, or all of a shorter track). A file ffmpeg cannot open is probed and decoded with
+   libsndfile when libsndfile reads it (`probe_track`, engine/sndfile.py). With `min_duration_s`
+   a shorter file stops here (`engine.screening.TooShortError`);
+2. decode that window ONCE, mono, at the music encoder's rate (16 kHz for every profile); with
+   `check_content`, silence and constant tones stop here (engine/screening.py);
 3. embed each 10 s segment with the profile's music encoder (`encode_batch`, one batched pass):
    the per-segment pooled vectors (S, D) are kept for the fusion model's target-music tower
    (section 4.1's g_mt runs on segments), their mean is the track's music embedding, and the
@@ -40,6 +43,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +60,9 @@ from engine.media import (
     MediaError,
     MediaInfo,
     MediaLimits,
+    NotMediaError,
     Segment,
+    UnopenableMediaError,
     decode_audio,
     plan_segments,
     probe,
@@ -64,11 +70,15 @@ from engine.media import (
 from engine.profiles import Encoders
 from engine.render import EXCERPT_S
 from engine.rhythm import rhythm
+from engine.screening import check_duration, check_music
+from engine.sndfile import DECODER as SNDFILE_DECODER
+from engine.sndfile import sndfile_decode, sndfile_probe
 from engine.video import content_hash as file_hash
 from engine.zeroshot import track_sentence
 
 log = logging.getLogger(__name__)
 
+FFMPEG_DECODER = "ffmpeg"
 ANALYSIS_VERSION = 1  # bump when what analyse_track computes changes: cached analyses are redone
 MIN_SEGMENT_S = 1.0  # seconds: a segment the decoder left shorter than this (file ended early) is dropped
 EXCERPT_EDGE_S = 5.0  # seconds at each end of a track the excerpt avoids (intros, fade-outs)
@@ -93,6 +103,7 @@ class DecodedTrack:
     audio: np.ndarray  # (N,) mono float32 from segments[0].start_s at `sample_rate`
     sample_rate: int  # Hz
     decode_s: float  # seconds spent probing and decoding
+    decoder: str = FFMPEG_DECODER  # "ffmpeg", or "libsndfile" for files ffmpeg cannot open (engine/sndfile.py)
 
     def segment_audio(self) -> tuple[list[Segment], list[np.ndarray]]:
         """The segments that decoded to at least MIN_SEGMENT_S, and their samples.  # [(n_i,)]"""
@@ -125,6 +136,7 @@ class TrackAnalysis:
     text_vector: np.ndarray | None = None  # (Dt,) L2-normalised sentence vector, float32
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     version: int = ANALYSIS_VERSION
+    decoder: str = FFMPEG_DECODER  # who decoded the audio: "ffmpeg" | "libsndfile"
 
     @property
     def music_vector(self) -> np.ndarray:
@@ -178,6 +190,7 @@ class TrackAnalysis:
             "excerpt_duration_s": self.excerpt_duration_s,
             "sentence": self.sentence,
             "timings": self.timings,
+            "decoder": self.decoder,
         }
         arrays = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -211,6 +224,7 @@ class TrackAnalysis:
                 text_vector=z["text_vector"] if "text_vector" in z.files else None,
                 timings={str(k): float(v) for k, v in meta["timings"].items()},
                 version=int(meta["version"]),
+                decoder=str(meta.get("decoder", FFMPEG_DECODER)),  # analyses cached before the field: ffmpeg
             )
 
 
@@ -224,6 +238,29 @@ def display_tag(name: str) -> str:
     return name.split(":", 1)[-1].strip().lower()
 
 
+def probe_track(
+    path: str | Path, *, limits: MediaLimits = MediaLimits(), ffmpeg: str | None = None, fallback: bool = True
+) -> tuple[MediaInfo, str]:
+    """Probe an audio file with ffmpeg; if ffmpeg cannot open it, with libsndfile (`fallback`).
+
+    Returns (info, decoder). Only a file ffmpeg could not open at all goes to libsndfile
+    (`UnopenableMediaError`, `NotMediaError`); one ffmpeg opened and found truncated stays refused.
+    When libsndfile cannot read it either, ffmpeg's error is raised.
+    """
+    path = Path(path)
+    try:
+        return probe(path, limits=limits, require_audio=True, ffmpeg=ffmpeg), FFMPEG_DECODER
+    except (UnopenableMediaError, NotMediaError) as exc:
+        if not fallback:
+            raise
+        try:
+            info = sndfile_probe(path, limits=limits)
+        except NotMediaError:
+            raise exc from None
+        log.info("ffmpeg cannot open %s (%s); decoding it with libsndfile", path, exc)
+        return info, SNDFILE_DECODER
+
+
 def decode_track(
     path: str | Path,
     *,
@@ -231,21 +268,35 @@ def decode_track(
     limits: MediaLimits = MediaLimits(),
     ffmpeg: str | None = None,
     content_hash: str | None = None,
+    min_duration_s: float = 0.0,
+    check_content: bool = False,
+    fallback: bool = True,
 ) -> DecodedTrack:
     """Probe `path` (audio required) and decode its analysed window once (module docstring, 1-2).
 
-    Raises the typed `MediaError`s; a file whose window decodes to nothing is `CorruptMediaError`.
+    `fallback`: files ffmpeg cannot open are decoded with libsndfile (`probe_track`).
+    `min_duration_s`: shorter files raise `engine.screening.TooShortError` before any decoding;
+    `check_content`: silence and constant tones raise `SilenceError` / `ConstantToneError`
+    (engine/screening.py). Raises the typed `MediaError`s; a file whose window decodes to nothing
+    is `CorruptMediaError`.
     """
     path = Path(path)
     t0 = time.perf_counter()
-    info = probe(path, limits=limits, require_audio=True, ffmpeg=ffmpeg)
+    info, decoder = probe_track(path, limits=limits, ffmpeg=ffmpeg, fallback=fallback)
+    if min_duration_s > 0:
+        check_duration(info.duration_s, min_duration_s)
     segments = plan_segments(info.duration_s)
     start, end = segments[0].start_s, segments[-1].end_s
-    audio = decode_audio(path, sample_rate=sample_rate, start=start, duration=end - start, ffmpeg=ffmpeg, limits=limits)
+    if decoder == FFMPEG_DECODER:
+        audio = decode_audio(path, sample_rate=sample_rate, start=start, duration=end - start, ffmpeg=ffmpeg, limits=limits)
+    else:
+        audio = sndfile_decode(path, sample_rate=sample_rate, start=start, duration=end - start, limits=limits)
     if audio.size == 0:
         raise CorruptMediaError(f"{path}: no audio decoded in {start:.1f}-{end:.1f}s")
+    if check_content:
+        check_music(audio, sample_rate, name=path.name)
     digest = content_hash or file_hash(path)
-    return DecodedTrack(path, digest, info, segments, audio, sample_rate, time.perf_counter() - t0)
+    return DecodedTrack(path, digest, info, segments, audio, sample_rate, time.perf_counter() - t0, decoder)
 
 
 def choose_excerpt(
@@ -291,10 +342,45 @@ def sentence_vectors(text_encoder: TextEncoder, sentences: Sequence[str]) -> np.
     return np.asarray(vecs, dtype=np.float32)
 
 
+def _words_title(text: str) -> str:
+    """"battle-epic_2" -> "Battle Epic 2": separators to spaces, each word capitalised."""
+    return " ".join(w[:1].upper() + w[1:] for w in text.replace("_", " ").replace("-", " ").split())
+
+
+def generic_name(stem: str) -> tuple[bool, int | None]:
+    """Whether a file or folder name says nothing of the music ("song", "Track 03", "01", "untitled"),
+    and the number it carries: ("track_07") -> (True, 7); ("battle-epic") -> (False, None)."""
+    m = _GENERIC_RE.match(stem.strip().lower())
+    if m is None or not (m.group(1) or m.group(2)):
+        return False, None
+    return True, int(m.group(2)) if m.group(2) else None
+
+
+GENERIC_WORDS = ("song", "track", "audio", "untitled", "music", "sound", "tune", "title", "unknown", "piste", "titel")
+GENERIC_FOLDERS = frozenset({"music", "musics", "audio", "songs", "tracks", "sounds", "snd", "sfx", "ogg", "mp3", "flac", "wav", "default", "data", "media", "files", "albums", "downloads"})
+_GENERIC_RE = re.compile(r"^(?:(" + "|".join(GENERIC_WORDS) + r")s?)?[\s_.()#-]*(\d{1,4})?[\s_.()-]*$")
+
+
 def title_from_path(path: str | Path) -> str:
-    """A title for a file without metadata: "battle-epic_2.ogg" -> "Battle Epic 2"."""
-    stem = Path(path).stem.replace("_", " ").replace("-", " ")
-    return " ".join(w[:1].upper() + w[1:] for w in stem.split()) or Path(path).name
+    """A title for a file without metadata, from its name: "battle-epic_2.ogg" -> "Battle Epic 2".
+
+    A generic file name (`generic_name`: song, track, audio, untitled, a bare number...) takes its
+    folder's name instead, with the number it carried: "Rainy Days/song.ogg" -> "Rainy Days",
+    "aftermath_soundtrack/track25.opus" -> "Aftermath Soundtrack 25", unless the folder's name is
+    generic too ("music/01.ogg" -> "01").
+    """
+    path = Path(path)
+    generic, number = generic_name(path.stem)
+    folder = path.parent.name
+    if generic and folder and not generic_name(folder)[0] and folder.lower() not in GENERIC_FOLDERS:
+        return _words_title(folder) + (f" {number}" if number is not None else "")
+    return _words_title(path.stem) or path.name
+
+
+def title_source(path: str | Path) -> str:
+    """Where `title_from_path` found the title: "folder name" or "file name"."""
+    path = Path(path)
+    return "folder name" if title_from_path(path) != (_words_title(path.stem) or path.name) else "file name"
 
 
 def track_text(title: str, artist: str | None, tags: Iterable[str], auto_tags: Iterable[str]) -> str:
@@ -341,6 +427,7 @@ def embed_track(
         onset_rate=float(r.onset_rate),
         excerpt_start_s=excerpt_start,
         excerpt_duration_s=excerpt_len,
+        decoder=decoded.decoder,
     )
     sentence = track_text(title or title_from_path(decoded.path), artist, tags, analysis.auto_tags)
     analysis = analysis.with_text(sentence, sentence_vectors(encoders.text, [sentence])[0])
@@ -399,16 +486,22 @@ def analyse_tracks(
     *,
     limits: MediaLimits = MediaLimits(),
     ffmpeg: str | None = None,
+    min_duration_s: float = 0.0,
+    check_content: bool = False,
 ) -> Iterator[tuple[TrackJob, TrackAnalysis | MediaError]]:
     """Analyse files in order, decoding the next one while the current one is embedded.
 
+    `min_duration_s`, `check_content`: as `decode_track` (the catalog skips what is not music).
     Yields (job, analysis) or (job, the MediaError that file raised); any other exception
     propagates (it is a bug or an interruption, not a bad file).
     """
     sr = encoders.music.sample_rate
 
     def decode(job: TrackJob) -> DecodedTrack:
-        return decode_track(job.path, sample_rate=sr, limits=limits, ffmpeg=ffmpeg, content_hash=job.content_hash)
+        return decode_track(
+            job.path, sample_rate=sr, limits=limits, ffmpeg=ffmpeg, content_hash=job.content_hash,
+            min_duration_s=min_duration_s, check_content=check_content,
+        )  # fmt: skip
 
     queue = iter(jobs)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="track-decode") as pool:

@@ -57,6 +57,12 @@ def lavfi(out: Path, *inputs: str, args: tuple[str, ...] = ()) -> Path:
     return out
 
 
+def melody(hz: float, seconds: float) -> str:
+    """A lavfi source of a five-note melody from `hz` (a note every 0.1 s, with a 5 Hz swell): music to
+    the catalog's silence / constant-tone checks (its spectral flux is ~0.9, a sine's ~0: engine/screening.py)."""
+    return f"aevalsrc='0.3*sin(2*PI*{hz}*(1+mod(floor(t*10)\\,5)/4)*t)*(0.6+0.4*cos(2*PI*5*t))':d={seconds}"
+
+
 @pytest.fixture(scope="session")
 def media_factory(tmp_path_factory: pytest.TempPathFactory):
     """Return `make(name, *lavfi_inputs, args=())` that writes synthetic media into a temp dir."""

@@ -205,6 +205,23 @@ async def with_reason_stream(coro_fn: Any, message: str) -> Any:
 STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "excerpt": "cutting excerpts", "write": "writing catalog"}
 
 
+def print_skipped(failures, duplicates=(), to: Console = console) -> None:
+    """The files a refresh skipped, with their reasons, those indexed without an excerpt, and the
+    copies of audio indexed (or skipped) under another path."""
+    from bot.service.catalog_admin import reason_counts
+
+    counts = reason_counts(failures)
+    if duplicates:
+        counts["duplicate"] = len(duplicates)
+    if counts:
+        to.print(f"skipped {sum(counts.values())} file(s): " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    for f in failures:
+        label = "skipped" if f.stage == "analyse" else "no excerpt for"
+        to.print(f"[yellow]{label}[/yellow] {escape(f.path)}: {escape(f.reason or f.error)}")
+    for path, kept in duplicates:
+        to.print(f"[yellow]skipped[/yellow] {escape(path)}: duplicate of {escape(kept)}")
+
+
 async def refresh_with_progress(admin) -> None:
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -225,8 +242,7 @@ async def refresh_with_progress(admin) -> None:
     )
     if report.analysed:
         out.print(f"embedding speed: {report.tracks_per_minute:.1f} tracks/min, {report.x_realtime:.0f}x real time")
-    for f in report.failures:
-        console.print(f"[yellow]skipped[/yellow] {f.path} ({f.stage}): {f.error}")
+    print_skipped(report.failures, report.duplicates)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 

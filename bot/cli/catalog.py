@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from bot.adapters.terminal import refresh_with_progress
+from bot.adapters.terminal import print_skipped, refresh_with_progress
 from bot.cli.common import EXIT_USER_ERROR, cli_errors, console, open_app, out
 from bot.settings import Settings, get_settings
 
@@ -154,6 +154,8 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
             return await admin.status()
 
     st = _run(go)
+    from bot.service.catalog_admin import reason_counts
+
     mode = "fusion" if get_settings().fusion_checkpoint else "zero-shot"
     if as_json:
         out.print_json(
@@ -165,6 +167,9 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
                     "folders": [str(f.path) for f in st.folders],
                     "running": st.running is not None,
                     "schedule": None if st.schedule is None else st.schedule.cron,
+                    "skipped": [{"path": f.path, "reason": f.reason or f.error} for f in st.failures if f.stage == "analyse"]
+                    + [{"path": path, "reason": f"duplicate of {kept}"} for path, kept in st.duplicates],
+                    "skipped_reasons": reason_counts(st.failures) | ({"duplicate": len(st.duplicates)} if st.duplicates else {}),
                     "failures": [f.to_json() for f in st.failures],
                     "schema": st.schema,
                 }
@@ -190,8 +195,7 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
                 f"{detail.get('tracks', '?')} tracks, {detail.get('analysed', 0)} embedded, {detail.get('failed', 0)} failed",
             )
         out.print(t)
-    for f in st.failures:
-        out.print(f"[yellow]failed[/yellow] {f.path} ({f.stage}): {f.error}")
+    print_skipped(st.failures, st.duplicates, to=out)
 
 
 def register_catalog_commands(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ catalog, now (`musechat catalog refresh`) or on a schedule (bot/service/schedule
    data directory, keyed by path, size and mtime, spares re-reading unchanged files); the same
    audio found twice is one track, described by the first path (the others are reported);
 2. reads each file's tags (mutagen: title, artist, genre, licence), the folder's admin manifest
-   (CSV or JSON: file name -> title, artist, licence, tags) and the licence rules below;
+   (CSV or JSON: file name -> title, artist, licence, tags) and the licence and title rules below;
 3. analyses only new or changed audio (`engine.tracks.analyse_tracks`: the paper's centre 120 s
    in twelve 10 s segments, musicnn top-5 MTT + top-5 MSD tags, rhythm, excerpt window, sentence
    vector). Results go to a feature cache keyed by content hash (`<data_dir>/features/<profile
@@ -22,10 +22,22 @@ catalog, now (`musechat catalog refresh`) or on a schedule (bot/service/schedule
    aborts the build: the previous version keeps serving. Points are built and upserted
    WRITE_BATCH tracks at a time from the feature cache, so memory does not grow with the catalog.
 
-A damaged file (any `MediaError`) is reported and skipped, the rest are indexed; but a refresh in
-which every file failed, or a registered folder that has vanished (an unmounted disk), fails
-instead of publishing an emptied catalog. Every run is recorded in the `jobs` table, with its
-counts and failures (`status()` shows them).
+What is not a music track is skipped with a reason (`skip_reason`, listed in the refresh's report
+and in `status()`): a file ffmpeg cannot open that libsndfile cannot read either ("not audio"; one
+libsndfile reads is analysed from its decode, engine/sndfile.py, and its excerpt cut from a WAV
+of the window), one shorter than `min_duration_s` ("too short (1.0 s < 10 s)", from the header,
+before any decoding), silence and constant tones ("silence", "constant tone", on the decoded
+window: engine/screening.py), and damaged files ("decode failed: ..."). The rest are indexed; but
+a refresh in which every file failed, or a registered folder that has vanished (an unmounted
+disk), fails instead of publishing an emptied catalog. Every run is recorded in the `jobs` table,
+with its counts and failures (`status()` shows them). Skipped files are probed again by the next
+refresh (a file may have been replaced): a too-short one costs a probe, a silent one a decode.
+
+Title of a track, first found: the file's own TITLE tag; the manifest's entry; the file name
+("battle-epic_2.ogg" -> "Battle Epic 2"), or, when the file name is generic (song, track, audio,
+untitled, a bare number: `engine.tracks.generic_name`), its folder's name ("Rainy Days/song.ogg"
+-> "Rainy Days", "album/track25.opus" -> "Album 25"). Where it came from is kept in the track's
+SQL attributes (`title_source`). The artist is the manifest's, else the file's.
 
 Licence of a track, first found: the manifest's entry; the folder's `licence` (`--licence`);
 the file's own LICENSE tag; "see copyright" when a Debian `copyright` file lies in the file's
@@ -69,9 +81,20 @@ from bot.service.catalog_layout import (  # noqa: F401 - re-exported
     features_key,
 )
 from bot.service.pool import CATALOG, ModelPool
-from engine.media import MediaError, MediaLimits
+from engine.media import (
+    MediaError,
+    MediaLimits,
+    MediaTimeoutError,
+    NoAudioStreamError,
+    NotMediaError,
+    TooLargeError,
+    TooLongError,
+)
 from engine.profiles import Encoders, ProfileConfig
 from engine.render import EXCERPT_FADE_S, ExcerptFormat, cut_excerpt
+from engine.screening import MIN_TRACK_S, NotMusicError
+from engine.sndfile import DECODER as SNDFILE_DECODER
+from engine.sndfile import sndfile_to_wav
 from engine.tracks import (
     TrackAnalysis,
     TrackJob,
@@ -79,6 +102,7 @@ from engine.tracks import (
     display_tag,
     sentence_vectors,
     title_from_path,
+    title_source,
     track_text,
 )
 from storage.catalog import (
@@ -107,12 +131,17 @@ from storage.track_store import (
 log = logging.getLogger(__name__)
 
 REFRESH_JOB = "catalog_refresh"  # jobs.kind of a refresh run
-AUDIO_EXTENSIONS = frozenset({".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".mka"})
+AUDIO_EXTENSIONS = frozenset({
+    ".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".aifc", ".mka", ".wv",
+    ".caf", ".au", ".w64",
+    ".it", ".xm", ".s3m", ".mod",  # tracker modules (game music): ffmpeg renders them with libopenmpt
+})  # fmt: skip
 COPYRIGHT_FILE = "copyright"  # Debian's per-package licence file
 SEE_COPYRIGHT = "see copyright"  # the licence recorded for tracks covered by such a file
 MANIFEST_FILE_COLUMNS = ("file", "filename", "path", "name")
 MANIFEST_TAG_SEPARATORS = re.compile(r"[;|,]")
 GENRE_SEPARATORS = re.compile(r"[;/,]")
+FFMPEG_LOG_TAG = re.compile(r"\[[^\]\[]* @ 0x[0-9a-f]+\]\s*")  # the "[component @ address]" of ffmpeg's log lines
 MAX_LICENCE_LEN = 128  # characters, the SQL column's size
 MAX_REPORTED_FAILURES = 200  # failures kept in a job's detail (the log has them all)
 CATALOG_LIMITS = MediaLimits(max_seconds=6 * 3600.0, max_bytes=2**31, timeout_s=120.0)  # music files: long mixes allowed
@@ -144,9 +173,50 @@ class FileFailure:
     path: str
     stage: str  # "analyse" (the track was skipped) | "excerpt" (indexed without an excerpt)
     error: str  # the error's type and message, for the admin
+    reason: str = ""  # the short reason (`skip_reason`): "too short (1.0 s < 10 s)", "silence", "not audio", ...
 
     def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "stage": self.stage, "error": self.error}
+        return {"path": self.path, "stage": self.stage, "reason": self.reason or self.error, "error": self.error}
+
+    @classmethod
+    def of(cls, path: str | Path, stage: str, exc: BaseException) -> FileFailure:
+        return cls(str(path), stage, f"{type(exc).__name__}: {exc}", skip_reason(exc, path))
+
+
+def skip_reason(exc: BaseException, path: str | Path | None = None) -> str:
+    """The short reason an admin reads for a file a refresh skipped (or indexed without an excerpt).
+
+    "too short (1.0 s < 10 s)", "silence", "constant tone" (engine/screening.py), "not audio",
+    "too long", "too large", "decode timed out", "decode failed: <what ffmpeg said>", "unreadable: ...".
+    """
+    if isinstance(exc, NotMusicError):
+        return exc.reason
+    if isinstance(exc, (NotMediaError, NoAudioStreamError)):
+        return "not audio"
+    if isinstance(exc, TooLongError):
+        return "too long"
+    if isinstance(exc, TooLargeError):
+        return "too large"
+    if isinstance(exc, MediaTimeoutError):
+        return "decode timed out"
+    detail = FFMPEG_LOG_TAG.sub("", str(exc))  # "[in#0 @ 0x55...] ": an address, different each run
+    if path is not None:
+        detail = detail.removeprefix(f"{path}: ")
+    if isinstance(exc, MediaError):
+        return f"decode failed: {detail}"
+    if isinstance(exc, OSError):
+        return f"unreadable: {exc.strerror or detail}"
+    return f"{type(exc).__name__}: {detail}"
+
+
+def reason_counts(failures: list[FileFailure]) -> dict[str, int]:
+    """Skipped files per kind of reason ("too short": 3, "silence": 1), most frequent first."""
+    counts: dict[str, int] = {}
+    for f in failures:
+        if f.stage == "analyse":
+            kind = re.split(r" \(|:", f.reason or f.error, maxsplit=1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 @dataclass(frozen=True)
@@ -225,6 +295,7 @@ class CatalogStatus:
     folders: list[CatalogSource]
     last_runs: list[JobRun]  # newest first
     failures: list[FileFailure]  # of the newest finished run
+    duplicates: list[tuple[str, str]]  # of the newest finished run: (skipped path, path of the same audio kept)
     running: JobRun | None  # a refresh in progress (this or another process)
     schedule: JobSchedule | None
     schema: dict[str, int]  # vector name -> dimension the refresh builds
@@ -452,6 +523,8 @@ class CatalogAdmin:
         excerpt_format: ExcerptFormat = "ogg",
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
         pool: ModelPool | None = None,
+        min_duration_s: float = MIN_TRACK_S,
+        check_content: bool = True,
     ) -> None:
         if isinstance(encoders, Encoders):
             profile = encoders.profile
@@ -465,6 +538,8 @@ class CatalogAdmin:
         self.ffmpeg = ffmpeg
         self.excerpt_format = excerpt_format
         self.keep_versions = keep_versions
+        self.min_duration_s = min_duration_s  # shorter files are skipped ("too short")
+        self.check_content = check_content  # silence and constant tones are skipped (engine/screening.py)
         self.sources = SourceStore(engine)
         self.tracks = TrackStore(engine)
         self.versions = CatalogVersionStore(engine)
@@ -521,6 +596,7 @@ class CatalogAdmin:
         runs = await self.jobs.list_runs(kind=REFRESH_JOB, limit=10)
         finished = next((r for r in runs if r.status is not JobStatus.RUNNING), None)
         failures = [FileFailure(**f) for f in (finished.detail.get("failures", []) if finished else [])]
+        duplicates = [(str(a), str(b)) for a, b in (finished.detail.get("duplicates", []) if finished else [])]
         # a server catalog answers over the network: off the event loop
         catalog_live = await asyncio.to_thread(self.catalog.live_version)
         points = await asyncio.to_thread(self.catalog.count)
@@ -531,6 +607,7 @@ class CatalogAdmin:
             folders=await self.sources.list(),
             last_runs=runs,
             failures=failures,
+            duplicates=duplicates,
             running=next((r for r in runs if r.status is JobStatus.RUNNING), None),
             schedule=await self.jobs.get_schedule(kind=REFRESH_JOB),
             schema=self.catalog.schema.to_json(),
@@ -651,7 +728,7 @@ class CatalogAdmin:
                 sha = await asyncio.to_thread(hashes.sha256, path)
                 file_tags = await asyncio.to_thread(read_file_tags, path)
             except OSError as exc:
-                report.failures.append(FileFailure(str(path), "analyse", f"{type(exc).__name__}: {exc}"))
+                report.failures.append(FileFailure.of(path, "analyse", exc))
                 continue
             if sha in by_sha:
                 report.duplicates.append((str(path), str(by_sha[sha].path)))
@@ -682,9 +759,15 @@ class CatalogAdmin:
                 break
         else:
             licence_source = ""
+        for title, title_from in ((file_tags.title, "tags"), (entry.title, "manifest")):
+            if title:
+                break
+        else:
+            title, title_from = title_from_path(path), title_source(path)
         attributes: dict[str, Any] = {
             "tag_sources": {"metadata": list(file_tags.genres), "manifest": list(entry.tags)},
             "licence_source": licence_source,
+            "title_source": title_from,
             "source_folder": str(source.path),
         }
         if copyright_file is not None:
@@ -693,7 +776,7 @@ class CatalogAdmin:
             path=path,
             sha=sha,
             source=source,
-            title=entry.title or file_tags.title or title_from_path(path),
+            title=title,
             artist=entry.artist or file_tags.artist,
             tags=tuple(dict.fromkeys([*entry.tags, *file_tags.genres])),
             licence=licence,
@@ -717,7 +800,9 @@ class CatalogAdmin:
             return tracks
         encoders = await asyncio.to_thread(self._get_encoders)
         jobs = [TrackJob(t.path, title=t.title, artist=t.artist, tags=t.tags, content_hash=t.sha) for t in todo]
-        results = analyse_tracks(jobs, encoders, limits=self.limits, ffmpeg=self.ffmpeg)
+        results = analyse_tracks(
+            jobs, encoders, limits=self.limits, ffmpeg=self.ffmpeg, min_duration_s=self.min_duration_s, check_content=self.check_content
+        )
         failed: set[Path] = set()
         t0 = time.perf_counter()
         done = 0
@@ -736,7 +821,7 @@ class CatalogAdmin:
                     outcome = "analysed"
                 else:
                     failed.add(job.path)
-                    report.failures.append(FileFailure(str(job.path), "analyse", f"{type(result).__name__}: {result}"))
+                    report.failures.append(FileFailure.of(job.path, "analyse", result))
                     log.warning("catalog refresh: skipping %s: %s", job.path, result)
                     outcome = "failed"
                 report.analyse_s = time.perf_counter() - t0
@@ -762,7 +847,7 @@ class CatalogAdmin:
             for t in tracks[start : start + WRITE_BATCH]:
                 t.analysis = await asyncio.to_thread(self.features.get, t.sha)
                 if t.analysis is None:  # removed or damaged since the analysis pass
-                    report.failures.append(FileFailure(str(t.path), "analyse", "its cached features could not be read back"))
+                    report.failures.append(FileFailure(str(t.path), "analyse", "its cached features could not be read back", "decode failed: its cached features could not be read back"))
                     continue
                 batch.append(t)
             await self._update_text(batch, report)
@@ -810,20 +895,28 @@ class CatalogAdmin:
                 continue
             progress(RefreshProgress("excerpt", i, total or len(tracks), str(t.path)))
             out = self.media_store.tmp_dir / f"excerpt-{t.sha}-{os.getpid()}.{self.excerpt_format}"
+            wav = self.media_store.tmp_dir / f"excerpt-{t.sha}-{os.getpid()}.wav"
             try:
+                src, offset = t.path, 0.0
+                if t.analysis.decoder == SNDFILE_DECODER:  # ffmpeg cannot read the file: it cuts a WAV of the window
+                    src = await asyncio.to_thread(
+                        sndfile_to_wav, t.path, wav, start_s=wanted["start_s"], duration_s=wanted["duration_s"], limits=self.limits
+                    )
+                    offset = wanted["start_s"]
                 excerpt = await asyncio.to_thread(
-                    cut_excerpt, t.path, out, start_s=wanted["start_s"], duration_s=wanted["duration_s"],
+                    cut_excerpt, src, out, start_s=wanted["start_s"] - offset, duration_s=wanted["duration_s"],
                     fade_s=EXCERPT_FADE_S, fmt=self.excerpt_format, limits=self.limits, ffmpeg=self.ffmpeg,
                 )  # fmt: skip
                 stored = await asyncio.to_thread(self.media_store.put_file, excerpt.path, move=True)
             except (MediaError, OSError) as exc:
-                report.failures.append(FileFailure(str(t.path), "excerpt", f"{type(exc).__name__}: {exc}"))
+                report.failures.append(FileFailure.of(t.path, "excerpt", exc))
                 log.warning("catalog refresh: no excerpt for %s: %s", t.path, exc)
                 continue
             finally:
                 out.unlink(missing_ok=True)
+                wav.unlink(missing_ok=True)
             # the window asked for (compared on the next refresh), and what cut_excerpt made of it
-            t.excerpt = {**wanted, "cut_start_s": excerpt.start_s, "cut_duration_s": excerpt.duration_s,
+            t.excerpt = {**wanted, "cut_start_s": offset + excerpt.start_s, "cut_duration_s": excerpt.duration_s,
                          "sha256": stored.sha256, "bytes": stored.size}  # fmt: skip
             await asyncio.to_thread(self.features.put_excerpt, t.sha, t.excerpt)
             report.excerpts_cut += 1
@@ -879,6 +972,7 @@ class CatalogAdmin:
             "top_msd": [[n, round(p, 4)] for n, p in a.top_msd],
             "segments": len(a.segments),
             "excerpt": t.excerpt,
+            "decoder": a.decoder,
         }
         attributes["tag_sources"] = {**attributes["tag_sources"], "auto": a.auto_tags}
         return TrackInfo(

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ from bot.service.assets import TrackAssets, TrackExtras
 from bot.service.contract import MediaFile, safe_filename
 from bot.service.errors import ConversationError
 from bot.service.pool import ModelPool, StatusCallback
-from engine.media import MediaError, MediaLimits, probe
+from engine.media import MediaError, MediaLimits, NotMediaError, UnopenableMediaError, probe
 from engine.render import EXCERPT_S, cut_excerpt, fit_preview, make_preview
+from engine.sndfile import DECODER as SNDFILE_DECODER
+from engine.sndfile import sndfile_to_wav
+from engine.tracks import probe_track
 from storage.media_store import MediaNotFoundError, MediaStore
 
 log = logging.getLogger(__name__)
@@ -138,16 +142,27 @@ class MediaRenderer:
         return ref.path
 
     def render_preview(self, video: Path, track: Path, start_s: float) -> Path:
-        """The user's video with the track under it (the video stream copied when mp4 can hold it)."""
-        out = self.media.tmp_dir / f"preview-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.mp4"
+        """The user's video with the track under it (the video stream copied when mp4 can hold it).
+
+        A track ffmpeg cannot open (the catalog decoded it with libsndfile, engine/sndfile.py) goes
+        in as a WAV of the window the preview uses.
+        """
+        stem = f"preview-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        out, wav = self.media.tmp_dir / f"{stem}.mp4", self.media.tmp_dir / f"{stem}.wav"
+        render = partial(make_preview, video, out=out, mix_original=self.mix_original_sound, limits=self.limits, ffmpeg=self.ffmpeg)
         try:
-            make_preview(
-                video, track, out, track_start_s=start_s, mix_original=self.mix_original_sound,
-                limits=self.limits, ffmpeg=self.ffmpeg,
-            )  # fmt: skip
+            try:
+                render(track=track, track_start_s=start_s)
+            except (UnopenableMediaError, NotMediaError):
+                if probe_track(track, limits=self.limits, ffmpeg=self.ffmpeg)[1] != SNDFILE_DECODER:
+                    raise
+                length = probe(video, limits=self.limits, require_video=True, ffmpeg=self.ffmpeg).duration_s
+                sndfile_to_wav(track, wav, start_s=start_s, duration_s=length, limits=self.limits)
+                render(track=wav, track_start_s=0.0)
             ref = self.media.put_file(out, move=True)
         finally:
             out.unlink(missing_ok=True)
+            wav.unlink(missing_ok=True)
         return ref.path
 
     def fit_preview(self, preview: Path, max_bytes: int) -> Path:

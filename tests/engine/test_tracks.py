@@ -24,6 +24,7 @@ from engine.tracks import (
     choose_excerpt,
     display_tag,
     title_from_path,
+    title_source,
 )
 from tests.conftest import lavfi
 
@@ -123,6 +124,7 @@ def test_round_trip_bytes(tiny, click_track: Path) -> None:
     assert (b.excerpt_start_s, b.excerpt_duration_s, b.content_hash, b.profile) == (
         a.excerpt_start_s, a.excerpt_duration_s, a.content_hash, a.profile
     )  # fmt: skip
+    assert b.decoder == a.decoder == "ffmpeg"
 
 
 BAD_FILES = [
@@ -241,6 +243,30 @@ NAMES = [("battle-epic.ogg", "Battle Epic"), ("airship_2.ogg", "Airship 2"), ("R
 @pytest.mark.parametrize(("name", "title"), NAMES[:3])
 def test_title_from_path(name: str, title: str) -> None:
     assert title_from_path(Path("/music") / name) == title
+
+
+# path under /lib -> title, where it came from: a generic file name takes its folder's name
+GENERIC = [
+    ("Rainy Days/song.ogg", "Rainy Days", "folder name"),
+    ("Rainy Days/Song.OGG", "Rainy Days", "folder name"),
+    ("Rainy Days/01.ogg", "Rainy Days 1", "folder name"),
+    ("aftermath_soundtrack/track25.opus", "Aftermath Soundtrack 25", "folder name"),
+    ("Sunset Drive/Track 03.flac", "Sunset Drive 3", "folder name"),
+    ("Sunset Drive/untitled.wav", "Sunset Drive", "folder name"),
+    ("night-city/audio_1.mp3", "Night City 1", "folder name"),
+    ("night-city/Song (2).mp3", "Night City 2", "folder name"),
+    ("music/01.ogg", "01", "file name"),  # the folder's name is generic too
+    ("songs/song.ogg", "Song", "file name"),
+    ("Rainy Days/rain-song.ogg", "Rain Song", "file name"),  # a word beside "song": a real name
+    ("Rainy Days/track3_enhanced.opus", "Track3 Enhanced", "file name"),
+    ("Rainy Days/01 - Intro.ogg", "01 Intro", "file name"),
+]
+
+
+@pytest.mark.parametrize(("rel", "title", "source"), GENERIC, ids=[g[0] for g in GENERIC])
+def test_title_from_a_generic_file_name_is_the_folders(rel: str, title: str, source: str) -> None:
+    assert title_from_path(Path("/lib") / rel) == title
+    assert title_source(Path("/lib") / rel) == source
 
 
 def test_display_tag() -> None:

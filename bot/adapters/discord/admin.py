@@ -87,7 +87,8 @@ def report_text(report: Any) -> str:
         ),
     ]
     if report.failures:
-        lines.append(f"⚠️ {len(report.failures)} file(s) failed, e.g. {report.failures[0].path}: {report.failures[0].error}")
+        first = report.failures[0]
+        lines.append(f"⚠️ {len(report.failures)} file(s) skipped or without an excerpt, e.g. {first.path}: {first.reason or first.error}")
     lines += [f"Note: {n}" for n in report.notes[:3]]
     return render.clip("\n".join(lines), render.MAX_CONTENT_CHARS)
 

@@ -12,7 +12,7 @@ from bot.adapters.discord.admin import NO_ADMIN, NOT_ADMIN
 from bot.service.catalog_admin import CatalogAdmin
 from bot.settings import Settings
 from tests.helpers.fake_discord import BOT_TOKEN, FakeDiscord
-from tests.helpers.service import Env, built, data_dir, env, tiny  # noqa: F401
+from tests.helpers.service import CLIP_MIN_S, Env, built, data_dir, env, tiny  # noqa: F401
 
 ADMIN_ROLE = 1_300_000_000_000_000_555
 EPHEMERAL = 64
@@ -27,7 +27,9 @@ async def fake():
 
 
 def admin_for(env: Env) -> CatalogAdmin:
-    return CatalogAdmin(engine=env.sql, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=env.encoders)
+    return CatalogAdmin(
+        engine=env.sql, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=env.encoders, min_duration_s=CLIP_MIN_S
+    )
 
 
 async def adapter_with(env: Env, admin: Any) -> DiscordAdapter:

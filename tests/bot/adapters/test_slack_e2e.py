@@ -216,11 +216,12 @@ async def test_music_admin_status_and_refresh_for_admins_only(fake: FakeSlack, d
     from storage.media_store import MediaStore
 
     from tests.helpers.fake_slack import command_body
+    from tests.helpers.service import CLIP_MIN_S
 
     sql = make_engine(default_sqlite_url(data_dir))
     catalog = EdgeCatalog(data_dir / "catalog", catalog_schema(tiny.profile, fusion=False))
     catalog_admin = CatalogAdmin(engine=sql, catalog=catalog, media_store=MediaStore(data_dir / "media"),
-                                 data_dir=data_dir, encoders=tiny)  # fmt: skip
+                                 data_dir=data_dir, encoders=tiny, min_duration_s=CLIP_MIN_S)  # fmt: skip
     adapter = SlackAdapter(object(), _settings(), api_url=fake.api_url, claims=dedup.MemoryClaims(),
                            catalog_admin=catalog_admin, admin_user_ids={OWNER})  # fmt: skip
     try:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bot.cli.main import app
 from bot.settings import get_settings
-from tests.conftest import lavfi
+from tests.conftest import lavfi, melody
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +29,8 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def music_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "music"
     folder.mkdir()
-    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
-    lavfi(folder / "high.ogg", "sine=f=880:d=14", args=("-c:a", "libvorbis"))
+    lavfi(folder / "low.ogg", melody(220, 12), args=("-c:a", "libvorbis"))
+    lavfi(folder / "high.ogg", melody(880, 14), args=("-c:a", "libvorbis"))
     return folder
 
 
@@ -64,6 +64,31 @@ def test_a_corrupt_file_is_reported_and_the_rest_indexed(music_folder: Path) -> 
     result = run("catalog", "add", str(music_folder), "--refresh")
     assert result.exit_code == 0, result.output
     assert "2 tracks" in result.output and "skipped" in result.output and "broken.ogg" in result.output
+
+
+def test_status_lists_skipped_files_with_their_reasons(music_folder: Path) -> None:
+    lavfi(music_folder / "tone.ogg", "sine=f=440:d=12", args=("-c:a", "libvorbis"))
+    lavfi(music_folder / "blip.ogg", melody(500, 2), args=("-c:a", "libvorbis"))
+    (music_folder / "zz-copy.ogg").write_bytes((music_folder / "low.ogg").read_bytes())
+    result = run("catalog", "add", str(music_folder), "--refresh")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich may wrap long paths
+    assert "2 tracks" in said and "skipped 3 file(s): 1 too short, 1 constant tone, 1 duplicate" in said
+    assert "blip.ogg: too short (2.0 s < 10 s)" in said and "tone.ogg: constant tone" in said
+    assert "zz-copy.ogg: duplicate of " in said
+    st = status()
+    folder = music_folder.resolve()
+    assert st["skipped"] == [
+        {"path": str(folder / "blip.ogg"), "reason": "too short (2.0 s < 10 s)"},
+        {"path": str(folder / "tone.ogg"), "reason": "constant tone"},
+        {"path": str(folder / "zz-copy.ogg"), "reason": f"duplicate of {folder / 'low.ogg'}"},
+    ]
+    assert st["skipped_reasons"] == {"too short": 1, "constant tone": 1, "duplicate": 1}
+    text = run("catalog", "status")
+    assert text.exit_code == 0, text.output
+    flat = " ".join(text.output.split())  # rich may wrap long paths
+    assert "skipped 3 file(s): 1 too short, 1 constant tone, 1 duplicate" in flat
+    assert "blip.ogg: too short (2.0 s < 10 s)" in flat and "tone.ogg: constant tone" in flat
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """Tests for bot/service/catalog_admin.py: folders, incremental refreshes, crash safety, tags, licences, status.
 
 Everything runs for real on the tiny profile: SQLite migrated to head in a temp folder, the
-embedded Qdrant catalog, the media store, and short tones synthesised with ffmpeg lavfi (with
-file tags where a test needs them). The music encoder is wrapped to count the tracks it embeds
+embedded Qdrant catalog, the media store, and short melodies synthesised with ffmpeg lavfi (with
+file tags where a test needs them; a steady sine is skipped as a constant tone, engine/screening.py). The music encoder is wrapped to count the tracks it embeds
 (and, for the crash test, to fail after N of them).
 """
 
@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,12 @@ from bot.service.catalog_admin import (
     RefreshProgress,
     catalog_schema,
     load_manifest,
+    reason_counts,
     read_file_tags,
     track_id_for,
 )
 from engine.encoders.base import MusicEmbedding, MusicEncoder
-from engine.media import probe
+from engine.media import decode_audio, ffmpeg_binary, probe
 from engine.profiles import Encoders, load_encoders
 from storage.catalog import FUSION_VECTOR, MUSIC_VECTOR, TEXT_VECTOR
 from storage.catalog.edge import EdgeCatalog
@@ -44,9 +46,11 @@ from storage.media_store import MediaStore
 from storage.models import CatalogStatus as VersionStatus
 from storage.models import JobStatus
 from storage.track_store import CatalogVersionStore, TrackStore
-from tests.conftest import lavfi
+from tests.conftest import lavfi, melody
+from tests.helpers.audio import pad_vorbis_setup_header
 
 TRACK_S = 6  # seconds per synthesised track: one segment, its own excerpt
+MIN_S = 5.0  # the admins here accept tracks this long (the default minimum, 10 s, is tested on its own)
 
 
 class CountingMusic(MusicEncoder):
@@ -83,9 +87,9 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tones")
     made = {}
     for name, hz in [("a", 220), ("b", 330), ("c", 440), ("d", 550), ("e", 660), ("f", 770)]:
-        made[name] = lavfi(root / f"{name}.ogg", f"sine=f={hz}:d={TRACK_S}", args=("-c:a", "libvorbis"))
+        made[name] = lavfi(root / f"{name}.ogg", melody(hz, TRACK_S), args=("-c:a", "libvorbis"))
     made["tagged"] = lavfi(
-        root / "tagged.ogg", f"sine=f=880:d={TRACK_S}",
+        root / "tagged.ogg", melody(880, TRACK_S),
         args=("-c:a", "libvorbis", "-metadata", "title=Night Drive", "-metadata", "artist=The Testers",
               "-metadata", "genre=Synthwave; Electronic", "-metadata", "LICENSE=CC-BY-4.0"),
     )  # fmt: skip
@@ -109,7 +113,7 @@ class Env:
         self.media = MediaStore(self.data / "media")
         self.admin = CatalogAdmin(
             engine=self.engine, catalog=self.catalog, media_store=self.media, data_dir=self.data,
-            encoders=encoders, fusion=fusion,
+            encoders=encoders, fusion=fusion, min_duration_s=MIN_S,
         )  # fmt: skip
 
     @property
@@ -367,6 +371,7 @@ async def test_same_audio_twice_is_one_track(env: Env, tones: dict[str, Path]) -
     report = await env.admin.refresh()
     assert report.files == 2 and report.tracks == 1 and env.music_calls == 1
     assert report.duplicates == [(str(env.music / "sub" / "copy.ogg"), str(a))]
+    assert (await env.admin.status()).duplicates == report.duplicates  # status names the copy and what it copies
 
 
 async def test_a_second_refresh_at_once_is_refused(env: Env, tones: dict[str, Path]) -> None:
@@ -389,6 +394,123 @@ async def test_a_cleaned_up_excerpt_is_cut_again(env: Env, tones: dict[str, Path
     report = await env.admin.refresh()
     assert report.excerpts_cut == 1 and report.analysed == 0
     assert env.media.exists(sha)  # the same excerpt, content-addressed
+
+
+# =================================================================================================
+# a real library: files ffmpeg refuses, fragments, tones, silence; titles
+# =================================================================================================
+
+REAL_CLIP_S = 30  # seconds: longer than the excerpt (25 s), so the excerpt is a window of the track
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, orchestral_track: Path) -> dict[str, Path]:
+    """A 30 s clip of a real Vorbis track, the same with a padded setup header (ffmpeg refuses it,
+    libsndfile reads it: tests/helpers/audio.py), a 1 s fragment, a sine and silence."""
+    root = tmp_path_factory.mktemp("real")
+
+    def clip(out: Path, start: float, seconds: float, codec: str) -> Path:
+        subprocess.run(
+            [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-ss", str(start), "-t", str(seconds),
+             "-i", str(orchestral_track), "-map", "0:a:0", "-c:a", codec, str(out)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        return out
+
+    # the clip keeps the track's own Vorbis packets; the fragment is re-encoded to last exactly 1 s
+    made = {"clip": clip(root / "clip.ogg", 30, REAL_CLIP_S, "copy"), "fragment": clip(root / "fragment.ogg", 40, 1, "libvorbis")}
+    made["padded"] = pad_vorbis_setup_header(made["clip"], root / "padded.ogg")
+    made["sine"] = lavfi(root / "sine.ogg", f"sine=f=440:d={TRACK_S}", args=("-c:a", "libvorbis"))
+    made["silence"] = lavfi(root / "silence.ogg", f"anullsrc=r=44100:cl=stereo:d={TRACK_S}", args=("-t", str(TRACK_S), "-c:a", "libvorbis"))
+    return made
+
+
+async def test_a_real_library_is_indexed_or_skipped_with_reasons(env: Env, tones: dict[str, Path], real: dict[str, Path]) -> None:
+    env.add(tones, "a")
+    for name in ("padded", "fragment", "sine", "silence"):
+        shutil.copyfile(real[name], env.music / real[name].name)
+    (env.music / "junk.ogg").write_bytes(b"OggS" + b"\x00" * 500)
+    (env.music / "readme.mp3").write_text("not audio\n" * 300)
+    await env.admin.add_folder(env.music)
+    report = await env.admin.refresh()
+
+    assert (report.files, report.tracks, report.analysed) == (7, 2, 2)
+    reasons = {Path(f.path).name: f.reason for f in report.failures}
+    assert {n: r for n, r in reasons.items() if n != "junk.ogg"} == {
+        "fragment.ogg": "too short (1.0 s < 5 s)",
+        "sine.ogg": "constant tone",
+        "silence.ogg": "silence",
+        "readme.mp3": "not audio",
+    }
+    assert reasons["junk.ogg"].startswith("decode failed: has a media signature but ffmpeg cannot open it")
+    assert " @ 0x" not in reasons["junk.ogg"]  # no process address: the same file reads the same each run
+    assert all(f.stage == "analyse" for f in report.failures)
+    assert reason_counts(report.failures) == {"too short": 1, "constant tone": 1, "silence": 1, "not audio": 1, "decode failed": 1}
+    assert env.music_calls == 2  # nothing skipped reached the music encoder
+
+    # the file ffmpeg refuses: decoded by libsndfile, its excerpt cut from a WAV of the window
+    padded = await TrackStore(env.engine).get_by_hash(content_hash=_sha(env.music / "padded.ogg"))
+    assert padded is not None and padded.attributes["decoder"] == "libsndfile"
+    assert padded.duration_s == pytest.approx(REAL_CLIP_S, abs=0.1)
+    excerpt = padded.attributes["excerpt"]
+    assert excerpt["cut_start_s"] == pytest.approx(excerpt["start_s"]) and excerpt["start_s"] > 0
+    heard = decode_audio(env.media.path_for(excerpt["sha256"]), sample_rate=16_000, start=2.0, duration=15.0)
+    truth = decode_audio(real["clip"], sample_rate=16_000, start=excerpt["cut_start_s"] + 2.0, duration=15.0)
+    n = min(len(heard), len(truth))
+    assert float(np.corrcoef(heard[:n], truth[:n])[0, 1]) > 0.9  # the excerpt is that window of the track
+    a = await TrackStore(env.engine).get_by_hash(content_hash=_sha(env.music / "a.ogg"))
+    assert a is not None and a.attributes["decoder"] == "ffmpeg"
+
+    # status lists the same files with the same reasons; the next refresh skips them again
+    status = await env.admin.status()
+    assert {Path(f.path).name: f.reason for f in status.failures} == reasons
+    again = await env.admin.refresh()
+    assert {Path(f.path).name: f.reason for f in again.failures} == reasons
+    assert (again.tracks, again.analysed, again.reused) == (2, 0, 2)
+
+
+async def test_the_default_minimum_is_one_paper_segment(tmp_path: Path, sqlite_template: Path, counting: Encoders) -> None:
+    env = Env(tmp_path, sqlite_template, counting)
+    env.admin = CatalogAdmin(engine=env.engine, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=counting)
+    try:
+        lavfi(env.music / "short.ogg", melody(300, TRACK_S), args=("-c:a", "libvorbis"))
+        lavfi(env.music / "long.ogg", melody(400, 12), args=("-c:a", "libvorbis"))
+        await env.admin.add_folder(env.music)
+        report = await env.admin.refresh()
+        assert report.tracks == 1 and [(Path(f.path).name, f.reason) for f in report.failures] == [("short.ogg", "too short (6.0 s < 10 s)")]
+    finally:
+        await env.close()
+
+
+async def test_titles_from_tags_then_manifest_then_file_then_folder(env: Env, tones: dict[str, Path], tmp_path: Path) -> None:
+    env.add(tones, "a", "b", "tagged")
+    album = env.music / "Rainy Days"
+    album.mkdir()
+    shutil.copyfile(tones["c"], album / "song.ogg")
+    shutil.copyfile(tones["d"], album / "02.ogg")
+    generic = env.music / "music"
+    generic.mkdir()
+    shutil.copyfile(tones["e"], generic / "07.ogg")
+    manifest = tmp_path / "titles.csv"
+    manifest.write_text("file,title\ntagged.ogg,Manifest Title\na.ogg,Morning Theme\n")
+    await env.admin.add_folder(env.music, manifest=manifest)
+    report = await env.admin.refresh()
+    assert report.failures == []
+    store = TrackStore(env.engine)
+    got = {}
+    for path in ("tagged.ogg", "a.ogg", "b.ogg", "Rainy Days/song.ogg", "Rainy Days/02.ogg", "music/07.ogg"):
+        track = await store.get_by_hash(content_hash=_sha(env.music / path))
+        assert track is not None
+        got[path] = (track.title, track.attributes["title_source"])
+    assert got == {
+        "tagged.ogg": ("Night Drive", "tags"),  # the file's own tag first
+        "a.ogg": ("Morning Theme", "manifest"),
+        "b.ogg": ("B", "file name"),
+        "Rainy Days/song.ogg": ("Rainy Days", "folder name"),
+        "Rainy Days/02.ogg": ("Rainy Days 2", "folder name"),
+        "music/07.ogg": ("07", "file name"),  # a generic folder name is no better
+    }
+    assert _payloads(env)[_sha(album / "song.ogg")].title == "Rainy Days"  # what searches and replies show
 
 
 # =================================================================================================
@@ -587,7 +709,7 @@ async def test_lazy_encoders_are_loaded_only_when_needed(tmp_path: Path, sqlite_
 
     env.admin = CatalogAdmin(
         engine=env.engine, catalog=env.catalog, media_store=env.media, data_dir=env.data,
-        encoders=load, profile=counting.profile,
+        encoders=load, profile=counting.profile, min_duration_s=MIN_S,
     )  # fmt: skip
     try:
         await env.admin.add_folder(env.music)
