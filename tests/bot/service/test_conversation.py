@@ -448,6 +448,34 @@ async def test_the_reasoner_writes_the_reason_and_says_what_its_prompt_held(data
     assert r.track.reason and "unavailable" not in r.track.reason
 
 
+async def test_the_reasoner_is_loaded_when_the_service_starts_not_on_the_first_turn(
+    data_dir: Path, tiny: Encoders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import reasoner as R
+    from engine.reasoner import REASON_SOURCE_TITLE_TAGS
+
+    R.clear_cache()
+    loads: list[tuple[float, float]] = []  # (start, end) of each LLM load
+    real = R.load_llm
+
+    def timed(spec, **kw):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        try:
+            return real(spec, **kw)
+        finally:
+            loads.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(R, "load_llm", timed)
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60)) as e:
+        opened = time.perf_counter()
+        assert len(loads) == 1 and loads[0][1] <= opened  # loaded while the service started
+        assert e.service.reasons._reasoner is not None
+        r = await e.service.start(text="happy tune", channel_id="warm", user_id="u")
+    assert len(loads) == 1  # the first turn paid no load
+    assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS and "unavailable" not in r.track.reason
+    R.clear_cache()
+
+
 async def test_a_reasoner_timeout_falls_back_to_the_labelled_tag_summary(data_dir: Path, tiny: Encoders) -> None:
     from engine.reasoner import clear_cache
 
