@@ -159,6 +159,9 @@ def test_settings_map_to_the_service_config(monkeypatch: pytest.MonkeyPatch) -> 
     c = s.service_config()
     assert (c.reasoner, c.reasoner_url, c.reasoner_model, c.reasoner_api_key) == ("http", "http://127.0.0.1:11434", "llama3.2:3b", SECRET)
     assert SECRET not in repr(c)
+    assert c.reasoner_grounded is True  # the default: facts-only prompt, sentences checked
+    monkeypatch.setenv("MUSECHAT_REASONER_GROUNDED", "false")
+    assert Settings().service_config().reasoner_grounded is False
 
 
 async def test_service_reason_comes_from_the_server_then_falls_back(server: FakeServer, data_dir: Path, tiny: Encoders) -> None:  # noqa: F811
