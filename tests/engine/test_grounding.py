@@ -38,8 +38,8 @@ CLAIM_CASES = [
     (FACTS, '"Dark Forest" is the right choice for it.', ["dark", "forest", '"Dark Forest"']),  # another title
     (SILENT, '"chipdisko" is fast electronic techno at 128 BPM.', []),
     (SILENT, "You asked for something fast, and it is fast.", ["You asked"]),  # the user said nothing
-    (SILENT, "Its hip-hop beat suits the cab.", ["hip hop"]),  # as the phrase "hip hop"
-    (SILENT, "Its lo-fi beat suits the cab.", ["lo-fi"]),
+    (SILENT, "Its hip-hop beat suits the cab.", ["hip hop", "beat"]),  # as the phrase "hip hop"
+    (SILENT, "Its lo-fi sound suits the cab.", ["lo-fi"]),
 ]
 
 
@@ -51,7 +51,7 @@ def test_a_sentence_names_only_what_the_facts_say(facts, sentence, expected):
 def test_foreign_terms_count_as_claims():
     """A few-shot example's particulars are claims when the reason repeats them."""
     index = FactIndex.of(SILENT)
-    assert unsupported_claims("Its beat carries the sports car across the alp.", index, ("sports car", "alp", "cab")) == ["sports car", "alp"]
+    assert unsupported_claims("Its sound carries the sports car across the alp.", index, ("sports car", "alp", "cab")) == ["sports car", "alp"]
 
 
 def test_facts_read_as_short_lines():
