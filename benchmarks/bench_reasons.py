@@ -395,7 +395,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         examples: dict[str, list[str]] = {}
         for name in args.variants:
             writer = writers[name]
-            await asyncio.to_thread(writer.get_reasoner)  # warm: loaded before the first reason, as at start-up
+            try:
+                await asyncio.to_thread(writer.get_reasoner)  # warm: loaded before the first reason, as at start-up
+            except Exception as e:  # noqa: BLE001 - report it, measure the other variants
+                results[name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
             await writer.write_request(cases[0].request())  # and one reason written (the prefix cache, the lazy imports)
             mine = cases if name == "grounded" or not args.subset else cases[: args.subset]
             print(f"{name}: {len(mine)} cases", flush=True)
@@ -407,7 +411,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             picks = rng.sample([r for r in rows if r.llm], k=min(args.examples, sum(r.llm for r in rows)))
             examples[name] = [f"{cases[r.case].title} / {cases[r.case].video} / {cases[r.case].words!r}: {r.text}" for r in picks]
             writer.close()
-        results["examples"] = examples
+            results["examples"] = examples
+            if args.json:  # after each variant: a later failure loses nothing measured
+                args.json.write_text(json.dumps(results, indent=2, default=str))
     results["load_average_end"] = os.getloadavg()
     g = results.get("grounded")
     if g:
