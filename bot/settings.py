@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     preview_mix_original: bool = Field(False, description="previews keep the video's own sound under the track")
     reasoner: str = Field("off", description="who writes the best track's reason: off (tag summary) | local (the profile's LLM) | http (a server)")
     reasoner_timeout_s: float = Field(3.0, description="after this the reply falls back to the labelled tag summary")
+    reasoner_grounded: bool = Field(True, description="facts-only prompt; each sentence is checked against the facts before it is shown")
     reasoner_checkpoint: Path | None = Field(None, description="trained LoRA + music projection (musechat reasoner train)")
     reasoner_max_new_tokens: int = Field(48, description="longest generated reason, tokens")
     reasoner_url: str | None = Field(None, description="reasoner=http: OpenAI-compatible server base URL (Ollama, vLLM)")
@@ -160,6 +161,7 @@ class Settings(BaseSettings):
             max_upload_bytes=self.max_upload_bytes,
             reasoner=self.reasoner,
             reasoner_timeout_s=self.reasoner_timeout_s,
+            reasoner_grounded=self.reasoner_grounded,
             reasoner_checkpoint=self.reasoner_checkpoint,
             reasoner_max_new_tokens=self.reasoner_max_new_tokens,
             reasoner_url=self.reasoner_url,

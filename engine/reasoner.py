@@ -56,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.grounding import ReasonFacts, SentenceGate, banned_phrases
+
 log = logging.getLogger(__name__)
 
 RANDOM_TINY = "random:tiny"  # engine.profiles.RANDOM_TINY (not imported: profiles imports the encoders)
@@ -94,6 +96,9 @@ class ReasonerConfig:
     use_video: bool = True  # beyond the paper: a one-line video description
     chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
     prefill_title: bool = True  # untrained chat LLMs: the answer starts with the quoted title (see _prefill)
+    grounded: bool = True  # facts-only prompt + every sentence checked before it is shown (engine/grounding.py)
+    ban_unsupported: bool = True  # grounded: the decoder may not write claim words the facts lack (bad_words_ids)
+    max_sentences: int = 2  # grounded: generation stops once this many sentences passed the check
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,22 @@ class ReasonInput:
     tags: tuple[str, ...] = ()
     feedback: str = ""  # the user's latest words
     video: str = ""  # a short description of the video
+    # beyond the paper's prompt: the rest of what the bot knows (engine/grounding.py `ReasonFacts`)
+    artist: str = ""
+    tempo_bpm: float | None = None
+    loudness_db: float | None = None  # RMS dBFS
+    video_labels: tuple[str, ...] = ()  # the video's image labels, best first
+    understood: str = ""  # what the feedback parser understood from `feedback`
+    licence: str = ""
+    duration_s: float | None = None
+
+    def facts(self) -> ReasonFacts:
+        """What a grounded reason may say (engine/grounding.py)."""
+        return ReasonFacts(
+            title=self.title, artist=self.artist, tags=self.tags, tempo_bpm=self.tempo_bpm, loudness_db=self.loudness_db,
+            video_labels=self.video_labels, words=self.feedback, understood=self.understood, licence=self.licence,
+            duration_s=self.duration_s,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,8 +136,10 @@ class Justification:
     source: str  # REASON_SOURCE_* of the prompt used
     seconds: float
     tokens: int = 0
-    first_token_s: float | None = None
+    first_token_s: float | None = None  # grounded: when the first checked sentence was let through
     error: str = ""
+    dropped: tuple[str, ...] = ()  # grounded: sentences the fact check left out ("sentence [why]")
+    raw: str = ""  # grounded: everything the LLM wrote, shown or not
 
 
 # =================================================================================================
@@ -142,6 +165,50 @@ def build_prompt(inp: ReasonInput, cfg: ReasonerConfig, *, with_music: bool) -> 
 def build_training_prompt() -> str:
     """Paper 4.2's training prompt: the music token alone, no title (`MUSIC_SLOT` marks the soft token)."""
     return f"### Recommender: Music feature: {MUSIC_OPEN}{MUSIC_SLOT}{MUSIC_CLOSE}; Generate Recommendation: "
+
+
+GROUNDED_SYSTEM = (
+    "You write one or two short sentences saying why a music track suits a video. Use only the facts given. "
+    "Never name a genre, instrument, mood, era, place or person that the facts do not name."
+)
+GROUNDED_QUESTION = "Why does this track suit the video?"
+# Few-shot examples for a small model: short, factual, every claim taken from the facts above it.
+GROUNDED_SHOTS: tuple[tuple[ReasonFacts, str], ...] = (
+    (
+        ReasonFacts("Night Drive", artist="Kite Lane", tags=("electronic", "synth", "fast", "beat"), tempo_bpm=140,
+                    loudness_db=-10, video_labels=("sports car", "traffic light")),
+        '"Night Drive" by Kite Lane is fast electronic music with synth and a strong beat at 140 BPM. '
+        "Its loud, fast pace matches the sports car and the traffic lights.",
+    ),
+    (
+        ReasonFacts("Still Water", tags=("piano", "classical", "slow", "soft"), tempo_bpm=68, loudness_db=-30,
+                    video_labels=("lakeside", "canoe"), words="calmer please", understood="more calm"),
+        '"Still Water" is slow, soft classical piano at 68 BPM. '
+        "You asked for calmer music, and its quiet piano suits the canoe on the lakeside.",
+    ),
+    (
+        ReasonFacts("Hill Song", artist="Ola Brandt", tags=("rock", "guitar", "drums"), tempo_bpm=118, loudness_db=-18,
+                    video_labels=("mountain bike", "alp"), licence="CC-BY-4.0", duration_s=130),
+        '"Hill Song" by Ola Brandt is rock with guitar and drums at 118 BPM. '
+        "Its steady drums carry the mountain bike ride across the alp.",
+    ),
+)  # fmt: skip
+
+
+# the examples' own particulars (titles, artists, what their videos showed): claims when a reason repeats them
+SHOT_TERMS: tuple[str, ...] = tuple(
+    dict.fromkeys(t for shot, _ in GROUNDED_SHOTS for t in (shot.title, shot.artist, *shot.video_labels) if t)
+)
+
+
+def grounded_messages(facts: ReasonFacts | None) -> list[dict[str, str]]:
+    """The chat of a grounded prompt: system, the few-shot examples, then `facts` (None: the fixed prefix only)."""
+    msgs = [{"role": "system", "content": GROUNDED_SYSTEM}]
+    for shot, answer in GROUNDED_SHOTS:
+        msgs += [{"role": "user", "content": f"{shot.text()}\n{GROUNDED_QUESTION}"}, {"role": "assistant", "content": answer}]
+    if facts is not None:
+        msgs.append({"role": "user", "content": f"{facts.text()}\n{GROUNDED_QUESTION}"})
+    return msgs
 
 
 # =================================================================================================
@@ -260,13 +327,15 @@ class MusicProjector(nn.Module):
 
 
 class _Stop:
-    """A stopping criterion that a timed-out caller sets from another thread."""
+    """A stopping criterion set from another thread: a timed-out caller (`event`) or enough checked sentences (`enough`)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.enough = threading.Event()
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        done = self.event.is_set() or self.enough.is_set()
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class MusicReasoner(nn.Module):
@@ -282,6 +351,8 @@ class MusicReasoner(nn.Module):
         self.projector: MusicProjector | None = None
         self.trained = False
         self._lock = threading.Lock()  # one generation at a time (the streamer and HF state are per call, CPU is not)
+        self._prefix: tuple[list[int], Any] | None = None  # grounded prompt: the few-shot prefix's ids and KV cache
+        self._bad_ids: dict[str, list[list[int]]] = {}  # claim term -> its token sequences (bad_words_ids)
 
     # --- training setup -------------------------------------------------------------------------
 
@@ -307,6 +378,10 @@ class MusicReasoner(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
+
+    def uses_grounded_prompt(self, grounded: bool) -> bool:
+        """The facts-only few-shot chat prompt: for an untrained chat LLM (a trained one keeps the paper's prompt)."""
+        return grounded and not self.trained and bool(getattr(self.tokenizer, "chat_template", None))
 
     def _prompt_text(self, inp: ReasonInput, with_music: bool, prefill: bool = True, training: bool = False) -> str:
         text = build_training_prompt() if training else build_prompt(inp, self.cfg, with_music=with_music)
@@ -396,17 +471,59 @@ class MusicReasoner(nn.Module):
 
     # --- generation -----------------------------------------------------------------------------
 
-    def _generate_kwargs(self, inp: ReasonInput, max_new_tokens: int | None) -> dict[str, Any]:
-        embeds = self.prompt_embeds(inp)
+    def _sampling(self, max_new_tokens: int | None) -> dict[str, Any]:
         return {
-            "inputs_embeds": embeds,
-            "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
             "max_new_tokens": max_new_tokens or self.cfg.max_new_tokens,
             "do_sample": True,
             "temperature": self.cfg.temperature,
             "top_p": 1.0,
             "top_k": 0,
         }
+
+    def _generate_kwargs(self, inp: ReasonInput, max_new_tokens: int | None) -> dict[str, Any]:
+        embeds = self.prompt_embeds(inp)
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+        } | self._sampling(max_new_tokens)
+
+    def _grounded_kwargs(self, inp: ReasonInput, max_new_tokens: int | None) -> dict[str, Any]:
+        """input_ids of the grounded chat prompt, resuming from the few-shot prefix's KV cache (computed once)."""
+        import copy
+
+        if self._prefix is None:
+            prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
+            prefix_ids = self._ids(prefix_text)
+            with torch.no_grad():
+                cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+            self._prefix = (prefix_ids, cache)
+        prefix_ids, cache = self._prefix
+        prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
+        full = self.tokenizer.apply_chat_template(grounded_messages(inp.facts()), add_generation_prompt=True, tokenize=False)
+        full += self._prefill(inp)
+        if not full.startswith(prefix_text):  # a template that rewrites earlier turns: no reuse
+            ids, past = self._ids(full), None
+        else:
+            ids, past = prefix_ids + self._ids(full[len(prefix_text) :]), copy.deepcopy(cache)
+        input_ids = torch.tensor([ids], device=self.device)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if past is not None:
+            kwargs["cache"] = past
+        if self.cfg.ban_unsupported and (bad := self._banned_ids(inp.facts(), SHOT_TERMS)):
+            kwargs["bad_words_ids"] = bad
+        return kwargs | self._sampling(max_new_tokens)
+
+    def _banned_ids(self, facts: ReasonFacts, extra: Sequence[str] = ()) -> list[list[int]]:
+        """Token sequences of the claim terms (and `extra` terms) the facts lack (engine/grounding.py
+        `banned_phrases`), as words after a space."""
+        out: list[list[int]] = []
+        for term in banned_phrases(facts, extra):
+            if term not in self._bad_ids:
+                forms = {term, term + "s"} if not term.endswith("s") and " " not in term else {term}
+                variants = {f" {f}" for f in forms} | {f" {f[:1].upper()}{f[1:]}" for f in forms}
+                self._bad_ids[term] = [ids for v in sorted(variants) if (ids := self._ids(v))]
+            out += self._bad_ids[term]
+        return out
 
     @torch.no_grad()
     def generate(
@@ -416,17 +533,26 @@ class MusicReasoner(nn.Module):
         max_new_tokens: int | None = None,
         on_token: Callable[[str], None] | None = None,
         stop: threading.Event | None = None,
+        grounded: bool | None = None,
     ) -> Justification:
-        """Generate a justification; `on_token` gets each new piece of text; `stop` ends it early."""
+        """Generate a justification; `on_token` gets each new piece of text; `stop` ends it early.
+
+        Grounded (default `cfg.grounded`): the prompt holds the facts only (for an untrained chat
+        LLM: few-shot, `grounded_messages`), and `on_token` gets whole sentences, each once it passed
+        the fact check (engine/grounding.py); the text is the accepted sentences, None when none passed.
+        """
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        grounded = self.cfg.grounded if grounded is None else grounded
         t0 = time.perf_counter()
         stopper = _Stop()
         if stop is not None:
             stopper.event = stop
         with self._lock:
-            kwargs = self._generate_kwargs(inp, max_new_tokens)
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+            chat_grounded = self.uses_grounded_prompt(grounded)
+            kwargs = self._grounded_kwargs(inp, max_new_tokens) if chat_grounded else self._generate_kwargs(inp, max_new_tokens)
+            prompt_len = int(kwargs["input_ids"].shape[1]) if "input_ids" in kwargs else 0
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=prompt_len > 0, skip_special_tokens=True)
             result: dict[str, Any] = {}
 
             def work() -> None:
@@ -438,28 +564,56 @@ class MusicReasoner(nn.Module):
 
             thread = threading.Thread(target=work, name="musechat-reasoner", daemon=True)
             thread.start()
-            prefill = self._prefill(inp)
-            pieces: list[str] = [prefill] if prefill else []
-            if prefill and on_token is not None:
-                on_token(prefill)
+            gate = SentenceGate(inp.facts(), SHOT_TERMS if chat_grounded else ()) if grounded else None
+            pieces: list[str] = []
+            shown: list[str] = []
             first: float | None = None
-            for piece in streamer:
-                if piece and first is None:
-                    first = time.perf_counter() - t0
+
+            def take(piece: str) -> None:
+                nonlocal first
                 pieces.append(piece)
-                if on_token is not None and piece:
-                    on_token(piece)
+                if gate is None:
+                    if on_token is not None:
+                        on_token(piece)
+                    return
+                for sentence in gate.feed(piece):
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    if on_token is not None:
+                        on_token(sentence if not shown else " " + sentence)
+                    shown.append(sentence)
+                    if len(shown) >= self.cfg.max_sentences:
+                        stopper.enough.set()
+
+            if prefill := self._prefill(inp):
+                take(prefill)
+            for piece in streamer:
+                if not piece:
+                    continue
+                if gate is None and first is None:
+                    first = time.perf_counter() - t0
+                take(piece)
             thread.join()
         if "error" in result:
             raise result["error"]
-        ids = result["ids"]  # (1, new) with inputs_embeds: only the new tokens
-        text = "".join(pieces).strip()
+        new_tokens = int(result["ids"].shape[1]) - prompt_len  # inputs_embeds: only the new tokens come back
+        raw = "".join(pieces).strip()
+        error = "stopped" if stopper.event.is_set() else ""
+        if gate is None:
+            return Justification(
+                text=raw, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=new_tokens,
+                first_token_s=first, error=error,
+            )  # fmt: skip
+        gate.finish()
+        if not shown and not error:
+            error = f"none of its {len(gate.verdicts)} sentence(s) passed the fact check" if gate.verdicts else "it wrote no sentence"
         return Justification(
-            text=text, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=int(ids.shape[1]),
-            first_token_s=first, error="stopped" if stopper.event.is_set() else "",
+            text=" ".join(shown) or None, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=new_tokens,
+            first_token_s=first, error=error, raw=raw,
+            dropped=tuple(f"{v.sentence} [{v.why}{': ' + ', '.join(v.unsupported) if v.unsupported else ''}]" for v in gate.dropped),
         )  # fmt: skip
 
-    def stream(self, inp: ReasonInput, *, max_new_tokens: int | None = None) -> Iterator[str]:
+    def stream(self, inp: ReasonInput, *, max_new_tokens: int | None = None, grounded: bool | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (for adapters that edit a message as it grows)."""
         import queue
 
@@ -467,7 +621,7 @@ class MusicReasoner(nn.Module):
 
         def work() -> None:
             try:
-                self.generate(inp, max_new_tokens=max_new_tokens, on_token=q.put)
+                self.generate(inp, max_new_tokens=max_new_tokens, on_token=q.put, grounded=grounded)
                 q.put(None)
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 q.put(e)
@@ -560,20 +714,40 @@ async def justify(
     executor: Executor | None = None,
     max_new_tokens: int | None = None,
     on_token: Callable[[str], None] | None = None,
+    grounded: bool | None = None,
 ) -> Justification:
-    """Generate off the event loop within `timeout_s`; on timeout or error: `text=None` and why."""
+    """Generate off the event loop within `timeout_s`; on timeout or error: `text=None` and why.
+
+    Grounded, a timeout keeps the sentences already let through (they were shown): the reason is
+    those, and nothing that comes after the limit is handed on.
+    """
     loop = asyncio.get_running_loop()
     stop = threading.Event()
+    grounded = reasoner.cfg.grounded if grounded is None else grounded
     t0 = time.perf_counter()
+    shown: list[str] = []
+    gate_lock = threading.Lock()
+
+    def relay(piece: str) -> None:
+        with gate_lock:
+            if stop.is_set():
+                return
+            shown.append(piece)
+            if on_token is not None:
+                on_token(piece)
+
     fut = loop.run_in_executor(
-        executor, lambda: reasoner.generate(inp, max_new_tokens=max_new_tokens, on_token=on_token, stop=stop)
+        executor, lambda: reasoner.generate(inp, max_new_tokens=max_new_tokens, on_token=relay, stop=stop, grounded=grounded)
     )
     try:
         return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
     except TimeoutError:
-        stop.set()  # the worker ends at its next token
+        with gate_lock:
+            stop.set()  # the worker ends at its next token; nothing more is handed on
         log.warning("reasoner timed out after %.1f s on %r", timeout_s, inp.title)
-        return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"timed out after {timeout_s:g} s")
+        error = f"timed out after {timeout_s:g} s"
+        text = "".join(shown).strip() if grounded else ""
+        return Justification(text or None, reasoner.source(inp), time.perf_counter() - t0, error=error)
     except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
         log.warning("reasoner failed on %r", inp.title, exc_info=True)
         return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
@@ -589,6 +763,7 @@ __all__ = [
     "ReasonerConfig",
     "build_prompt",
     "build_training_prompt",
+    "grounded_messages",
     "clear_cache",
     "justify",
     "load_llm",

@@ -19,8 +19,8 @@ Recommendation: `); inference adds `Music title: [title]; `. Evaluation generate
 the trainable gradients are averaged with all_reduce before each step (plain data parallelism
 without DDP's module wrapper: the loss is not the module's forward).
 
-`build_targets` writes training lines from catalog metadata and tags (templated sentences: a
-stand-in for human-written justifications, said so in each line's "origin").
+`build_targets` writes training lines from catalog titles and tags (templated sentences that state
+only those facts: a stand-in for human-written justifications, said so in each line's "origin").
 
 `evaluate` gives the paper's Table 3: BERTScore F1 and InfoLM's AB divergence, L2 and Fisher-Rao
 (training/text_metrics.py: the published algorithms through torchmetrics, with local copies of the
@@ -127,19 +127,19 @@ def tower_music_vector(towers: Any, encoder: Any, audio: np.ndarray) -> np.ndarr
 
 
 def build_targets(tracks: Iterable[Any], *, max_tags: int = 4) -> list[dict[str, Any]]:
-    """Training lines from catalog payloads (storage TrackPayload-like: title, artist, tags, tempo_bpm, content_hash)."""
+    """Training lines from catalog payloads (storage TrackPayload-like: title, tags, content_hash).
+
+    Each target says only what the reasoner's prompt holds (build_prompt: the title and the tags),
+    so a reasoner trained on them learns to state facts, not to invent an artist or a tempo the
+    prompt never gave it; every target passes engine/grounding.py's check against those facts.
+    """
     lines = []
     for t in tracks:
         tags = [str(x) for x in dict.fromkeys(t.tags)][:max_tags]
         if not t.title or not tags:
             continue
-        by = f" by {t.artist}" if getattr(t, "artist", "") else ""
-        pace = ""
-        if getattr(t, "tempo_bpm", None):
-            bpm = float(t.tempo_bpm)
-            pace = " at a slow pace" if bpm < 90 else " at a lively pace" if bpm > 130 else " at a steady pace"
-        mood = ", ".join(tags[:-1]) + f" and {tags[-1]}" if len(tags) > 1 else tags[0]
-        target = f'"{t.title}"{by} is {mood} music{pace}, so it suits a video whose mood is {tags[0]}.'
+        listed = ", ".join(tags[:-1]) + f" and {tags[-1]}" if len(tags) > 1 else tags[0]
+        target = f'"{t.title}" is {listed} music. Its {tags[0]} sound is what suits the video.'
         lines.append({"track_id": t.content_hash, "title": t.title, "tags": tags, "target": target, "origin": ORIGIN_TEMPLATE})
     return lines
 

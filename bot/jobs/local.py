@@ -79,10 +79,7 @@ class InProcessRunner:
         return PreviewResult(path.name, fitted=True)
 
     async def reason(self, request: ReasonRequest, *, job_key: str, on_token: TokenCallback | None = None) -> tuple[str, str]:
-        return await self.reasons.write_words(
-            request.title, request.track_sha, list(request.tags), feedback=request.feedback, video_words=request.video_words,
-            fallback=request.fallback, on_reason_token=on_token, timeout_s=request.timeout_s,
-        )  # fmt: skip
+        return await self.reasons.write_request(request, on_token)
 
     async def query(
         self, request: QueryRequest, *, job_key: str, on_status: StatusCallback | None = None

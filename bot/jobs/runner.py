@@ -84,13 +84,21 @@ class ReasonRequest:
     video_words: str  # the video's top labels as a sentence (or a text-only start's opening words)
     fallback: str  # the tag summary given when the LLM fails or runs out of time
     timeout_s: float | None = None  # None: the service's reasoner_timeout_s
+    # the rest of what the bot knows, for a reason grounded in facts (engine/grounding.py); defaults: unknown
+    artist: str = ""
+    tempo_bpm: float | None = None
+    loudness_db: float | None = None  # RMS dBFS
+    video_labels: tuple[str, ...] = ()  # the video's image labels, best first
+    understood: str = ""  # what the feedback parser understood from `feedback`
+    licence: str = ""
+    duration_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"tags": list(self.tags)}
+        return dataclasses.asdict(self) | {"tags": list(self.tags), "video_labels": list(self.video_labels)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReasonRequest:
-        return cls(**(d | {"tags": tuple(d.get("tags", ()))}))
+        return cls(**(d | {"tags": tuple(d.get("tags", ())), "video_labels": tuple(d.get("video_labels", ()))}))
 
 
 @dataclass(frozen=True)

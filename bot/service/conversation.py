@@ -62,7 +62,9 @@ platform's `ReplyOptions.reason_budget_s` (default `reasoner_timeout_s`), after 
 left out)" or "llm + music token"). `ServiceConfig.reasoner = "http"` asks an OpenAI-compatible
 server instead (bot/service/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
 text only, labelled "llm via http (title + tags)". When either fails or times out, the tag summary is
-given with a note that the model's reason is unavailable.
+given with a note that the model's reason is unavailable. With `reasoner_grounded` (the default) the
+reasoner gets the turn's facts (`ReasonRequest`) and each sentence is checked against them before it
+is shown (bot/service/reasons.py, engine/grounding.py); if none passes, the tag summary stands, labelled.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ from bot.service.reasons import (
     REASONER_TIMEOUT_S,
     ReasonTokenCallback,
     ReasonWriter,
+    plan_video_labels,
     plan_video_words,
     tag_summary,
 )
@@ -251,6 +254,7 @@ class ServiceConfig:
     max_upload_bytes: int | None = None  # None: the media store's limit
     reasoner: str = REASONER_OFF  # "off" | "local" | "http": who writes the best track's reason (paper 4.2)
     reasoner_timeout_s: float = REASONER_TIMEOUT_S  # after this, the reply falls back to the tag summary
+    reasoner_grounded: bool = True  # facts-only prompt, every sentence checked before it is shown (engine/grounding.py)
     reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token
     reasoner_max_new_tokens: int = REASONER_MAX_NEW_TOKENS
     reasoner_url: str | None = None  # reasoner="http": the server's base URL (/v1/chat/completions is added)
@@ -754,9 +758,13 @@ class ConversationService:
         if writes_reason:  # one LLM call per reply (the best track) bounds its latency
             best = cards[0]
             t_reason = time.perf_counter()
+            payload = retrieved.records[picks[0]].payload
             request = ReasonRequest(
                 best.title, best.track_id, tuple(dict.fromkeys(best.mtt_tags + best.msd_tags)) or tuple(best.tags),
-                feedback=plan.text, video_words=plan_video_words(plan), fallback=best.reason, timeout_s=options.reason_budget_s,
+                feedback=plan.text or plan.anchor_text, video_words=plan_video_words(plan), fallback=best.reason,
+                timeout_s=options.reason_budget_s, artist=best.artist, tempo_bpm=best.tempo_bpm,
+                loudness_db=payload.loudness_db, video_labels=plan_video_labels(plan), understood=understood,
+                licence=best.licence, duration_s=best.duration_s or None,
             )  # fmt: skip
             reason, source = await self.runner.reason(request, job_key=f"reason:{conv.id}:{turn.index}", on_token=out.token)
             if reason != best.reason:

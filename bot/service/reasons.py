@@ -1,8 +1,16 @@
-"""Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags."""
+"""Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags.
+
+Grounded (`ServiceConfig.reasoner_grounded`, the default): the reasoner is given the turn's facts
+(`ReasonRequest`: title, artist, top tags, tempo, loudness, the video's labels, the user's words and
+what was understood, licence, duration) and every sentence it writes is checked against them before
+it is shown (engine/grounding.py); the callback gets whole accepted sentences. When none passes,
+the tag summary stands, saying the model's reason is unavailable and why.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import threading
@@ -13,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bot.jobs.runner import ReasonRequest
 from bot.service.assets import TrackAssets
 from bot.service.turns import TurnPlan
 from engine.engine import Engine
@@ -29,6 +38,7 @@ REASONER_HTTP = "http"  # an OpenAI-compatible server (Ollama, vLLM), text only 
 REASONER_MODES = (REASONER_OFF, REASONER_LOCAL, REASONER_HTTP)
 REASONER_TIMEOUT_S = 3.0  # seconds a reply waits for the LLM's reason (lite: ~2.5 s for 40 tokens on 2 cores)
 REASONER_MAX_NEW_TOKENS = 48  # tokens of an LLM reason in a reply
+VIDEO_LABELS = 3  # image labels of the video among a reason's facts
 
 ReasonTokenCallback = Callable[[str], Awaitable[None] | None]  # each piece of the LLM's reason as it is written
 
@@ -40,7 +50,7 @@ class ReasonWriter:
         self.config = config  # ServiceConfig: reasoner, reasoner_timeout_s, reasoner_checkpoint, ...
         self.engine = engine
         self.assets = assets
-        self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded on first use (or warm_up)
+        self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded at start-up (warm_up), else on first use
         self._reasoner_lock = threading.Lock()
         self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
 
@@ -67,35 +77,34 @@ class ReasonWriter:
     ) -> tuple[str, str]:  # fmt: skip
         """(reason, reason_source): the LLM's, within `timeout_s` (default `reasoner_timeout_s`), else the tag summary saying why.
 
-        With `on_reason_token`, each piece the local LLM writes is handed to it (in order, on the event
-        loop) as it comes; all of them arrive before this returns.
+        With `on_reason_token`, each piece the LLM writes (grounded: each sentence that passed the
+        fact check) is handed to it (in order, on the event loop) as it comes; all of them arrive
+        before this returns.
         """
-        return await self.write_words(
-            title, sha, tags, feedback=plan.text, video_words=plan_video_words(plan), fallback=fallback,
-            on_reason_token=on_reason_token, timeout_s=timeout_s,
+        request = ReasonRequest(
+            title, sha, tuple(tags), feedback=plan.text, video_words=plan_video_words(plan), fallback=fallback,
+            timeout_s=timeout_s, video_labels=plan_video_labels(plan),
         )  # fmt: skip
+        return await self.write_request(request, on_reason_token)
 
-    async def write_words(
-        self, title: str, sha: str, tags: Sequence[str], *, feedback: str, video_words: str, fallback: str,
-        on_reason_token: ReasonTokenCallback | None = None, timeout_s: float | None = None,
-    ) -> tuple[str, str]:  # fmt: skip
-        """`write` from the plan's words alone (what a model job carries: bot/jobs/runner.py `ReasonRequest`)."""
+    async def write_request(self, request: ReasonRequest, on_reason_token: ReasonTokenCallback | None = None) -> tuple[str, str]:
+        """`write` from what a model job carries (bot/jobs/runner.py `ReasonRequest`): the facts, not the plan."""
         from engine.reasoner import (
             Justification,
-            ReasonInput,
             justify,
             reason_or_fallback,
         )
 
-        budget = self.config.reasoner_timeout_s if timeout_s is None else timeout_s
+        budget = self.config.reasoner_timeout_s if request.timeout_s is None else request.timeout_s
+        inp = reason_input(request)
         if self.config.reasoner == REASONER_HTTP:
-            return await self._http_reason(title, tags, feedback, video_words, fallback, on_reason_token, timeout_s=budget)
+            return await self._http_reason(inp, request.fallback, on_reason_token, timeout_s=budget)
         if self._reasoner_executor is None:
             self._reasoner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musechat-reasoner")
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         reasoner = self._reasoner
-        if reasoner is None:  # not warmed up: load it, but never wait past the limit for it
+        if reasoner is None:  # not loaded at start-up (it failed then): load it, but never wait past the limit for it
             loading = loop.run_in_executor(self._reasoner_executor, self.get_reasoner)
             try:
                 reasoner = await asyncio.wait_for(asyncio.shield(loading), budget)
@@ -103,47 +112,79 @@ class ReasonWriter:
                 error = "the model is still loading" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
                 log.warning("no reasoner for this reply: %s", error)
                 j = Justification(None, REASON_SOURCE_TAGS, time.perf_counter() - t0, error=error)
-                return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
-        music = None
+                return reason_or_fallback(j, request.fallback, REASON_SOURCE_TAGS)
         if reasoner.trained:  # the soft token needs the track's mean music embedding (feature cache)
-            segments = await loop.run_in_executor(self._reasoner_executor, self.assets.segment_music, sha)
+            segments = await loop.run_in_executor(self._reasoner_executor, self.assets.segment_music, request.track_sha)
             music = None if segments is None else np.asarray(segments, dtype=np.float32).mean(axis=0)  # (Dm,)
-        inp = ReasonInput(title, music_vector=music, tags=tuple(tags), feedback=feedback, video=video_words)
+            inp = dataclasses.replace(inp, music_vector=music)
         remaining = max(0.0, budget - (time.perf_counter() - t0))
         relay = TokenRelay(on_reason_token, loop) if on_reason_token is not None else None
         try:
             j = await justify(
                 reasoner, inp, timeout_s=remaining, executor=self._reasoner_executor,
                 max_new_tokens=self.config.reasoner_max_new_tokens, on_token=relay.put if relay is not None else None,
+                grounded=self.config.reasoner_grounded,
             )  # fmt: skip
         finally:
             if relay is not None:
                 await relay.close()
-        return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+        if j.dropped:
+            log.info("reason for %r: %d sentence(s) left out by the fact check: %s", request.title, len(j.dropped), "; ".join(j.dropped))
+        return reason_or_fallback(j, request.fallback, REASON_SOURCE_TAGS)
 
     async def _http_reason(
-        self, title: str, tags: Sequence[str], feedback: str, video_words: str, fallback: str,
-        on_reason_token: ReasonTokenCallback | None = None,
-        *, timeout_s: float,
-    ) -> tuple[str, str]:  # fmt: skip
+        self, inp: Any, fallback: str, on_reason_token: ReasonTokenCallback | None = None, *, timeout_s: float
+    ) -> tuple[str, str]:
         """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
 
-        The server answers in one piece (no streaming request): `on_reason_token` gets the whole text once.
+        The server answers in one piece (no streaming request); grounded, its sentences go through
+        the same fact check as the local LLM's, and `on_reason_token` gets each accepted one.
         """
         from bot.service.reasoner_http import HttpReasonerConfig, justify_http
-        from engine.reasoner import ReasonInput, reason_or_fallback
+        from engine.grounding import grounded_text
+        from engine.reasoner import reason_or_fallback
 
         cfg = HttpReasonerConfig(
             base_url=self.config.reasoner_url or "", model=self.config.reasoner_model or "",
             api_key=self.config.reasoner_api_key, max_tokens=self.config.reasoner_max_new_tokens,
         )  # fmt: skip
-        inp = ReasonInput(title, tags=tuple(tags), feedback=feedback, video=video_words)
         j = await justify_http(inp, cfg, timeout_s=timeout_s)
-        if j.text and on_reason_token is not None:
+        pieces = [j.text] if j.text else []
+        if j.text and self.config.reasoner_grounded:
+            text, verdicts = grounded_text(j.text, inp.facts())
+            pieces = [v.sentence for v in verdicts if v.accepted]
+            if not text:
+                j = dataclasses.replace(j, text=None, error=f"none of its {len(verdicts)} sentence(s) passed the fact check")
+            else:
+                j = dataclasses.replace(j, text=text)
+        if pieces and on_reason_token is not None:
             relay = TokenRelay(on_reason_token, asyncio.get_running_loop())
-            relay.put(j.text)
+            for n, piece in enumerate(pieces):
+                relay.put(piece if n == 0 else " " + piece)
             await relay.close()
         return reason_or_fallback(j, fallback, REASON_SOURCE_TAGS)
+
+
+def reason_input(request: ReasonRequest) -> Any:
+    """The reasoner's input (engine.reasoner.ReasonInput) from a model job's request."""
+    from engine.reasoner import ReasonInput
+
+    return ReasonInput(
+        request.title, tags=tuple(request.tags), feedback=request.feedback, video=request.video_words,
+        artist=request.artist, tempo_bpm=request.tempo_bpm, loudness_db=request.loudness_db,
+        video_labels=tuple(request.video_labels), understood=request.understood, licence=request.licence,
+        duration_s=request.duration_s,
+    )  # fmt: skip
+
+
+def video_labels(video: VideoFeatures) -> tuple[str, ...]:
+    """The video's top image labels (the first of each ImageNet name's synonyms), best first."""
+    return tuple(dict.fromkeys(n.split(",")[0].strip() for n, _ in video.labels[:VIDEO_LABELS] if n))
+
+
+def plan_video_labels(plan: TurnPlan) -> tuple[str, ...]:
+    """`video_labels` of the turn's video; none for a text-only start."""
+    return video_labels(plan.video) if plan.video is not None else ()
 
 
 def plan_video_words(plan: TurnPlan) -> str:

@@ -210,26 +210,64 @@ def test_loss_masks_the_prompt_and_backpropagates_into_f_l(tiny_parts):
 def test_generate_streams_pieces_that_make_the_text(tiny_parts):
     r = fresh(tiny_parts, trained=False)
     pieces: list[str] = []
-    j = r.generate(ReasonInput("Night Drive"), max_new_tokens=8, on_token=pieces.append)
+    j = r.generate(ReasonInput("Night Drive"), max_new_tokens=8, on_token=pieces.append, grounded=False)
     assert j.tokens == 8 and j.source == REASON_SOURCE_TITLE_TAGS and j.error == ""
     assert "".join(pieces).strip() == j.text
     assert j.first_token_s is not None and j.first_token_s <= j.seconds
-    streamed = list(r.stream(ReasonInput("Night Drive"), max_new_tokens=5))
+    streamed = list(r.stream(ReasonInput("Night Drive"), max_new_tokens=5, grounded=False))
     assert streamed and all(isinstance(p, str) for p in streamed)
+
+
+def test_grounded_generation_shows_nothing_that_did_not_pass_the_check(tiny_parts):
+    """The random tiny LLM writes word-pieces, never a checked sentence: nothing is streamed, and the text is None."""
+    r = fresh(tiny_parts, trained=False)
+    pieces: list[str] = []
+    j = r.generate(ReasonInput("Night Drive", tags=("synth",)), max_new_tokens=24, on_token=pieces.append)
+    assert pieces == [] and j.text is None and j.first_token_s is None
+    assert j.tokens == 24 and j.raw  # it wrote, and all of it was held back
+    assert j.error in ("it wrote no sentence",) or j.error.startswith("none of its")
+
+
+def test_grounded_chat_prompt_holds_the_facts_after_the_examples():
+    facts = ReasonInput(
+        "Battle Epic", tags=("classical", "strings"), tempo_bpm=72.4, loudness_db=-30.0, video_labels=("alp",),
+        feedback="calmer", understood="more calm", licence="CC-BY-4.0", duration_s=154.0, artist="Wesnoth",
+    ).facts()  # fmt: skip
+    msgs = R.grounded_messages(facts)
+    assert msgs[0] == {"role": "system", "content": R.GROUNDED_SYSTEM}
+    assert len(msgs) == 2 + 2 * len(R.GROUNDED_SHOTS)
+    assert msgs[-1]["content"] == (
+        "Title: Battle Epic\nArtist: Wesnoth\nTags: classical, strings\nTempo: 72 BPM (slow)\nLoudness: quiet\n"
+        "Video shows: alp\nUser asked: calmer\nUnderstood: more calm\nLength: 2:34\nLicence: CC-BY-4.0\n"
+        + R.GROUNDED_QUESTION
+    )
+    # every example answer passes the check against its own facts (the prompt teaches what the filter keeps)
+    from engine.grounding import grounded_text
+
+    for shot, answer in R.GROUNDED_SHOTS:
+        text, verdicts = grounded_text(answer, shot)
+        assert text == answer, [v for v in verdicts if not v.accepted]
 
 
 class _SlowTokenizerReasoner:
     """A reasoner whose generate blocks until told to stop (the timeout path without a big model)."""
 
-    def __init__(self) -> None:
+    cfg = ReasonerConfig()
+
+    def __init__(self, first: str = "") -> None:
         self.stopped = threading.Event()
+        self.first = first  # a sentence let through before it blocks
 
     def source(self, inp: ReasonInput) -> str:
         return REASON_SOURCE_TITLE_TAGS
 
-    def generate(self, inp, *, max_new_tokens=None, on_token=None, stop=None):
+    def generate(self, inp, *, max_new_tokens=None, on_token=None, stop=None, grounded=None):
         assert stop is not None
+        if self.first and on_token is not None:
+            on_token(self.first)
         stop.wait(10)
+        if on_token is not None:
+            on_token(" Too late.")  # after the limit: never handed on
         self.stopped.set()
         return R.Justification("late", REASON_SOURCE_TITLE_TAGS, 10.0)
 
@@ -243,9 +281,18 @@ async def test_justify_times_out_and_stops_the_worker():
     assert await asyncio.to_thread(slow.stopped.wait, 2.0)  # the worker was told to stop
 
 
+async def test_a_grounded_timeout_keeps_the_sentences_already_shown():
+    slow = _SlowTokenizerReasoner(first='"Night Drive" is fast synth music.')
+    pieces: list[str] = []
+    j = await justify(slow, ReasonInput("Night Drive"), timeout_s=0.3, on_token=pieces.append)  # type: ignore[arg-type]
+    assert j.text == '"Night Drive" is fast synth music.' and j.error == "timed out after 0.3 s"
+    assert await asyncio.to_thread(slow.stopped.wait, 2.0)
+    assert pieces == ['"Night Drive" is fast synth music.']  # the late piece never reached the caller
+
+
 async def test_justify_returns_the_text_within_the_limit(tiny_parts):
     r = fresh(tiny_parts, trained=False)
-    j = await justify(r, ReasonInput("Night Drive"), timeout_s=30, max_new_tokens=4)
+    j = await justify(r, ReasonInput("Night Drive"), timeout_s=30, max_new_tokens=4, grounded=False)
     assert j.text is not None and j.tokens == 4 and j.error == ""
 
 
@@ -279,13 +326,18 @@ def test_lite_gguf_loads_offline_names_the_title_and_is_cached(tmp_path, monkeyp
     w2 = r2.llm.model.layers[5].self_attn.q_proj.weight
     assert torch.equal(w1, w2)
     torch.manual_seed(0)
-    j = r2.generate(
-        ReasonInput("Moonlight Sonata", tags=("piano", "classical", "calm"), video="a sunset over the sea"),
-        max_new_tokens=40,
-    )
+    inp = ReasonInput("Moonlight Sonata", tags=("piano", "classical", "calm"), video_labels=("seashore",), tempo_bpm=66.0)
+    pieces: list[str] = []
+    j = r2.generate(inp, max_new_tokens=60, on_token=pieces.append)
     assert j.source == REASON_SOURCE_TITLE_TAGS
-    assert "moonlight" in j.text.lower()
-    assert any(w in j.text.lower() for w in ("piano", "calm", "classical", "sunset", "sea"))
+    assert j.text and "".join(pieces) == j.text  # whole sentences, streamed as they passed
+    assert "moonlight" in j.raw.lower()  # the answer starts with the title (prefill); that sentence may be dropped
+    assert any(w in j.text.lower() for w in ("piano", "calm", "classical", "seashore"))
+    from engine.grounding import FactIndex, split_sentences, unsupported_claims
+
+    sentences, rest = split_sentences(j.text)
+    assert rest == "" and 1 <= len(sentences) <= ReasonerConfig().max_sentences
+    assert all(unsupported_claims(s, FactIndex.of(inp.facts()), R.SHOT_TERMS) == [] for s in sentences)
     R.clear_cache()
 
 

@@ -92,11 +92,15 @@ def test_build_targets_from_catalog_metadata_and_tags():
     )
     assert lines == [
         {"track_id": "h1", "title": "Night Drive", "tags": ["synth", "dark", "electronic"],
-         "target": '"Night Drive" by Kai is synth, dark and electronic music at a lively pace, so it suits a video whose mood is synth.',
+         "target": '"Night Drive" is synth, dark and electronic music. Its synth sound is what suits the video.',
          "origin": ORIGIN_TEMPLATE},
         {"track_id": "h3", "title": "Lake", "tags": ["piano"],
-         "target": '"Lake" is piano music at a slow pace, so it suits a video whose mood is piano.', "origin": ORIGIN_TEMPLATE},
+         "target": '"Lake" is piano music. Its piano sound is what suits the video.', "origin": ORIGIN_TEMPLATE},
     ]  # fmt: skip
+    from engine.grounding import ReasonFacts, grounded_text
+
+    for line in lines:  # targets state only the prompt's facts: the check keeps them whole
+        assert grounded_text(line["target"], ReasonFacts(line["title"], tags=tuple(line["tags"])))[0] == line["target"]
 
 
 def test_loss_falls_and_only_lora_and_f_l_change(tmp_path):

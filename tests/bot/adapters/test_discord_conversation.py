@@ -290,7 +290,7 @@ async def test_the_reason_streams_into_the_card_with_spaced_edits_through_a_429(
     from bot.service import ServiceConfig
 
     interval = 0.05  # seconds between edits (production: about 1 s); the tiny LM writes fast
-    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)) as e:
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)) as e:
         adapter = DiscordAdapter(e.service, settings(), cdn_hosts={"127.0.0.1"}, edit_interval_s=interval)
         await adapter.login()
         try:

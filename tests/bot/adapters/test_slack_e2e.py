@@ -183,7 +183,7 @@ async def test_the_sql_event_store_is_the_default_without_redis(fake: FakeSlack,
 
 async def test_the_llm_reason_streams_into_the_thread(fake: FakeSlack, data_dir: Path, tiny, bikes_mp4: Path) -> None:  # noqa: F811
     """The tiny profile's local LLM writes the reason piece by piece: chat.startStream / appendStream / stopStream."""
-    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)) as e:
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)) as e:
         replies = []
         start = e.service.start
 

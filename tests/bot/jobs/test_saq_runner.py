@@ -45,7 +45,7 @@ from tests.bot.jobs.conftest import (  # noqa: F401
 from tests.conftest import lavfi
 from tests.helpers.service import CLIPS, built, make_clips, tiny  # noqa: F401 - fixtures
 
-LOCAL_REASONS = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
+LOCAL_REASONS = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)  # the random tiny LM: raw pieces (it never writes a checked sentence)
 
 
 async def _conversation(svc, video: Path) -> list:

@@ -34,7 +34,7 @@ from engine.profiles import Encoders
 from storage.models import ConversationStatus, FeedbackKind
 from tests.helpers.service import LICENCES, Env, built, data_dir, index, open_service, postgres_target, tiny  # noqa: F401 - fixtures
 
-LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
+LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)  # the random tiny LM: raw pieces (it never writes a checked sentence)
 ALL_BUTTONS = (ActionKind.USE, ActionKind.ANOTHER, ActionKind.REFINE, ActionKind.START_OVER)
 KEYS = PlatformKeys("discord", channel_id="chan-1", user_id="owner-1", thread_id="thread-1", workspace_id="guild-1", user_name="Ada")
 

@@ -442,10 +442,69 @@ async def test_lite_profile_end_to_end_on_real_music(tmp_path: Path, music_dir: 
 async def test_the_reasoner_writes_the_reason_and_says_what_its_prompt_held(data_dir: Path, tiny: Encoders) -> None:
     from engine.reasoner import REASON_SOURCE_TITLE_TAGS
 
-    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60)) as e:
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60, reasoner_grounded=False)) as e:
         r = await e.service.start(text="happy tune", channel_id="llm", user_id="u")
     assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS
     assert r.track.reason and "unavailable" not in r.track.reason
+
+
+async def test_the_reasoner_is_loaded_when_the_service_starts_not_on_the_first_turn(
+    data_dir: Path, tiny: Encoders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import reasoner as R
+    from engine.reasoner import REASON_SOURCE_TITLE_TAGS
+
+    R.clear_cache()
+    loads: list[tuple[float, float]] = []  # (start, end) of each LLM load
+    real = R.load_llm
+
+    def timed(spec, **kw):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        try:
+            return real(spec, **kw)
+        finally:
+            loads.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(R, "load_llm", timed)
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60, reasoner_grounded=False)) as e:
+        opened = time.perf_counter()
+        assert len(loads) == 1 and loads[0][1] <= opened  # loaded while the service started
+        assert e.service.reasons._reasoner is not None
+        r = await e.service.start(text="happy tune", channel_id="warm", user_id="u")
+    assert len(loads) == 1  # the first turn paid no load
+    assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS and "unavailable" not in r.track.reason
+    R.clear_cache()
+
+
+async def test_a_grounded_reason_is_written_from_the_turns_facts(data_dir: Path, tiny: Encoders) -> None:
+    """What the reasoner is given: the card's facts, the video's labels, the user's words and what was understood."""
+    from bot.jobs.runner import ReasonRequest
+
+    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60)) as e:
+        requests: list[ReasonRequest] = []
+        real = e.service.runner.reason
+
+        async def recording(request: ReasonRequest, **kw):  # noqa: ANN202
+            requests.append(request)
+            return await real(request, **kw)
+
+        e.service.runner.reason = recording  # type: ignore[method-assign]
+        pieces: list[str] = []
+        r1 = await e.service.start(text="happy tune", channel_id="facts", user_id="u", on_reason_token=pieces.append)
+        r2 = await e.service.feedback(r1.conversation_id, "much calmer, no drums", on_reason_token=pieces.append)
+    for r, req in zip((r1, r2), requests, strict=True):
+        card = r.track
+        assert (req.title, req.artist, req.licence, req.tempo_bpm, req.duration_s) == (
+            card.title, card.artist, card.licence, card.tempo_bpm, card.duration_s,
+        )  # fmt: skip
+        assert req.tags == tuple(dict.fromkeys(card.mtt_tags + card.msd_tags)) and req.loudness_db is not None
+        assert req.video_labels == ()  # a text-only conversation: no video
+        # the random tiny LM never writes a sentence that passes the check: the tag summary stands, labelled, nothing streamed
+        assert card.reason_source == "tag summary" and "The model's reason is unavailable: " in card.reason
+    assert requests[0].feedback == "happy tune"
+    assert requests[1].feedback == "much calmer, no drums" and requests[1].understood == r2.understood != ""
+    assert pieces == []
+    assert ReasonRequest.from_json(requests[1].to_json()) == requests[1]  # what a worker receives
 
 
 async def test_a_reasoner_timeout_falls_back_to_the_labelled_tag_summary(data_dir: Path, tiny: Encoders) -> None:

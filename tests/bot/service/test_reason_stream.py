@@ -14,7 +14,7 @@ from engine.profiles import Encoders
 from engine.reasoner import REASON_SOURCE_TITLE_TAGS
 from tests.helpers.service import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
 
-LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0)
+LOCAL = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)  # the random tiny LM: raw pieces (it never writes a checked sentence)
 WATCHED_PIECES = 3  # pieces after which the Live test looks at the screen
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,16 +159,27 @@ def test_settings_map_to_the_service_config(monkeypatch: pytest.MonkeyPatch) -> 
     c = s.service_config()
     assert (c.reasoner, c.reasoner_url, c.reasoner_model, c.reasoner_api_key) == ("http", "http://127.0.0.1:11434", "llama3.2:3b", SECRET)
     assert SECRET not in repr(c)
+    assert c.reasoner_grounded is True  # the default: facts-only prompt, sentences checked
+    monkeypatch.setenv("MUSECHAT_REASONER_GROUNDED", "false")
+    assert Settings().service_config().reasoner_grounded is False
 
 
 async def test_service_reason_comes_from_the_server_then_falls_back(server: FakeServer, data_dir: Path, tiny: Encoders) -> None:  # noqa: F811
     cfg = ServiceConfig(reasoner="http", reasoner_url=server.url, reasoner_model="m", reasoner_timeout_s=5.0, reasoner_api_key=SECRET)
+    async def grounded_then_not(request: web.Request) -> web.StreamResponse:
+        """One sentence from the facts of the prompt, then one that names things the facts don't (dropped)."""
+        body = await request.json()
+        title = re.search(r"Music title: (.*?);", body["messages"][1]["content"]).group(1)  # type: ignore[union-attr]
+        return web.json_response(completion(f'"{title}" is what you asked for, a happy tune. {ANSWER}'))
+
+    server.behaviour = grounded_then_not
     async with open_service(data_dir, tiny, config=cfg) as e:
         pieces: list[str] = []
         r = await e.service.start(text="happy tune", channel_id="http", user_id="u", on_reason_token=pieces.append)
         assert r.kind is ReplyKind.RECOMMENDATION and r.track is not None
-        assert r.track.reason == ANSWER and r.track.reason_source == REASON_SOURCE_HTTP
-        assert pieces == [ANSWER]  # the server answers in one piece
+        shown = f'"{r.track.title}" is what you asked for, a happy tune.'
+        assert r.track.reason == shown and r.track.reason_source == REASON_SOURCE_HTTP  # "bright brass" was dropped
+        assert pieces == [shown]  # the server answers in one piece; only the checked sentence is shown
         [(body, headers)] = server.requests
         assert body["model"] == "m" and body["max_tokens"] == cfg.reasoner_max_new_tokens
         assert f"Music title: {r.track.title};" in body["messages"][1]["content"]

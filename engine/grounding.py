@@ -1,0 +1,369 @@
+"""What the reasoner may say: the facts of one recommendation, and a check of each sentence against them.
+
+A small LLM asked why a track suits a video writes fluent sentences that invent things: that a game
+track "is a tribute to the music of the 1980s", that the video "transports viewers to a futuristic
+cityscape". A reply must not pass those off as the bot's knowledge. So the reason is written from
+`ReasonFacts` only (title, artist, the top tags, tempo and loudness, the video's image labels, the
+user's words and what was understood from them, licence and duration), and every generated
+sentence goes through `check_sentence` before it is shown:
+
+- a word or phrase of the claim lexicon (genres, instruments, eras, moods, places: `LEXICON`) must
+  appear among the facts' words (`FactIndex`; plurals and "-y"/"-al" endings folded);
+- a number must be one of the facts' numbers (tempo, duration, a number in the title);
+- a capitalised word inside a sentence is taken as a name (an artist, a place, a work) and must
+  be one of the facts' words.
+
+A sentence with any unsupported claim is dropped whole (never edited: a half-sentence reads as
+something else); a sentence that repeats an earlier one, or has fewer than `MIN_WORDS` words, is
+dropped too; so is the unfinished tail when generation stops mid-sentence. `SentenceGate` applies
+this to a stream of text pieces and hands on accepted sentences one by one (a sentence can only
+be shown once it is complete and checked).
+
+The same lexicon gives `banned_phrases`: the claim words the facts do NOT contain, which the
+reasoner's decoder is told never to produce (`bad_words_ids`), so that fewer sentences are lost.
+The benchmark (benchmarks/bench_reasons.py) judges what is shown with a different checker (the
+models' own tag and image-label vocabularies, another word folding): this module never grades itself.
+
+Known limits: a claim in words outside the lexicon ("a cosy evening") passes; so does a fact put
+the wrong way round ("sad" when the user asked for "less sad").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+MIN_WORDS = 4  # a shorter "sentence" is a fragment ("Enjoy!"), not a reason
+SLOW_BPM, FAST_BPM = 90.0, 130.0  # tempo words: below slow, above fast (engine/steering.py uses the same split)
+QUIET_DB, LOUD_DB = -24.0, -14.0  # loudness words by RMS dBFS (engine/rhythm.py)
+
+# --- the claim lexicon: what a sentence may only say when the facts say it ------------------------
+
+LEXICON_TEXT = {  # comma-separated; multi-word terms are matched as phrases
+    "genre": """rock, pop, jazz, blues, classical, electronic, electronica, electro, techno, house, trance,
+        dubstep, drum and bass, hip hop, hip-hop, rap, metal, heavy metal, punk, funk, soul, r&b, rnb, reggae,
+        country, folk, indie, alternative, ambient, orchestral, symphonic, symphony, chiptune, 8-bit, 16-bit,
+        disco, dance, edm, synthwave, synth-pop, synthpop, new age, world music, latin, salsa, tango, waltz,
+        march, opera, operatic, baroque, gospel, lo-fi, lofi, grunge, ska, celtic, bluegrass, swing,
+        bossa nova, trap, breakbeat, industrial, hard rock, progressive, experimental, soundtrack, cinematic,
+        game music, video game, arcade, anthem, lullaby, ballad""",
+    "instrument": """guitar, electric guitar, acoustic guitar, bass, bassline, piano, keyboard, synth,
+        synthesizer, drum, drumbeat, drum machine, percussion, percussive, violin, viola, cello, strings,
+        string section, harp, flute, clarinet, oboe, bassoon, saxophone, sax, trumpet, horn, brass, trombone,
+        tuba, organ, harpsichord, accordion, banjo, mandolin, ukulele, sitar, choir, choral, chorus, vocals,
+        vocal, voice, singer, singing, vocalist, lyrics, bells, chimes, xylophone, marimba, glockenspiel,
+        harmonica, bagpipes, tabla, timpani, orchestra, ensemble, band, bassist, drummer, guitarist, pianist""",
+    "era": """retro, vintage, old-school, oldies, medieval, renaissance, victorian, futuristic, ancient,
+        classic, golden age, century, decade, era, eighties, seventies, sixties, nineties, fifties, twenties,
+        nostalgic, nostalgia""",
+    "mood": """happy, sad, melancholic, melancholy, joyful, cheerful, upbeat, energetic, calm, calming,
+        peaceful, relaxing, relaxed, chill, chilled, chillout, mellow, dark, gloomy, epic, dramatic, romantic,
+        tense, suspenseful, scary, eerie, creepy, mysterious, triumphant, heroic, playful, whimsical, dreamy,
+        uplifting, aggressive, angry, serene, tranquil, soothing, hopeful, emotional, intense, powerful, fun,
+        funny, quirky, spooky, ominous, majestic, somber, sombre, bright, lively, festive, sentimental, soft,
+        loud, quiet, fast, slow, sexy, catchy, beautiful, haunting, heartfelt, exciting, thrilling,
+        adventurous, adventure, mystical, magical, ethereal, atmospheric, groovy, funky, jazzy, bouncy, heavy,
+        smooth, gentle, warm, hard, driving, beat, groove, rhythmic""",
+    "place": """city, cityscape, urban, street, downtown, beach, seaside, sea, ocean, forest, jungle, woods,
+        mountain, alps, desert, space, outer space, galaxy, planet, island, countryside, village, castle,
+        arctic, cave, underwater, sky, river, lake, park, nightclub, club, stadium, cafe, tropical, japan,
+        japanese, tokyo, paris, french, africa, african, asia, asian, oriental, america, american, europe,
+        european, india, indian, china, chinese, spain, spanish, irish, scottish, arabic, middle east,
+        hawaiian, brazil, brazilian, mexico, mexican, russia, russian, german, germany, italy, italian,
+        english, britain, british, egypt, egyptian""",
+}
+LEXICON: dict[str, str] = {  # term -> category (genre, instrument, era, mood, place)
+    t.strip(): cat for cat, text in LEXICON_TEXT.items() for t in text.split(",") if t.strip()
+}
+PHRASES = tuple(t for t in LEXICON if " " in t)  # matched before single words
+
+NAME_WORDS = frozenset({"i", "bpm", "db", "cc", "by", "sa", "nc", "nd", "the", "a", "an", "it", "its", "this", "that"})  # capitalised but not names
+DECADE = re.compile(r"\b(?:1[0-9]|20)?[0-9]0'?s\b|\b'[0-9]0s\b", re.IGNORECASE)
+NUMBER = re.compile(r"\b\d+(?:[.,:]\d+)?\b")
+WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*[A-Za-z]|[A-Za-z]")
+USER_REFERENCE = re.compile(r"\byou(?:'ve| have)? (?:asked|wanted|want|requested|said|mentioned|wished)\b|\byour (?:request|words|wish)\b", re.IGNORECASE)
+SENTENCE_END = re.compile(r'(?<=[.!?])["\u201d\')]?(?=\s|$)')
+
+
+def fold(word: str) -> str:
+    """A crude stem: lower case, no possessive, plural and a few adjective endings folded (drums -> drum)."""
+    w = word.lower().strip("'\"")
+    if w.endswith("'s"):
+        w = w[:-2]
+    for suffix, repl in (("ies", "y"), ("es", ""), ("s", "")):
+        if len(w) > 4 and w.endswith(suffix) and not w.endswith("ss"):
+            w = w[: -len(suffix)] + repl
+            break
+    return w
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text)
+
+
+# =================================================================================================
+# the facts
+# =================================================================================================
+
+
+def tempo_word(bpm: float | None) -> str:
+    if not bpm:
+        return ""
+    return "slow" if bpm < SLOW_BPM else "fast" if bpm > FAST_BPM else "moderate"
+
+
+def loudness_word(db: float | None) -> str:
+    if db is None:
+        return ""
+    return "quiet" if db < QUIET_DB else "loud" if db > LOUD_DB else "medium"
+
+
+@dataclass(frozen=True)
+class ReasonFacts:
+    """Everything the bot knows about one recommendation that a reason may use."""
+
+    title: str
+    artist: str = ""
+    tags: tuple[str, ...] = ()  # the track's top tags, most likely first
+    tempo_bpm: float | None = None
+    loudness_db: float | None = None  # RMS dBFS
+    video_labels: tuple[str, ...] = ()  # what the video shows (ImageNet names, best first)
+    words: str = ""  # the user's words this turn (or a text-only start's)
+    understood: str = ""  # what the feedback parser understood ("more drums, less sad")
+    licence: str = ""
+    duration_s: float | None = None
+
+    def lines(self) -> list[str]:
+        """The facts as short "name: value" lines, for a prompt."""
+        out = [f"Title: {self.title.strip() or 'untitled'}"]
+        if self.artist.strip():
+            out.append(f"Artist: {self.artist.strip()}")
+        if self.tags:
+            out.append(f"Tags: {', '.join(self.tags)}")
+        if self.tempo_bpm:
+            out.append(f"Tempo: {self.tempo_bpm:.0f} BPM ({tempo_word(self.tempo_bpm)})")
+        if self.loudness_db is not None:
+            out.append(f"Loudness: {loudness_word(self.loudness_db)}")
+        if self.video_labels:
+            out.append(f"Video shows: {', '.join(self.video_labels)}")
+        if self.words.strip():
+            out.append(f"User asked: {self.words.strip()}")
+        if self.understood.strip() and self.understood.strip() != self.words.strip():
+            out.append(f"Understood: {self.understood.strip()}")
+        if self.duration_s:
+            m, s = divmod(int(round(self.duration_s)), 60)
+            out.append(f"Length: {m}:{s:02d}")
+        if self.licence.strip():
+            out.append(f"Licence: {self.licence.strip()}")
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+
+@dataclass(frozen=True)
+class FactIndex:
+    """The facts' folded words, phrases and numbers: what a sentence's claims are looked up in."""
+
+    words: frozenset[str]
+    phrases: str  # " w1 w2 ... " folded, for multi-word look-ups
+    numbers: frozenset[str]
+    user_spoke: bool = False  # the user's words are among the facts
+
+    @classmethod
+    def of(cls, facts: ReasonFacts) -> FactIndex:
+        text = facts.text()
+        folded = [fold(w) for w in words(text.replace("-", " "))] + [fold(w) for w in words(text)]
+        numbers = set(NUMBER.findall(text))
+        if facts.tempo_bpm:
+            numbers |= {f"{facts.tempo_bpm:.0f}", str(int(facts.tempo_bpm))}
+        if facts.duration_s:
+            numbers |= {str(int(round(facts.duration_s))), str(int(round(facts.duration_s / 60)))}
+        for d in DECADE.findall(text):
+            numbers.add(d.lower())
+        phrases = " " + " ".join(fold(w) for w in words(text)) + " "
+        return cls(frozenset(folded), phrases, frozenset(numbers), user_spoke=bool(facts.words.strip() or facts.understood.strip()))
+
+    def has(self, term: str) -> bool:
+        parts = [fold(w) for w in term.replace("-", " ").split()]
+        if len(parts) == 1:
+            return parts[0] in self.words or fold(term) in self.words
+        return f" {' '.join(parts)} " in self.phrases
+
+
+# =================================================================================================
+# the check
+# =================================================================================================
+
+
+def _folded_phrase(text: str) -> str:
+    return " " + " ".join(fold(w) for w in words(text.replace("-", " "))) + " "
+
+
+_FOLDED_LEXICON = {fold(t): t for t in LEXICON if " " not in t}  # folded single word -> term
+_FOLDED_PHRASES = tuple((_folded_phrase(p), p) for p in PHRASES)
+
+
+def _lexicon_term(w: str) -> str | None:
+    """The lexicon term a folded word is, comparatives included (calmer -> calm, happier -> happy)."""
+    if w in _FOLDED_LEXICON:
+        return _FOLDED_LEXICON[w]
+    for suffix, repl in (("ier", "y"), ("iest", "y"), ("er", ""), ("est", ""), ("ler", "le"), ("ger", "g"), ("ter", "t"), ("ming", ""), ("ing", "")):
+        if len(w) > len(suffix) + 2 and w.endswith(suffix) and (stem := w[: -len(suffix)] + repl) in _FOLDED_LEXICON:
+            return _FOLDED_LEXICON[stem]
+    return None
+
+
+def _lexicon_hits(sentence: str) -> list[str]:
+    """The lexicon terms a sentence names (phrases first; their words are not counted again)."""
+    low = _folded_phrase(sentence)
+    hits: list[str] = []
+    for folded, p in _FOLDED_PHRASES:
+        if folded in low:
+            hits.append(p)
+            low = low.replace(folded, " ")
+    hits += [t for w in low.split() if (t := _lexicon_term(w))]
+    for raw in (w.lower() for w in words(sentence) if "-" in w):  # hip-hop, lo-fi as written
+        if raw in LEXICON and raw.replace("-", " ") not in hits:
+            hits.append(raw)
+    return list(dict.fromkeys(hits))
+
+
+def _names(sentence: str) -> list[str]:
+    """Capitalised words after the sentence's first word, outside quotes: taken as names."""
+    unquoted = re.sub(r'"[^"]*"|\u201c[^\u201d]*\u201d', " ", sentence)
+    tokens = words(unquoted)
+    first = words(sentence)[:1]
+    out = []
+    for i, w in enumerate(tokens):
+        if i == 0 and first and w == first[0]:
+            continue
+        if w[0].isupper() and w.lower() not in NAME_WORDS:
+            out.append(w)
+    return out
+
+
+def unsupported_claims(sentence: str, index: FactIndex, foreign: Sequence[str] = ()) -> list[str]:
+    """What a sentence claims that the facts do not say (empty: every claim is grounded).
+
+    `foreign`: more terms to treat as claims, e.g. the words of a prompt's few-shot examples (a small
+    model copies them: "carry the sandbar across the alp" where only the example had an alp).
+    """
+    low = _folded_phrase(sentence)
+    bad = [t for t in _lexicon_hits(sentence) if not index.has(t)]
+    bad += [t for t in foreign if _folded_phrase(t) in low and not index.has(t)]
+    for d in DECADE.findall(sentence):
+        if d.lower() not in index.numbers:
+            bad.append(d)
+    for n in NUMBER.findall(DECADE.sub(" ", sentence)):
+        if n not in index.numbers and n.split(".")[0] not in index.numbers:
+            bad.append(n)
+    quoted = " ".join(re.findall(r'"([^"]*)"|\u201c([^\u201d]*)\u201d', sentence)[0]) if re.search(r'"[^"]*"|\u201c', sentence) else ""
+    if quoted and not all(index.has(w) for w in words(quoted)):
+        bad.append(f'"{quoted.strip()}"')  # a quoted title that is not this track's
+    bad += [n for n in _names(sentence) if not index.has(n)]
+    if not index.user_spoke and (m := USER_REFERENCE.search(sentence)):
+        bad.append(m.group(0))  # "you asked for ..." when the user asked nothing
+    return list(dict.fromkeys(bad))
+
+
+def banned_phrases(facts: ReasonFacts, extra: Sequence[str] = ()) -> list[str]:
+    """The lexicon's terms (and `extra` terms) the facts do not contain: for the decoder's bad-words list."""
+    index = FactIndex.of(facts)
+    return [t for t in (*LEXICON, *extra) if not index.has(t)]
+
+
+def split_sentences(text: str) -> tuple[list[str], str]:
+    """(complete sentences, the unfinished rest)."""
+    out, start = [], 0
+    for m in SENTENCE_END.finditer(text):
+        s = text[start : m.end()].strip()
+        if s:
+            out.append(s)
+        start = m.end()
+    return out, text[start:]
+
+
+@dataclass
+class Verdict:
+    sentence: str
+    unsupported: list[str]
+    why: str = ""  # "unsupported", "repeat", "fragment", "" when accepted
+
+    @property
+    def accepted(self) -> bool:
+        return not self.why
+
+
+@dataclass
+class SentenceGate:
+    """Sentences out of a stream of text pieces, each checked before it is let through (module docstring)."""
+
+    facts: ReasonFacts
+    foreign: Sequence[str] = ()  # more claim terms (unsupported_claims)
+    index: FactIndex = field(init=False)
+    verdicts: list[Verdict] = field(default_factory=list)
+    _buffer: str = ""
+    _seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.index = FactIndex.of(self.facts)
+
+    def feed(self, piece: str) -> list[str]:
+        """Add a piece; the sentences it completed that pass the check."""
+        self._buffer += piece
+        done, self._buffer = split_sentences(self._buffer)
+        return [s for s in done if self._judge(s)]
+
+    def finish(self) -> None:
+        """The end of the text: an unfinished sentence is dropped (a reason ends on a full sentence)."""
+        rest = self._buffer.strip()
+        self._buffer = ""
+        if rest:
+            self.verdicts.append(Verdict(rest, [], "unfinished"))
+
+    def _judge(self, sentence: str) -> bool:
+        key = " ".join(fold(w) for w in words(sentence))
+        if len(words(sentence)) < MIN_WORDS:
+            self.verdicts.append(Verdict(sentence, [], "fragment"))
+            return False
+        if key in self._seen:
+            self.verdicts.append(Verdict(sentence, [], "repeat"))
+            return False
+        self._seen.add(key)
+        bad = unsupported_claims(sentence, self.index, self.foreign)
+        self.verdicts.append(Verdict(sentence, bad, "unsupported" if bad else ""))
+        return not bad
+
+    @property
+    def accepted(self) -> list[str]:
+        return [v.sentence for v in self.verdicts if v.accepted]
+
+    @property
+    def dropped(self) -> list[Verdict]:
+        return [v for v in self.verdicts if not v.accepted]
+
+
+def grounded_text(text: str, facts: ReasonFacts, foreign: Sequence[str] = ()) -> tuple[str, list[Verdict]]:
+    """A whole text through the gate: (accepted sentences joined, every verdict)."""
+    gate = SentenceGate(facts, foreign)
+    gate.feed(text)
+    gate.finish()
+    return " ".join(gate.accepted), gate.verdicts
+
+
+__all__ = [
+    "LEXICON",
+    "FactIndex",
+    "ReasonFacts",
+    "SentenceGate",
+    "Verdict",
+    "banned_phrases",
+    "fold",
+    "grounded_text",
+    "loudness_word",
+    "split_sentences",
+    "tempo_word",
+    "unsupported_claims",
+]

@@ -1,0 +1,90 @@
+"""Tests for engine/grounding.py: the facts of a recommendation and the check of each sentence against them."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.grounding import (
+    LEXICON,
+    FactIndex,
+    ReasonFacts,
+    SentenceGate,
+    banned_phrases,
+    grounded_text,
+    split_sentences,
+    unsupported_claims,
+)
+
+FACTS = ReasonFacts(
+    "Battle Epic", artist="Wesnoth", tags=("classical", "strings", "slow", "orchestral"), tempo_bpm=72.4,
+    loudness_db=-20.0, video_labels=("mountain bike", "alp"), words="more drums, less sad",
+    understood="more drums, less sad", licence="CC-BY-SA-3.0", duration_s=154.0,
+)  # fmt: skip
+SILENT = ReasonFacts("chipdisko", tags=("techno", "electronic", "fast"), tempo_bpm=128.0, video_labels=("cab",))
+
+CLAIM_CASES = [
+    # (facts, sentence, what it claims that the facts don't say)
+    (FACTS, '"Battle Epic" by Wesnoth is slow orchestral music with strings.', []),
+    (FACTS, "It is a tribute to the music of the 1980s and the 1990s.", ["1980s", "1990s"]),  # the issue's examples
+    (FACTS, "The video transports viewers to a futuristic cityscape.", ["futuristic", "cityscape"]),
+    (FACTS, "Its classical strings suit the mountain bike ride on the alp.", []),
+    (FACTS, "You asked for more drums, and it has drums.", []),  # the user's words are facts
+    (FACTS, "At 72 BPM and 2:34 long it is a calm pace.", ["calm"]),  # numbers of the facts pass, a mood does not
+    (FACTS, "It runs at 140 BPM.", ["140"]),
+    (FACTS, "It was composed by John Williams for the video.", ["John", "Williams"]),
+    (FACTS, "The piano and the guitars carry it.", ["piano", "guitar"]),  # plural folded to the term
+    (FACTS, "It sounds calmer and happier than the last one.", ["calm", "happy"]),  # comparatives
+    (FACTS, "A heavy metal anthem from Tokyo.", ["heavy metal", "anthem", "Tokyo", "tokyo"]),
+    (FACTS, '"Dark Forest" is the right choice for it.', ["dark", "forest", '"Dark Forest"']),  # another title
+    (SILENT, '"chipdisko" is fast electronic techno at 128 BPM.', []),
+    (SILENT, "You asked for something fast, and it is fast.", ["You asked"]),  # the user said nothing
+    (SILENT, "Its hip-hop beat suits the cab.", ["hip hop", "beat"]),  # as the phrase "hip hop"
+    (SILENT, "Its lo-fi sound suits the cab.", ["lo-fi"]),
+]
+
+
+@pytest.mark.parametrize(("facts", "sentence", "expected"), CLAIM_CASES)
+def test_a_sentence_names_only_what_the_facts_say(facts, sentence, expected):
+    assert sorted(unsupported_claims(sentence, FactIndex.of(facts))) == sorted(expected)
+
+
+def test_foreign_terms_count_as_claims():
+    """A few-shot example's particulars are claims when the reason repeats them."""
+    index = FactIndex.of(SILENT)
+    assert unsupported_claims("Its sound carries the sports car across the alp.", index, ("sports car", "alp", "cab")) == ["sports car", "alp"]
+
+
+def test_facts_read_as_short_lines():
+    assert FACTS.lines() == [
+        "Title: Battle Epic", "Artist: Wesnoth", "Tags: classical, strings, slow, orchestral", "Tempo: 72 BPM (slow)",
+        "Loudness: medium", "Video shows: mountain bike, alp", "User asked: more drums, less sad", "Length: 2:34",
+        "Licence: CC-BY-SA-3.0",
+    ]  # fmt: skip
+    assert SILENT.lines() == ["Title: chipdisko", "Tags: techno, electronic, fast", "Tempo: 128 BPM (moderate)", "Video shows: cab"]
+
+
+def test_the_gate_lets_through_whole_checked_sentences_as_they_complete():
+    gate = SentenceGate(FACTS)
+    out = [gate.feed(p) for p in ('"Battle Epic"', " is slow orchestral", " music. It is from the", " 1980s. Its strings", " suit the alp. Its strings suit the alp.", " And then")]
+    gate.finish()
+    assert out == [[], [], ['"Battle Epic" is slow orchestral music.'], [], ["Its strings suit the alp."], []]
+    assert [(v.why, v.unsupported) for v in gate.verdicts] == [
+        ("", []), ("unsupported", ["1980s"]), ("", []), ("repeat", []), ("unfinished", []),
+    ]  # fmt: skip
+    assert gate.accepted == ['"Battle Epic" is slow orchestral music.', "Its strings suit the alp."]
+
+
+def test_short_fragments_are_not_reasons():
+    text, verdicts = grounded_text("Enjoy! Its strings suit the alp.", FACTS)
+    assert text == "Its strings suit the alp." and verdicts[0].why == "fragment"
+
+
+def test_sentences_split_at_their_ends_only():
+    assert split_sentences('It is 2.5 times "slow." Then more') == (['It is 2.5 times "slow."'], " Then more")
+
+
+def test_banned_phrases_are_the_lexicon_less_the_facts():
+    banned = banned_phrases(FACTS, ("sports car", "alp"))
+    assert "classical" not in banned and "strings" not in banned and "drum" not in banned and "alp" not in banned
+    assert {"rock", "piano", "futuristic", "cityscape", "sports car"} <= set(banned)
+    assert len(banned) == len(LEXICON) + 2 - sum(1 for t in (*LEXICON, "sports car", "alp") if FactIndex.of(FACTS).has(t))
