@@ -69,7 +69,7 @@ def preference_to_json(p: Preference | None) -> dict[str, Any] | None:
         return None
     terms = [
         {"phrase": t.phrase, "sign": t.sign, "strength": t.strength, "source": t.source, "exclude": t.exclude,
-         "tags": dict(t.tags), "rhythm": list(t.rhythm)}
+         "tags": dict(t.tags), "rhythm": list(t.rhythm), "meaning": list(t.meaning)}
         for t in p.terms
     ]  # fmt: skip
     return {
@@ -83,7 +83,8 @@ def preference_from_json(d: dict[str, Any] | None) -> Preference | None:
         return None
     terms = [
         PreferenceTerm(t["phrase"], int(t["sign"]), float(t["strength"]), t["source"], bool(t["exclude"]),
-                       {str(k): float(v) for k, v in t["tags"].items()}, tuple(float(x) for x in t["rhythm"]))
+                       {str(k): float(v) for k, v in t["tags"].items()}, tuple(float(x) for x in t["rhythm"]),
+                       tuple(str(m) for m in t.get("meaning", ())))
         for t in d["terms"]
     ]  # fmt: skip
     return Preference(

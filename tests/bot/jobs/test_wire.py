@@ -80,3 +80,18 @@ def test_a_query_understood_and_ranked_on_one_side_is_the_same_on_the_other() ->
     assert back.order.tolist() == ranking.order.tolist() and back.scores.tobytes() == ranking.scores.tobytes()
     assert {k: v.tobytes() for k, v in back.parts.items()} == {k: v.tobytes() for k, v in ranking.parts.items()}
     assert preference_to_json(None) is None and preference_from_json(None) is None
+
+
+def test_every_field_of_a_preference_term_crosses() -> None:
+    """A new field of `PreferenceTerm` that the wire forgot would change what the user is told
+    ("rainy afternoon -> calm, soft") when a worker encoded the query."""
+    from dataclasses import fields
+
+    from engine.steering import Preference, PreferenceTerm
+
+    term = PreferenceTerm("rainy afternoon", -1, 0.5, "similarity", True, {"mtt:piano": 0.25}, (0.5, -1.0, 0.0), ("calm", "soft"))
+    assert all(getattr(term, f.name) != f.default for f in fields(term))  # every field set away from its default
+    pref = Preference(np.zeros(3, dtype=np.float32), np.zeros(3, dtype=np.float32), terms=[term], positive_text="x", unmatched=["y"])
+    back = preference_from_json(json.loads(json.dumps(preference_to_json(pref))))
+    assert back.terms == [term]
+    assert back.describe() == "no rainy afternoon \u2192 calm, soft"
