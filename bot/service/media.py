@@ -127,17 +127,25 @@ class MediaRenderer:
         return ref.path
 
     def _cut_excerpt(self, sha: str, source: Path, start_s: float | None, fmt: str) -> Path:
+        """Cut an excerpt now; a track ffmpeg cannot open (decoded by libsndfile) is cut from a WAV of the window."""
         out = self.media.tmp_dir / f"excerpt-{sha}-{os.getpid()}-{threading.get_ident()}.{fmt}"
+        wav = out.with_suffix(".wav")
         try:
+            try:
+                info, decoder = probe(source, limits=self.limits, require_audio=True, ffmpeg=self.ffmpeg), "ffmpeg"
+            except (UnopenableMediaError, NotMediaError):
+                info, decoder = probe_track(source, limits=self.limits, ffmpeg=self.ffmpeg)  # ffmpeg's error if libsndfile fails too
             if start_s is None:  # centred window (the indexer's choice needs the analysis)
-                info = probe(source, limits=self.limits, require_audio=True, ffmpeg=self.ffmpeg)
                 start_s = max(0.0, (info.duration_s - EXCERPT_S) / 2)
-                excerpt = cut_excerpt(source, out, start_s=start_s, fmt=fmt, info=info, limits=self.limits, ffmpeg=self.ffmpeg)  # type: ignore[arg-type]
+            if decoder == SNDFILE_DECODER:
+                sndfile_to_wav(source, wav, start_s=start_s, duration_s=EXCERPT_S, limits=self.limits)
+                excerpt = cut_excerpt(wav, out, start_s=0.0, fmt=fmt, limits=self.limits, ffmpeg=self.ffmpeg)  # type: ignore[arg-type]
             else:
-                excerpt = cut_excerpt(source, out, start_s=start_s, fmt=fmt, limits=self.limits, ffmpeg=self.ffmpeg)  # type: ignore[arg-type]
+                excerpt = cut_excerpt(source, out, start_s=start_s, fmt=fmt, info=info, limits=self.limits, ffmpeg=self.ffmpeg)  # type: ignore[arg-type]
             ref = self.media.put_file(excerpt.path, move=True)
         finally:
             out.unlink(missing_ok=True)
+            wav.unlink(missing_ok=True)
         self.assets.remember_cut(sha, ref.sha256, fmt)
         return ref.path
 
