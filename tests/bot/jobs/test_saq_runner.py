@@ -42,7 +42,7 @@ from tests.bot.jobs.conftest import (  # noqa: F401
     job_settings,
     queues,
 )
-from tests.conftest import lavfi
+from tests.conftest import lavfi, melody
 from tests.helpers.service import CLIPS, built, make_clips, tiny  # noqa: F401 - fixtures
 
 LOCAL_REASONS = ServiceConfig(reasoner="local", reasoner_timeout_s=60.0, reasoner_grounded=False)  # the random tiny LM: raw pieces (it never writes a checked sentence)
@@ -318,7 +318,7 @@ async def test_musechat_catalog_refresh_with_the_saq_runner_refreshes_on_a_worke
 
     folder = tmp_path / "new"
     folder.mkdir()
-    lavfi(folder / "low.ogg", "sine=f=220:d=12", args=("-c:a", "libvorbis"))
+    lavfi(folder / "low.ogg", melody(220, 12), args=("-c:a", "libvorbis"))  # music, not a constant tone (engine/screening.py)
     env = {
         "MUSECHAT_DATA_DIR": str(data_copy), "MUSECHAT_PROFILE": "tiny", "MUSECHAT_ALLOW_RANDOM_WEIGHTS": "1",
         "MUSECHAT_REDIS_URL": REDIS_URL, "MUSECHAT_MODEL_RUNNER": "saq",

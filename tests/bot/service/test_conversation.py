@@ -52,7 +52,7 @@ from storage.media_store import MediaStore
 from storage.models import ConversationStatus, FeedbackKind
 from storage.track_store import TrackStore
 
-from tests.helpers.service import CLIP_START_S, CLIPS, LICENCES, Env, built, data_dir, env, ffmpeg, index, make_clips, open_service, tiny  # noqa: F401 - fixtures
+from tests.helpers.service import CLIP_MIN_S, CLIP_START_S, CLIPS, LICENCES, Env, built, data_dir, env, ffmpeg, index, make_clips, open_service, tiny  # noqa: F401 - fixtures
 
 
 def catalog_tracks(env: Env) -> dict[str, object]:
@@ -121,7 +121,10 @@ async def test_another_pushes_the_rejected_tracks_near_twin_down(env: Env, bikes
     twins.mkdir()
     twin_file = twins / ("twin-" + Path(x.source).name)
     ffmpeg("-i", x.source, "-c:a", "libvorbis", "-q:a", "6", str(twin_file))
-    admin = CatalogAdmin(engine=env.sql, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=tiny)  # type: ignore[arg-type]
+    admin = CatalogAdmin(
+        engine=env.sql, catalog=env.catalog, media_store=env.media, data_dir=env.data, encoders=tiny,  # type: ignore[arg-type]
+        min_duration_s=CLIP_MIN_S,  # the test clips are shorter than a real library's minimum
+    )  # fmt: skip
     (twins / "manifest.json").write_text(json.dumps([{"file": twin_file.name, "title": x.title, "artist": x.artist}]))
     await admin.add_folder(twins, manifest=twins / "manifest.json", licence=x.licence)
     await admin.refresh()
