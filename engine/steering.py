@@ -224,7 +224,7 @@ _CONCEPT_TABLE: list[tuple[str, Concept]] = [
     ("country", Concept({"country": 1.0})),
     ("folk folksy", Concept({"folk": 1.0, "acoustic": 0.3})),
     ("classical", Concept({"classical": 1.0, "classic": 1.0, "strings": 0.3})),
-    ("ambient atmospheric", Concept({"ambient": 1.0, "new age": 0.5, "chillout": 0.3})),
+    ("ambient atmospheric", Concept({"ambient": 1.0, "new age": 0.3, "chillout": 0.3})),
     ("new+age", Concept({"new age": 1.0, "ambient": 0.5})),
     ("experimental avant+garde", Concept({"experimental": 1.0, "weird": 0.5})),
     ("weird strange odd quirky", Concept({"weird": 1.0, "experimental": 0.5})),
