@@ -15,7 +15,9 @@ rhythm cached in ~/.cache/musechat/bench/steering_catalog.json):
      ZeroShotWeights.pace: the smallest reaching |rho| >= MIN_PACE_RHO for both videos;
   3. right-way rate through the whole zero-shot scorer (semantic + pace + steering, the
      feedback as the user's words, a video in the query), for several steering weights.
-     Chooses ZeroShotWeights.steering: the smallest with every phrase kind >= 90%;
+     Reports the smallest with every phrase kind >= 90% (the default steering weight and drift
+     penalty now come from bench_steering_heldout.py's tuning half: new words, held-out music,
+     an independent judge; this one judges with the tags steering moves along);
   4. latency of one scoring + top-10 re-rank over 10k candidates (synthetic vectors and tag
      arrays for size), with the query sentences cached and embedded afresh, p50 and p95.
 

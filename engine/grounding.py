@@ -259,9 +259,10 @@ def unsupported_claims(sentence: str, index: FactIndex, foreign: Sequence[str] =
     for n in NUMBER.findall(DECADE.sub(" ", sentence)):
         if n not in index.numbers and n.split(".")[0] not in index.numbers:
             bad.append(n)
-    quoted = " ".join(re.findall(r'"([^"]*)"|\u201c([^\u201d]*)\u201d', sentence)[0]) if re.search(r'"[^"]*"|\u201c', sentence) else ""
-    if quoted and not all(index.has(w) for w in words(quoted)):
-        bad.append(f'"{quoted.strip()}"')  # a quoted title that is not this track's
+    for a, b in re.findall(r'"([^"]*)"|\u201c([^\u201d]*)\u201d', sentence):
+        quoted = (a or b).strip()
+        if quoted and not all(index.has(w) for w in words(quoted)):
+            bad.append(f'"{quoted}"')  # a quoted title that is not this track's
     bad += [n for n in _names(sentence) if not index.has(n)]
     if not index.user_spoke and (m := USER_REFERENCE.search(sentence)):
         bad.append(m.group(0))  # "you asked for ..." when the user asked nothing

@@ -10,10 +10,16 @@ a trained model we read the feedback ourselves:
    compose ("not too loud" = a little less loud, "don't want vocals" = no vocals), intensity
    words ("much", "a bit"), and content: tag names, synonyms and concept words from a small
    lexicon ("calm" = more quiet/soft/slow, less loud/fast; "upbeat"; "dark"), with comparatives
-   ("calmer" = more calm, "happier" = more happy). Content that matches no lexicon entry still
-   counts through sentence similarity (the text encoder: MiniLM in the lite profile) between the
-   phrase and each tag's description; only tags within `SIM_MARGIN` of the best match and above
-   `SIM_MIN` move, weighted by a softmax at temperature `SIM_TEMPERATURE`.
+   ("calmer" = more calm, "happier" = more happy), particles ("tone it down", "pump it up") and
+   axis nouns ("a calm tempo" is calm, not faster). Any words: a clause whose content words no
+   lexicon entry covers ("sounds like a rainy afternoon", "beach party energy") is embedded as one
+   phrase by the text encoder (MiniLM in the lite profile) and compared with short descriptions of
+   every tag and concept word, pace, energy and mood included (`DESCRIPTIONS`, embedded once per
+   parser and cached); the best few concepts within `SIM_MARGIN` of the best and above `SIM_MIN`,
+   none pulling against a better one, stand for it, weighted by a softmax at `SIM_TEMPERATURE`,
+   and the reply shows the mapping ("rainy afternoon -> chill, ambient"). Words below `SIM_MIN`
+   are reported as not understood; asks for a tag no candidate carries are reported by
+   `unavailable` ("more opera": nothing in the catalog has it).
 2. A `Preference` holds signed weights over the tags (V,) and over a second channel, rhythm:
    (tempo, loudness, onset rate), for "faster", "slower", "louder", "quieter", "calmer".
 3. `steer` scores candidates by how they move from the previous track along the preference:
@@ -33,7 +39,7 @@ a trained model we read the feedback ourselves:
    next pick otherwise close to the previous one ("more drums" should not also switch from piano
    to metal). s_v is the tag's standard deviation over the candidates, floored at
    `TAG_SCALE_FLOOR` so that a tag that barely varies does not turn noise into direction.
-   `drift_penalty` is chosen by benchmarks/bench_steering.py (right-way rate vs drift).
+   `drift_penalty` is chosen by benchmarks/bench_steering_heldout.py on its tuning half.
 
 `steer` needs only tag probabilities and rhythm, which every catalog track carries, so it serves
 both answer modes: inside the zero-shot scorer (engine/zeroshot.py), and on top of a trained
@@ -66,7 +72,7 @@ ONSET_FLOOR = 0.1  # onsets per second added before taking log2 (silence has non
 
 # --- tag channel ----------------------------------------------------------------------------
 TAG_SCALE_FLOOR = 0.02  # probability: the smallest spread a tag is measured in
-DEFAULT_DRIFT_PENALTY = 0.25  # chosen by benchmarks/bench_steering.py (see ZeroShotWeights)
+DEFAULT_DRIFT_PENALTY = 0.25  # chosen by benchmarks/bench_steering_heldout.py (see ZeroShotWeights)
 
 # --- any words: sentence similarity for words the lexicon does not know (MiniLM cosines) -----
 # The content words of a clause that no lexicon entry covers ("sounds like a rainy afternoon",
@@ -218,7 +224,7 @@ _CONCEPT_TABLE: list[tuple[str, Concept]] = [
     ("country", Concept({"country": 1.0})),
     ("folk folksy", Concept({"folk": 1.0, "acoustic": 0.3})),
     ("classical", Concept({"classical": 1.0, "classic": 1.0, "strings": 0.3})),
-    ("ambient atmospheric", Concept({"ambient": 1.0, "new age": 0.5, "chillout": 0.3})),
+    ("ambient atmospheric", Concept({"ambient": 1.0, "new age": 0.3, "chillout": 0.3})),
     ("new+age", Concept({"new age": 1.0, "ambient": 0.5})),
     ("experimental avant+garde", Concept({"experimental": 1.0, "weird": 0.5})),
     ("weird strange odd quirky", Concept({"weird": 1.0, "experimental": 0.5})),

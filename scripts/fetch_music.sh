@@ -13,7 +13,9 @@ CACHE="${MUSECHAT_CACHE:-$HOME/.cache/musechat}"
 DEBS="$CACHE/debs"
 # package -> folder inside the package that holds its music
 declare -A MUSIC_PATHS
+KEEP_TREE=0  # 1: keep the folders below the music folder (--heldout); 0: flat, as the demo always was
 if [ "${1:-}" = "--heldout" ]; then
+    KEEP_TREE=1
     MUSIC="${MUSECHAT_HELDOUT_DIR:-$CACHE/music-heldout}"
     MUSIC_PATHS=(
         [asc-music]="usr/share/games/asc/music"
@@ -44,8 +46,11 @@ for pkg in "${!MUSIC_PATHS[@]}"; do
     tmp="$(mktemp -d)"
     dpkg-deb -x "$DEBS/${pkg}"_*.deb "$tmp"
     rm -rf "$MUSIC/$pkg" && mkdir -p "$MUSIC/$pkg"
-    # relative paths below the music folder (flat for the demo packages)
-    (cd "$tmp/${MUSIC_PATHS[$pkg]}" && find . -type f \( -name '*.ogg' -o -name '*.mp3' \) -size +100k -exec cp --parents {} "$MUSIC/$pkg/" \;)
+    if [ "$KEEP_TREE" = 1 ]; then
+        (cd "$tmp/${MUSIC_PATHS[$pkg]}" && find . -type f \( -name '*.ogg' -o -name '*.mp3' \) -size +100k -exec cp --parents {} "$MUSIC/$pkg/" \;)
+    else
+        find "$tmp/${MUSIC_PATHS[$pkg]}" -name '*.ogg' -size +100k -exec cp {} "$MUSIC/$pkg/" \;
+    fi
     cp "$tmp/usr/share/doc/$pkg/copyright" "$MUSIC/$pkg/copyright"
     rm -rf "$tmp"
     touch "$MUSIC/$pkg/.complete"

@@ -162,15 +162,21 @@ def say(
     feedback: str = "",
     checkpoint: Annotated[Path | None, typer.Option(help="trained LoRA + f_l")] = None,
     max_new_tokens: int = 64,
+    grounded: Annotated[bool, typer.Option(help="facts-only prompt, each sentence checked before it is shown")] = True,
 ) -> None:
-    """Stream one justification for a title (and tags) to the terminal."""
+    """Stream one justification for a title (and tags) to the terminal; --video is the video's labels, comma-separated."""
     from engine.reasoner import ReasonInput
 
     r = _reasoner(get_settings(), checkpoint)
-    inp = ReasonInput(title, tags=tuple(tag or ()), video=video, feedback=feedback)
-    for piece in r.stream(inp, max_new_tokens=max_new_tokens):
+    labels = tuple(v.strip() for v in video.split(",") if v.strip())
+    inp = ReasonInput(title, tags=tuple(tag or ()), video=video, feedback=feedback, video_labels=labels)
+    shown = False
+    for piece in r.stream(inp, max_new_tokens=max_new_tokens, grounded=grounded):
         typer.echo(piece, nl=False)
-    typer.echo(f"\n[{r.source(inp)}]")
+        shown = True
+    if grounded and not shown:
+        typer.echo("(no sentence passed the fact check)", nl=False)
+    typer.echo(f"\n[{r.source(inp)}{', grounded' if grounded else ''}]")
 
 
 def register_reasoner_commands(app: typer.Typer) -> None:

@@ -36,6 +36,7 @@ CLAIM_CASES = [
     (FACTS, "It sounds calmer and happier than the last one.", ["calm", "happy"]),  # comparatives
     (FACTS, "A heavy metal anthem from Tokyo.", ["heavy metal", "anthem", "Tokyo", "tokyo"]),
     (FACTS, '"Dark Forest" is the right choice for it.', ["dark", "forest", '"Dark Forest"']),  # another title
+    (FACTS, '"Battle Epic" is a mix of "Battle Epic" and "Night Song".', ['"Night Song"']),  # every quoted span is checked
     (SILENT, '"chipdisko" is fast electronic techno at 128 BPM.', []),
     (SILENT, "You asked for something fast, and it is fast.", ["You asked"]),  # the user said nothing
     (SILENT, "Its hip-hop beat suits the cab.", ["hip hop", "beat"]),  # as the phrase "hip hop"
