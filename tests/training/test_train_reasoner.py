@@ -238,7 +238,7 @@ def test_cli_trains_saves_and_says(tmp_path, monkeypatch):
         res = runner.invoke(app, ["reasoner", "train", str(data), "--out", str(tmp_path / "ckpt"), "--epochs", "1"])
         assert res.exit_code == 0, res.output
         assert "trained 1 steps" in res.output and (tmp_path / "ckpt" / R.PROJECTOR_FILE).is_file()
-        res = runner.invoke(app, ["reasoner", "say", "Night Drive", "--tag", "synth", "--max-new-tokens", "3"])
+        res = runner.invoke(app, ["reasoner", "say", "Night Drive", "--tag", "synth", "--max-new-tokens", "3", "--no-grounded"])
         assert res.exit_code == 0, res.output
         assert res.output.rstrip().endswith(f"[{R.REASON_SOURCE_TITLE_TAGS}]")
     finally:
