@@ -292,6 +292,10 @@ class App:
         finally:
             if self.catalog is not None:
                 self.catalog.close()
+            if self.sql.url.get_backend_name() == "postgresql":
+                from storage.locks import close_lock_session
+
+                await close_lock_session(self.sql)  # the connection that held this process's conversation locks
             await self.sql.dispose()
 
     async def __aenter__(self) -> App:

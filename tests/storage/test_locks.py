@@ -228,3 +228,45 @@ async def test_postgres_locks_do_not_starve_the_engine_pool(pg_target: SqlTarget
 )
 def test_fold_int4(value: int, folded: int) -> None:
     assert _fold_int4(value) == folded
+
+
+@pytest.mark.postgres
+async def test_postgres_locks_held_at_once_share_one_connection(pg_target: SqlTarget) -> None:
+    """A turn may hold its lock for a minute while it waits on workers: 40 turns in flight must not
+    take 40 connections (the load run exhausted max_connections that way), and closing the lock
+    session releases them all."""
+    from storage.locks import close_lock_session
+
+    engine, other = pg_target.engine(), pg_target.engine()
+    try:
+        cids = list(range(1000, 1040))
+        everyone_in, done = asyncio.Barrier(len(cids) + 1), asyncio.Event()
+
+        async def turn(cid: int) -> None:
+            async with conversation_lock(engine, cid, timeout_s=10):
+                await everyone_in.wait()
+                await done.wait()
+
+        tasks = [asyncio.create_task(turn(cid)) for cid in cids]
+        await asyncio.wait_for(everyone_in.wait(), timeout=15)
+        holders = sa.text(
+            "SELECT count(DISTINCT pid), count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = :cls AND objid BETWEEN 1000 AND 1039 AND objsubid = 2"
+        )
+        async with other.connect() as conn:
+            assert tuple((await conn.execute(holders, {"cls": CONVERSATION_LOCK_CLASS})).one()) == (1, 40)
+        # another "process" still finds each of them locked
+        with pytest.raises(ConversationBusyError):
+            async with conversation_lock(other, 1007, timeout_s=0.2):
+                pytest.fail("acquired a lock held by another engine")
+        done.set()
+        await asyncio.gather(*tasks)
+        async with other.connect() as conn:
+            assert tuple((await conn.execute(holders, {"cls": CONVERSATION_LOCK_CLASS})).one()) == (0, 0)
+        async with conversation_lock(engine, 1000, timeout_s=1):  # closing the session (app shutdown) releases what it holds
+            await close_lock_session(engine)
+        async with other.connect() as conn:
+            assert (await conn.execute(holders, {"cls": CONVERSATION_LOCK_CLASS})).one()[1] == 0
+    finally:
+        await engine.dispose()
+        await other.dispose()
