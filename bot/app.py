@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 RANDOM_PROFILES = frozenset({"tiny"})  # profiles whose weights are random (tests)
 SWITCH_INTERVAL_S = 0.001  # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
+GPU_BATCH_SIZE = 8  # a worker on a GPU batches up to this many concurrent requests of one kind (MUSECHAT_WORKER_BATCH_SIZE unset)
 
 Progress = Callable[[str], None]
 
@@ -207,17 +208,18 @@ class App:
         say = progress or (lambda _: None)
         engine, assets = await self._load_engine(say)
         batchers = {}
-        if self.settings.worker_batch_size > 1:  # concurrent videos' frames in one forward pass (bot/jobs/batching.py)
+        batch_size = self.settings.worker_batch_size or (GPU_BATCH_SIZE if str(self.settings.device).startswith("cuda") else 1)
+        if batch_size > 1:  # concurrent videos' frames in one forward pass (bot/jobs/batching.py)
             from bot.jobs.batching import BatchingImageEncoder, BatchingTextEncoder
 
             image = BatchingImageEncoder(
-                engine.encoders.image, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+                engine.encoders.image, max_size=batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
             )  # fmt: skip
             engine._encoders = dataclasses.replace(engine.encoders, image=image)
             if hasattr(image.inner, "label_vectors"):  # CLIP's class prompts, once, before two batch threads share its tokenizer
                 await asyncio.to_thread(image.inner.label_vectors)
             text = BatchingTextEncoder(
-                engine.encoders.text, max_size=self.settings.worker_batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
+                engine.encoders.text, max_size=batch_size, max_wait_s=self.settings.worker_batch_wait_ms / 1000
             )  # fmt: skip
             engine.share_text_encoder(text)  # the jobs' query sentences meet in its batches
             batchers |= {"image embedding": image.batcher, "query encoding": text.batcher}

@@ -92,7 +92,11 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(3600, description="how long a finished job's result is kept in Redis, seconds")
     queue_sweep_s: float = Field(2.0, description="worker: how often stuck or orphaned jobs are swept, seconds")
     worker_concurrency: int = Field(4, description="worker: interactive jobs at a time (model threads: model_workers)")
-    worker_batch_size: int = Field(8, ge=1, description="worker: concurrent requests of one kind run in one forward pass, at most (1: no batching)")
+    worker_batch_size: int | None = Field(
+        None, ge=1,
+        description="worker: concurrent requests of one kind run in one forward pass, at most (1: no batching; "
+        "unset: 8 on a GPU, 1 on the CPU, where one pass of several videos measured no faster than one by one)",
+    )  # fmt: skip
     worker_batch_wait_ms: float = Field(5.0, ge=0, description="worker: ms the first request of a batch waits for others")
     worker_drain_s: float = Field(30.0, description="worker: SIGTERM lets jobs in flight finish this long, seconds")
     allow_random_weights: bool = Field(False, description="let `serve`/`chat` run the tiny profile (random weights; tests only)")

@@ -407,6 +407,19 @@ async def test_a_worker_embeds_videos_sent_together_in_one_batch_and_reports_it(
         np.testing.assert_array_equal(vf.motion, want.motion)
 
 
+async def test_a_cpu_worker_batches_only_when_asked(data_copy: Path, tiny: Encoders, queues: Queues, tmp_path: Path) -> None:  # noqa: F811
+    """MUSECHAT_WORKER_BATCH_SIZE unset: 8 on a GPU, off on the CPU (one pass of several videos measured
+    no faster there): concurrent videos each run their own pass."""
+    videos = [lavfi(tmp_path / f"v{i}.mp4", f"testsrc2=d={d}:s=160x120:r=10", args=("-pix_fmt", "yuv420p")) for i, d in enumerate((2, 3))]
+    settings = job_settings(data_copy, queues, worker_batch_wait_ms=5000, worker_concurrency=2, model_workers=2)
+    assert settings.worker_batch_size is None and settings.device == "cpu"
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:
+        runner = (await app.service()).runner
+        await asyncio.gather(*(runner.video_features(content_hash(v), v) for v in videos))
+        pong = await runner.ping()
+    assert pong["batches"] == {}  # no batcher ran: each video had its own pass
+
+
 async def test_a_worker_encodes_the_queries_of_jobs_running_together_in_shared_batches(
     data_copy: Path, tiny: Encoders, queues: Queues  # noqa: F811
 ) -> None:
