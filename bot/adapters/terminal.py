@@ -215,11 +215,12 @@ def print_skipped(failures, duplicates=(), to: Console = console) -> None:
         counts["duplicate"] = len(duplicates)
     if counts:
         to.print(f"skipped {sum(counts.values())} file(s): " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    # soft_wrap: a path is never folded into pieces (the terminal wraps the line; copying keeps the path whole)
     for f in failures:
         label = "skipped" if f.stage == "analyse" else "no excerpt for"
-        to.print(f"[yellow]{label}[/yellow] {escape(f.path)}: {escape(f.reason or f.error)}")
+        to.print(f"[yellow]{label}[/yellow] {escape(f.path)}: {escape(f.reason or f.error)}", soft_wrap=True)
     for path, kept in duplicates:
-        to.print(f"[yellow]skipped[/yellow] {escape(path)}: duplicate of {escape(kept)}")
+        to.print(f"[yellow]skipped[/yellow] {escape(path)}: duplicate of {escape(kept)}", soft_wrap=True)
 
 
 async def refresh_with_progress(admin) -> None:

@@ -76,6 +76,9 @@ def test_status_lists_skipped_files_with_their_reasons(music_folder: Path) -> No
     assert "2 tracks" in said and "skipped 3 file(s): 1 too short, 1 constant tone, 1 duplicate" in said
     assert "blip.ogg: too short (2.0 s < 10 s)" in said and "tone.ogg: constant tone" in said
     assert "zz-copy.ogg: duplicate of " in said
+    # each skipped file on a line of its own, its path whole (never folded, whatever the temp dir's length)
+    lines = result.output.splitlines()
+    assert any(ln.startswith("skipped ") and ln.endswith("zz-copy.ogg: duplicate of " + str(music_folder / "low.ogg")) for ln in lines), result.output
     st = status()
     folder = music_folder.resolve()
     assert st["skipped"] == [
