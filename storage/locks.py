@@ -144,7 +144,8 @@ class _LockSession:
 
     async def release(self, conversation_id: int, objid: int) -> None:
         try:
-            released = await self._scalar(sa.select(sa.func.pg_advisory_unlock(CONVERSATION_LOCK_CLASS, objid)))
+            # shielded: a turn cancelled while it unlocks must not leave its lock on the shared session
+            released = await asyncio.shield(self._scalar(sa.select(sa.func.pg_advisory_unlock(CONVERSATION_LOCK_CLASS, objid))))
         except Exception:  # the session is gone: so is the lock
             log.warning("conversation %d: unlock failed (its lock session was lost)", conversation_id, exc_info=True)
             return
