@@ -96,7 +96,9 @@ async def test_a_conversation_through_the_queue_answers_as_the_in_process_runner
         # the video's features, a query and a re-rank per turn (3 + 3), the preview (the indexer cut every excerpt)
         assert runner.enqueued == 1 + 6 * 2 + 1
         assert svc.engine._encoders is None  # the front-end loaded no model: the worker decoded, encoded, re-ranked
-        assert worker.pool.completed["interactive"] == 1 + 6 * 2 + 1
+        # the worker did every model job (a heartbeat missed on a starved machine may run one twice: SAQ
+        # sweeps and retries it; what the user got is checked below, and each job was enqueued once, above)
+        assert worker.pool.completed["interactive"] >= 1 + 6 * 2 + 1
     assert [r.kind for r in got] == [ReplyKind.RECOMMENDATION] * 3 + [ReplyKind.PREVIEW] + [ReplyKind.RECOMMENDATION] * 3
     assert got[5].understood == expected[5].understood and got[5].filters == expected[5].filters  # "more drums", "under 5 minutes"
     assert got[5].understood and got[5].filters
