@@ -38,6 +38,7 @@ from engine.encoders.musicnn import (
     MTT_PREFIX,
     TF_BN_EPSILON,
     FrozenBatchNorm,
+    _copy,
     musicnn_package_dir,
 )
 from engine.encoders.tf_checkpoint import read_tf_checkpoint
@@ -92,12 +93,6 @@ class MusicnnVgg(nn.Module):
             x = F.max_pool2d(bn(F.relu(conv(x))), pool, stride)  # (B, C, T', M')
         flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # TF flattens NHWC: (B, H*W*C)
         return self.dense(flat)  # (B, 50)
-
-
-def _copy(target: torch.Tensor, value: np.ndarray, name: str) -> None:
-    if tuple(target.shape) != value.shape:
-        raise ValueError(f"{name}: checkpoint shape {value.shape} != model shape {tuple(target.shape)}")
-    target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
 @torch.no_grad()
