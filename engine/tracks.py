@@ -14,9 +14,11 @@ does exactly that for one audio file, with no database:
 3. embed each 10 s segment with the profile's music encoder (`encode_batch`, one batched pass):
    the per-segment pooled vectors (S, D) are kept for the fusion model's target-music tower
    (section 4.1's g_mt runs on segments), their mean is the track's music embedding, and the
-   tag probabilities are averaged over segments (weighted by length): all of them are kept for
-   feedback steering, the top 5 MTT + top 5 MSD names become the track's automatic tags
-   (profiles whose tagger has no MTT/MSD vocabularies, e.g. AST's AudioSet labels: the top 10);
+   profile's tagger (`Encoders.tags`: musicnn MTT + MSD for `paper` and `lite`; in `paper` a
+   second network beside AST) gives tag probabilities averaged over segments (weighted by
+   length): all of them are kept for feedback steering, the top 5 MTT + top 5 MSD names become
+   the track's automatic tags (a tagger without MTT/MSD vocabularies, e.g. `tiny`'s random
+   AudioSet-style head: its top 10);
 4. rhythm (engine/rhythm.py: tempo, RMS loudness, onset rate) on the same decoded audio; rhythm
    works at any rate and the zero-shot scorer's ranges were measured at 16 kHz, so no second
    decode at another rate is needed;
@@ -405,10 +407,11 @@ def embed_track(
     vectors = torch.stack([e.pooled.detach().float().cpu() for e in embeddings]).numpy()  # (S, D)
     weights = np.asarray([len(c) for c in clips], dtype=np.float64)
     weights /= weights.sum()
+    tagged = embeddings if encoders.tagger is None else encoders.tagger.encode_batch(clips)  # paper: musicnn beside AST
     tag_probs: dict[str, float] = {}
-    if embeddings[0].tags:
-        names = list(embeddings[0].tags)
-        probs = np.asarray([[e.tags[n] for n in names] for e in embeddings if e.tags])  # (S, V)
+    if tagged[0].tags:
+        names = list(tagged[0].tags)
+        probs = np.asarray([[e.tags[n] for n in names] for e in tagged if e.tags])  # (S, V)
         tag_probs = {n: float(p) for n, p in zip(names, weights @ probs, strict=True)}
     t_music = time.perf_counter()
     used = decoded.audio[: round((segments[-1].end_s - decoded.segments[0].start_s) * decoded.sample_rate)]

@@ -80,7 +80,7 @@ def tag(
     seconds: float = typer.Option(30.0, help="Seconds taken from the middle of each track."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
 ) -> None:
-    """Tag music with the profile's music encoder (top-5 MTT + top-5 MSD for lite)."""
+    """Tag music with the profile's tagger (top-5 MTT + top-5 MSD of musicnn for lite and paper)."""
     from engine.media import MediaLimits, decode_audio, probe
 
     s = get_settings()
@@ -93,8 +93,8 @@ def tag(
             info = probe(path, limits=limits, require_audio=True)
             start = max(0.0, (info.duration_s - seconds) / 2)
             with console.status(f"tagging {path.name}..."):
-                wav = decode_audio(path, sample_rate=enc.music.sample_rate, start=start, duration=seconds, ffmpeg=s.ffmpeg_binary)
-                emb = enc.music.encode(wav)
+                wav = decode_audio(path, sample_rate=enc.tags.sample_rate, start=start, duration=seconds, ffmpeg=s.ffmpeg_binary)
+                emb = enc.tags.encode(wav)
             tags = sorted((emb.tags or {}).items(), key=lambda kv: -kv[1])
             groups: dict[str, list[str]] = {}
             for name, p in tags:

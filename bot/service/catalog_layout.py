@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.profiles import ProfileConfig
+from engine.profiles import TAGGER_MUSIC, ProfileConfig
 from engine.tracks import ANALYSIS_VERSION, TrackAnalysis
 from storage.catalog import (
     FUSION_VECTOR,
@@ -40,6 +40,8 @@ def features_key(profile: ProfileConfig) -> str:
         "text": [profile.text_family, profile.text_backbone],
         "analysis": ANALYSIS_VERSION,
     }
+    if profile.tagger != TAGGER_MUSIC:  # who tags changes the analyses (keys of music-tagged profiles unchanged)
+        ident["tags"] = profile.tagger
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     return f"{profile.name}-{digest}"
 

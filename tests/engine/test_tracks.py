@@ -61,6 +61,14 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def paper_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The `paper` profile's code path (AST + musicnn tagger) with tiny CLIP/AST and the real musicnn weights."""
+    from engine.profiles import tiny_overrides
+
+    return load_encoders("paper", overrides=tiny_overrides(tmp_path_factory.mktemp("paper-backbones")))
+
+
 # =================================================================================================
 # analyse_track on the tiny profile
 # =================================================================================================
@@ -303,3 +311,30 @@ def test_lite_real_tracks_get_top5_mtt_and_top5_msd(music_dir: Path, track: str,
     assert float(np.linalg.norm(a.text_vector)) == pytest.approx(1.0, abs=1e-4)
     assert a.timings["x_realtime"] > 1.0
     assert isinstance(torch.from_numpy(a.segment_vectors), torch.Tensor)
+
+
+# =================================================================================================
+# the paper profile's tags: musicnn MTT + MSD beside AST (paper section 3)
+# =================================================================================================
+
+
+def test_paper_profile_tags_with_musicnn_and_embeds_with_ast(paper_tiny, audio_dir: Path) -> None:
+    from engine.tracks import decode_track
+    from tests.conftest import melody
+
+    track = lavfi(audio_dir / "melody25.ogg", melody(330, 25), args=("-c:a", "libvorbis"))
+    a = analyse_track(track, paper_tiny, title="Melody")
+    assert a.profile == "paper" and len(a.segments) == 3
+    assert a.segment_vectors.shape == (3, paper_tiny.music.dim)  # AST's CLS vectors, not musicnn's
+    # the tags: musicnn's 100 MTT + MSD probabilities, the length-weighted mean of its per-segment outputs
+    assert list(a.tag_probs) == [f"mtt:{t}" for t in MTT_LABELS] + [f"msd:{t}" for t in MSD_LABELS]
+    _, clips = decode_track(track, sample_rate=16_000).segment_audio()  # the samples analyse_track embedded
+    per_seg = np.asarray([[e.tags[n] for n in a.tag_probs] for e in paper_tiny.tagger.encode_batch(clips)])  # (3, 100)
+    w = np.asarray([len(c) for c in clips], dtype=np.float64)
+    np.testing.assert_allclose(list(a.tag_probs.values()), (w / w.sum()) @ per_seg, rtol=1e-3, atol=1e-4)
+    # the automatic tags: top-5 MTT + top-5 MSD, as the dataset's were (no AudioSet label among them)
+    mtt = sorted(MTT_LABELS, key=lambda t: -a.tag_probs[f"mtt:{t}"])[:5]
+    msd = sorted(MSD_LABELS, key=lambda t: -a.tag_probs[f"msd:{t}"])[:5]
+    assert [t for t, _ in a.top_mtt] == mtt and [t for t, _ in a.top_msd] == msd
+    assert set(a.auto_tags) == {display_tag(t) for t in mtt + msd}
+    assert not set(a.auto_tags) & {t.lower() for t in paper_tiny.music.tag_names}
