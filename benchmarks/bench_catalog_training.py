@@ -121,7 +121,7 @@ def build_dataset(analyses: list[TrackAnalysis], encoders: Encoders, root: Path,
         writer.close()
         parts.append(FeatureDataset(root / f"seed{seed}"))
     ids = [f"{i}:{q}" for i, p in enumerate(parts) for q in p.ids]
-    tensors = {k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors}
+    tensors = {k: torch.cat([p.tensors[k][:] for p in parts]) for k in parts[0].tensors}  # [:] reads a memory-mapped array
     return FeatureDataset.from_tensors(spec, ids, tensors)
 
 

@@ -10,14 +10,20 @@ media again. One quartet is stored as
 with S <= MAX_SEGMENTS (twelve 10 s segments of a 120 s clip, paper 3). A missing input has
 length 0 (music-only quartets have no video; a quartet may have no prompt).
 
-On disk: a directory with `manifest.json` and `shard-00000.npz`, ... Each shard holds arrays
-padded to the spec's maxima plus a length per item, in float16 (half the disk and memory; the
-encoders' features are well inside its range) and is written to a temporary name then renamed.
-The manifest is rewritten after each shard, and lists the ids each shard holds, so an interrupted
-extraction resumes where the last complete shard ended (`FeatureShardWriter.done_ids`).
+On disk: a directory with `manifest.json` and shard folders `shard-00000/`, ... Each shard holds
+one `.npy` file per array, padded to the spec's maxima, plus a length per item (`video_len.npy`
+...), in float16 (half the disk and memory; the encoders' features and log-mels are well inside
+its range); it is written to a temporary folder then renamed. The manifest is rewritten after each
+shard, and lists the ids each shard holds, so an interrupted extraction resumes where the last
+complete shard ended (`FeatureShardWriter.done_ids`). A shard holds at most `shard_size` quartets
+and, by default, about SHARD_BYTES of arrays (the writer fills one shard in memory at a time).
+Caches of format 1 (one `shard-00000.npz` per shard) are still read, into memory.
 
-`FeatureDataset` loads every shard into memory (at the lite profile's sizes an 88k-quartet
-dataset is a few GB in float16); batches are indexed tensors, no DataLoader workers are needed.
+`FeatureDataset` memory-maps the shards' arrays (`np.load(mmap_mode="r")`): an epoch reads the rows
+of each batch from disk (through the page cache) instead of holding the cache in RAM, which the
+log-mel caches need (the paper's 88k quartets of twelve 1024 x 128 float16 log-mels are ~290 GB).
+The lengths are small and kept in memory. `FeatureDataset(root, mmap=False)` loads everything
+instead. Batches are indexed tensors, no DataLoader workers are needed.
 
 With `FeatureSpec.music_input == "log_mels"` (the trained AST towers, engine/music_towers.py) the
 music arrays hold AST's log-mel inputs instead, each 10 s sample flattened to one row of
@@ -30,9 +36,9 @@ latent per quartet) for the tests and the benchmark: it is a test instrument, ne
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,11 +50,13 @@ from storage.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a folder of .npy files per shard (memory-mappable); 1: one .npz per shard
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 MAX_SEGMENTS = 12  # 120 s clip / 10 s segments (paper section 3)
 MAX_TEXT_TOKENS = 77  # prompt tokens kept: CLIP's whole context (paper 4.1, the CLIP text encoder's tokens)
-DEFAULT_SHARD_SIZE = 1024  # quartets per shard
+DEFAULT_SHARD_SIZE = 1024  # quartets per shard, at most
+SHARD_BYTES = 256 * 2**20  # bytes of arrays per shard, about (the writer holds one shard in memory)
 STORE_DTYPE = np.float16
 ARRAYS = ("video", "target", "candidate", "text")
 MUSIC_FEATURES, MUSIC_LOG_MELS = "features", "log_mels"  # FeatureSpec.music_input
@@ -96,6 +104,16 @@ class FeatureSpec:
             "text": (self.max_text_tokens, self.text_dim),
         }[name]
 
+    @property
+    def item_bytes(self) -> int:
+        """Bytes one quartet takes on disk (its padded arrays in float16, and the lengths)."""
+        itemsize = np.dtype(STORE_DTYPE).itemsize
+        return sum(rows * dim * itemsize + 4 for rows, dim in map(self.shape, ARRAYS))
+
+    def default_shard_size(self) -> int:
+        """Quartets per shard: DEFAULT_SHARD_SIZE, fewer when they would pass SHARD_BYTES (log-mels)."""
+        return max(1, min(DEFAULT_SHARD_SIZE, SHARD_BYTES // self.item_bytes))
+
 
 @dataclass
 class FeatureItem:
@@ -120,21 +138,27 @@ def read_manifest(root: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FeatureCacheError(f"{path} is not valid JSON: {e}") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FeatureCacheError(f"{path} has format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise FeatureCacheError(f"{path} has format_version {meta.get('format_version')!r}, expected one of {READABLE_VERSIONS}")
     return meta
 
 
 class FeatureShardWriter:
-    """Append quartet features to a cache directory, a shard at a time; resumable (module docstring)."""
+    """Append quartet features to a cache directory, a shard at a time; resumable (module docstring).
 
-    def __init__(self, root: str | Path, spec: FeatureSpec, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+    `shard_size`: quartets per shard (None: `spec.default_shard_size()`). Items are copied into
+    the shard's float16 arrays as they are added, so the writer holds one shard, never more.
+    """
+
+    def __init__(self, root: str | Path, spec: FeatureSpec, shard_size: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.spec = spec
-        self.shard_size = shard_size
-        self._pending: list[FeatureItem] = []
-        self._pending_ids: set[str] = set()
+        self.shard_size = spec.default_shard_size() if shard_size is None else int(shard_size)
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self._buffers: dict[str, np.ndarray] = {}  # the shard being filled: (shard_size, rows, dim) and lengths
+        self._pending_ids: list[str] = []
         if (self.root / MANIFEST).is_file():
             meta = read_manifest(self.root)
             if meta["spec"] != asdict(spec):
@@ -150,43 +174,48 @@ class FeatureShardWriter:
         write_atomic(self.root / MANIFEST, (json.dumps(meta) + "\n").encode())
 
     def add(self, item: FeatureItem) -> None:
+        """Copy one quartet into the current shard (written when full); ids already there are skipped."""
         if item.id in self.done_ids or item.id in self._pending_ids:
             return
-        self._pending.append(item)
-        self._pending_ids.add(item.id)
-        if len(self._pending) >= self.shard_size:
+        rows_of: dict[str, tuple[np.ndarray, int]] = {}
+        for name in ARRAYS:  # check everything before touching the buffers
+            x = getattr(item, name)
+            if x is None:
+                continue
+            x = np.asarray(x)
+            rows, dim = self.spec.shape(name)
+            if x.ndim != 2 or x.shape[1] != dim:
+                raise FeatureCacheError(f"{item.id}: {name} must be (*, {dim}), got {x.shape}")
+            rows_of[name] = (x, min(rows, x.shape[0]))
+        if rows_of.get("target", (None, 0))[1] == 0:
+            raise FeatureCacheError(f"{item.id}: every quartet needs target music features")
+        if not self._buffers:
+            for name in ARRAYS:
+                self._buffers[name] = np.zeros((self.shard_size, *self.spec.shape(name)), dtype=STORE_DTYPE)
+                self._buffers[f"{name}_len"] = np.zeros(self.shard_size, dtype=np.int32)
+        i = len(self._pending_ids)
+        for name, (x, k) in rows_of.items():
+            self._buffers[name][i, :k] = x[:k]
+            self._buffers[f"{name}_len"][i] = k
+        self._pending_ids.append(item.id)
+        if len(self._pending_ids) >= self.shard_size:
             self.flush()
 
     def flush(self) -> None:
-        """Write the pending items as one shard and record it in the manifest."""
-        if not self._pending:
+        """Write the pending items as one shard (a folder of .npy files) and record it in the manifest."""
+        if not self._pending_ids:
             return
-        items, self._pending, self._pending_ids = self._pending, [], set()
-        n = len(items)
-        arrays: dict[str, np.ndarray] = {}
-        for name in ARRAYS:
-            rows, dim = self.spec.shape(name)
-            data = np.zeros((n, rows, dim), dtype=STORE_DTYPE)
-            lengths = np.zeros(n, dtype=np.int32)
-            for i, item in enumerate(items):
-                x = getattr(item, name)
-                if x is None:
-                    continue
-                x = np.asarray(x, dtype=np.float32)
-                if x.ndim != 2 or x.shape[1] != dim:
-                    raise FeatureCacheError(f"{item.id}: {name} must be (*, {dim}), got {x.shape}")
-                k = min(rows, x.shape[0])
-                data[i, :k] = x[:k]
-                lengths[i] = k
-            arrays[name] = data
-            arrays[f"{name}_len"] = lengths
-        if (arrays["target_len"] == 0).any():
-            raise FeatureCacheError("every quartet needs target music features")
-        name = f"shard-{len(self.shards):05d}.npz"
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        write_atomic(self.root / name, buf.getvalue())
-        ids = [it.id for it in items]
+        ids, n = self._pending_ids, len(self._pending_ids)
+        buffers, self._buffers, self._pending_ids = self._buffers, {}, []
+        name = f"shard-{len(self.shards):05d}"
+        final, tmp = self.root / name, self.root / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted flush
+        shutil.rmtree(final, ignore_errors=True)  # written but not in the manifest: not part of the cache
+        tmp.mkdir()
+        for key, array in buffers.items():
+            np.save(tmp / f"{key}.npy", array[:n])
+        tmp.replace(final)
+        del buffers
         self.shards.append({"file": name, "n": n, "ids": ids})
         self.done_ids.update(ids)
         self._write_manifest(complete=False)
@@ -198,10 +227,90 @@ class FeatureShardWriter:
         self._write_manifest(complete=True)
 
 
-class FeatureDataset:
-    """Every quartet of a feature cache in memory as padded float16 tensors + lengths."""
+class ShardedArray:
+    """Several shards' arrays (memory-mapped or not) as one, indexed along the first axis on demand.
 
-    def __init__(self, root: str | Path, *, require_complete: bool = True) -> None:
+    `x[key]` reads only the rows `key` names and returns a torch tensor, with torch's indexing rules
+    for what the training and evaluation code uses: an int, a slice or an index tensor first, then
+    ints, slices, or an index tensor paired element-wise with the first (`x[idx, seg]`). `select`
+    is a lazy subset (a train/test split reads nothing).
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray], rows: np.ndarray | None = None) -> None:
+        if not parts:
+            raise ValueError("a ShardedArray needs at least one part")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # (P + 1,)
+        self.rows = rows  # logical -> physical row, or None: all rows in order
+        n = len(rows) if rows is not None else int(self.offsets[-1])
+        self.shape = torch.Size((n, *self.parts[0].shape[1:]))
+        self.dtype = torch.from_numpy(np.zeros(0, dtype=self.parts[0].dtype)).dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _physical(self, logical: np.ndarray) -> np.ndarray:
+        return logical if self.rows is None else self.rows[logical]
+
+    def select(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ShardedArray:
+        """The rows `indices` as another ShardedArray (nothing is read)."""
+        idx = np.asarray(torch.as_tensor(indices, dtype=torch.long).numpy(), dtype=np.int64)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if ((idx < 0) | (idx >= len(self))).any():
+            raise IndexError(f"index out of range for {len(self)} rows")
+        return ShardedArray(self.parts, self._physical(idx))
+
+    def __getitem__(self, key: object) -> torch.Tensor:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        scalar = isinstance(first, (int, np.integer))
+        if isinstance(first, slice):
+            logical = np.arange(len(self))[first]
+        else:
+            logical = np.asarray(torch.as_tensor(first, dtype=torch.long).numpy(), dtype=np.int64).reshape(-1)
+        logical = np.where(logical < 0, logical + len(self), logical)
+        if ((logical < 0) | (logical >= len(self))).any():
+            raise IndexError(f"index out of range for {len(self)} rows")
+        paired = [isinstance(r, (torch.Tensor, np.ndarray, list)) for r in rest]
+        rest_np = [np.asarray(torch.as_tensor(r).numpy()).reshape(-1) if p else r for r, p in zip(rest, paired, strict=True)]
+        phys = self._physical(logical)
+        shard = np.searchsorted(self.offsets, phys, side="right") - 1  # (n,)
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        for sid in np.unique(shard) if len(phys) else [0]:
+            at = np.flatnonzero(shard == sid)
+            sub = (phys[at] - self.offsets[sid], *(r[at] if p else r for r, p in zip(rest_np, paired, strict=True)))
+            pieces.append((at, np.asarray(self.parts[sid][sub])))
+        out = np.empty((len(phys), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
+        for at, piece in pieces:
+            out[at] = piece
+        return torch.from_numpy(out[0] if scalar else out)
+
+
+def _load_shard(path: Path, mmap: bool) -> dict[str, np.ndarray]:
+    """A shard's arrays: a folder of .npy files (memory-mapped when `mmap`) or a format-1 .npz (in memory)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    if not path.is_dir():
+        raise FeatureCacheError(f"feature cache shard {path} is missing")
+    arrays = {}
+    for name in ARRAYS:
+        for key in (name, f"{name}_len"):
+            file = path / f"{key}.npy"
+            if not file.is_file():
+                raise FeatureCacheError(f"feature cache shard {path} lacks {file.name}")
+            small = key.endswith("_len")
+            arrays[key] = np.load(file, mmap_mode="r" if mmap and not small else None, allow_pickle=False)
+    return arrays
+
+
+class FeatureDataset:
+    """A feature cache's quartets: padded float16 arrays (memory-mapped by default) + lengths in memory.
+
+    `tensors[name]` for name in ARRAYS is a `ShardedArray` (or a tensor, for `from_tensors`);
+    `tensors[name + "_len"]` an int32 tensor. Both index alike: `t["target"][idx]` -> (B, S, Dm).
+    """
+
+    def __init__(self, root: str | Path, *, require_complete: bool = True, mmap: bool = True) -> None:
         self.root = Path(root)
         meta = read_manifest(self.root)
         if require_complete and not meta.get("complete"):
@@ -210,16 +319,22 @@ class FeatureDataset:
         parts: dict[str, list[np.ndarray]] = {}
         self.ids: list[str] = []
         for shard in meta["shards"]:
-            with np.load(self.root / shard["file"], allow_pickle=False) as z:
-                for key in z.files:
-                    parts.setdefault(key, []).append(z[key])
+            for key, array in _load_shard(self.root / shard["file"], mmap).items():
+                parts.setdefault(key, []).append(array)
             self.ids.extend(shard["ids"])
         if not self.ids:
             raise FeatureCacheError(f"feature cache {self.root} holds no quartets")
-        self.tensors = {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
+        self.tensors: dict[str, torch.Tensor | ShardedArray] = {}
+        for key, arrays in parts.items():
+            if key.endswith("_len"):
+                self.tensors[key] = torch.from_numpy(np.concatenate(arrays))
+            elif mmap:
+                self.tensors[key] = ShardedArray(arrays)
+            else:
+                self.tensors[key] = torch.from_numpy(np.concatenate(arrays))
 
     @classmethod
-    def from_tensors(cls, spec: FeatureSpec, ids: list[str], tensors: dict[str, torch.Tensor]) -> FeatureDataset:
+    def from_tensors(cls, spec: FeatureSpec, ids: list[str], tensors: dict[str, torch.Tensor | ShardedArray]) -> FeatureDataset:
         ds = cls.__new__(cls)
         ds.root, ds.spec, ds.ids, ds.tensors = Path("."), spec, ids, tensors
         return ds
@@ -228,8 +343,10 @@ class FeatureDataset:
         return len(self.ids)
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> FeatureDataset:
+        """The quartets `indices`; memory-mapped arrays stay on disk (`ShardedArray.select`)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return FeatureDataset.from_tensors(self.spec, [self.ids[i] for i in idx.tolist()], {k: v[idx] for k, v in self.tensors.items()})
+        tensors = {k: v.select(idx) if isinstance(v, ShardedArray) else v[idx] for k, v in self.tensors.items()}
+        return FeatureDataset.from_tensors(self.spec, [self.ids[i] for i in idx.tolist()], tensors)
 
     def split(self, n_test: int, seed: int = 0) -> tuple[FeatureDataset, FeatureDataset]:
         """(train, test): a seeded random split with `n_test` quartets held out."""

@@ -33,7 +33,7 @@ def model() -> MuseChatRecommender:
 def test_turn1_is_video_only_and_turn2_uses_prompt_and_candidate(data: FeatureDataset, model: MuseChatRecommender) -> None:
     idx = torch.arange(10)
     q1, q2 = query_vectors(model, data, idx, 1, "cpu"), query_vectors(model, data, idx, 2, "cpu")
-    changed = FeatureDataset.from_tensors(data.spec, data.ids, {**data.tensors, "text": data.tensors["text"] + 1, "candidate": -data.tensors["candidate"]})
+    changed = FeatureDataset.from_tensors(data.spec, data.ids, {**data.tensors, "text": data.tensors["text"][:] + 1, "candidate": -data.tensors["candidate"][:]})
     assert torch.equal(query_vectors(model, changed, idx, 1, "cpu"), q1)
     assert not torch.allclose(query_vectors(model, changed, idx, 2, "cpu"), q2)
     assert torch.allclose(q1.norm(dim=-1), torch.ones(10))

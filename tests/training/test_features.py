@@ -11,6 +11,8 @@ import torch
 
 from training.features import (
     MANIFEST,
+    SHARD_BYTES,
+    ShardedArray,
     FeatureCacheError,
     FeatureDataset,
     FeatureItem,
@@ -65,9 +67,12 @@ def test_writer_rejects_another_spec_and_wrong_dims(tmp_path: Path) -> None:
     with pytest.raises(FeatureCacheError, match="spec"):
         FeatureShardWriter(tmp_path, other)
     w = FeatureShardWriter(tmp_path / "b", SPEC)
-    w.add(FeatureItem(id="x", target=np.zeros((3, 5))))
-    with pytest.raises(FeatureCacheError, match="target must be"):
-        w.flush()
+    with pytest.raises(FeatureCacheError, match="target must be"):  # refused when added, before any write
+        w.add(FeatureItem(id="x", target=np.zeros((3, 5))))
+    with pytest.raises(FeatureCacheError, match="needs target music"):
+        w.add(FeatureItem(id="y", target=np.zeros((0, 4))))
+    w.close()
+    assert w.shards == [] and w.done_ids == set()
 
 
 def test_batch_takes_the_same_segment_of_video_and_target(tmp_path: Path) -> None:
@@ -153,3 +158,65 @@ def test_log_mel_spec_and_batches(tmp_path: Path) -> None:
     assert b["target_mels"][1].tolist() == target[0].reshape(4, 2).tolist()
     assert b["candidate_mels"][0].tolist() == (100 + np.arange(8)).reshape(4, 2).tolist()
     assert b["has_candidate"].tolist() == [True, False]
+
+
+# ---------------------------------------------------------------------------------------------
+# shards on disk as .npy folders, memory-mapped when read (a log-mel cache does not fit in RAM)
+
+
+def test_shards_are_npy_folders_read_memory_mapped_with_equal_values(tmp_path: Path) -> None:
+    w = FeatureShardWriter(tmp_path, SPEC, shard_size=2)
+    for i in range(5):
+        w.add(_item(i, video=i != 3))
+    w.close()
+    assert [s["file"] for s in json.loads((tmp_path / MANIFEST).read_text())["shards"]] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(p.name for p in (tmp_path / "shard-00001").iterdir()) == sorted(
+        [f"{n}.npy" for n in ("video", "target", "candidate", "text")] + [f"{n}_len.npy" for n in ("video", "target", "candidate", "text")]
+    )
+    mapped, loaded = FeatureDataset(tmp_path), FeatureDataset(tmp_path, mmap=False)
+    for name in ("video", "target", "candidate", "text"):
+        m = mapped.tensors[name]
+        assert isinstance(m, ShardedArray) and all(isinstance(p, np.memmap) for p in m.parts)  # on disk, not in RAM
+        assert isinstance(loaded.tensors[name], torch.Tensor) and m.shape == loaded.tensors[name].shape
+        assert m.dtype == loaded.tensors[name].dtype == torch.float16
+        assert torch.equal(m[:], loaded.tensors[name])
+    # every indexing the training and evaluation code uses gives what the in-memory tensor gives
+    idx, seg = torch.tensor([4, 0, 3, 1, 4]), torch.tensor([2, 0, 1, 1, 0])
+    t, r = mapped.tensors["video"], loaded.tensors["video"]
+    for key in (3, -1, slice(1, 4), idx, (idx, seg), (idx, 0), (2, slice(0, 2)), (idx, slice(None), 1), torch.tensor([], dtype=torch.long)):
+        assert torch.equal(t[key], r[key]), key
+    # batches are equal, log-mel or not; a lazy subset reads the same rows
+    segs = mapped.segment_choice(3)
+    assert torch.equal(segs, loaded.segment_choice(3))
+    for a, b in zip(mapped.batch(idx, segs).values(), loaded.batch(idx, segs).values(), strict=True):
+        assert torch.equal(a, b)
+    sub = mapped.subset([4, 1])
+    assert isinstance(sub.tensors["target"], ShardedArray) and sub.ids == ["q4", "q1"]
+    assert torch.equal(sub.tensors["target"][:], loaded.tensors["target"][torch.tensor([4, 1])])
+    assert torch.equal(sub.subset([1]).tensors["candidate"][0], loaded.tensors["candidate"][1])
+    with pytest.raises(IndexError):
+        t[5]
+
+
+def test_a_format_1_cache_of_npz_shards_is_still_read(tmp_path: Path) -> None:
+    w = FeatureShardWriter(tmp_path, SPEC, shard_size=2)
+    for i in range(3):
+        w.add(_item(i))
+    w.close()
+    meta = json.loads((tmp_path / MANIFEST).read_text())
+    for shard in meta["shards"]:  # rewrite as format 1 wrote it: one .npz per shard
+        folder = tmp_path / shard["file"]
+        np.savez(tmp_path / f"{shard['file']}.npz", **{p.stem: np.load(p) for p in folder.iterdir()})
+        shard["file"] += ".npz"
+    meta["format_version"] = 1
+    (tmp_path / MANIFEST).write_text(json.dumps(meta))
+    old, new = FeatureDataset(tmp_path), FeatureDataset(tmp_path, mmap=False)
+    assert old.ids == ["q0", "q1", "q2"] and torch.equal(old.tensors["target"][:], new.tensors["target"])
+
+
+def test_log_mel_shards_are_sized_by_bytes() -> None:
+    paper = FeatureSpec.for_log_mels("paper", video_dim=512, text_dim=512, mel_frames=1024, mel_bins=128)
+    per_quartet = (12 + 1) * 1024 * 128 * 2 + 12 * 512 * 2 + 77 * 512 * 2 + 4 * 4  # float16 log-mels dominate
+    assert paper.item_bytes == per_quartet
+    assert paper.default_shard_size() == SHARD_BYTES // per_quartet == 76  # 267 MB
+    assert SPEC.default_shard_size() == 1024
