@@ -37,9 +37,9 @@ from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, track_vector
 from engine.media import CorruptMediaError, MediaError, MediaLimits
 from engine.profiles import Encoders
-from engine.tracks import TrackAnalysis, analyse_track
+from engine.tracks import TrackAnalysis, decode_track, embed_track
 from engine.video import VideoFeatures, content_hash, video_features
-from training.features import FeatureItem, FeatureShardWriter, random_pools
+from training.features import MUSIC_LOG_MELS, FeatureItem, FeatureShardWriter, random_pools
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,7 @@ def catalog_quartets(
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 MEDIA_CACHE = "media"  # per-video analyses under the output folder, so a rerun decodes nothing twice
+WRITE_CHUNK = 256  # quartets whose prompts are encoded, and whose features are written, at a time
 
 
 @dataclass
@@ -271,26 +272,65 @@ class BuildReport:
     n_videos: int
 
 
-def _aligned(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    """Video and music segment vectors of the segments both kept (the same 10 s each).  # (S, Dv), (S, Dm)"""
+def _common_rows(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[list[int], list[int]]:
+    """Rows of the video's and of the music's segments that both kept (the same 10 s each)."""
     vi = {s.index: k for k, s in enumerate(vf.segments)}
     mi = {s.index: k for k, s in enumerate(ta.segments)}
     common = sorted(set(vi) & set(mi))
-    return vf.segment_vectors[[vi[i] for i in common]], ta.segment_vectors[[mi[i] for i in common]]
+    return [vi[i] for i in common], [mi[i] for i in common]
 
 
-def _analyse_video(path: Path, cache: Path, encoders: Encoders, limits: MediaLimits | None, ffmpeg: str | None) -> tuple[VideoFeatures, TrackAnalysis]:
+def _aligned(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """Video and music segment vectors of the segments both kept (the same 10 s each).  # (S, Dv), (S, Dm)"""
+    v_rows, m_rows = _common_rows(vf, ta)
+    return vf.segment_vectors[v_rows], ta.segment_vectors[m_rows]
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _segment_log_mels(encoders: Encoders, clips: list[np.ndarray]) -> np.ndarray:
+    """AST's float16 log-mel input of each segment's 10 s (`AstMusicEncoder.log_mels`).  # (S, frames, bins)"""
+    return np.stack([encoders.music.log_mels(c) for c in clips]).astype(np.float16)  # type: ignore[attr-defined]
+
+
+def _analyse_video(
+    path: Path, cache: Path, encoders: Encoders, limits: MediaLimits | None, ffmpeg: str | None, *, log_mels: bool = False
+) -> tuple[VideoFeatures, TrackAnalysis, Path | None]:
+    """A video's features and its soundtrack's analysis (cached by content hash under `cache`).
+
+    With `log_mels`, also the soundtrack's per-segment AST log-mels, one row per segment of the
+    analysis (`{sha}.mels.npy`, float16), returned as a path: the build reads them memory-mapped.
+    """
     sha = content_hash(path)
-    vpath, mpath = cache / f"{sha}.video.npz", cache / f"{sha}.music.npz"
+    vpath, mpath, lpath = cache / f"{sha}.video.npz", cache / f"{sha}.music.npz", cache / f"{sha}.mels.npy"
+    limits = limits or MediaLimits()
     if vpath.is_file() and mpath.is_file():
-        return VideoFeatures.from_bytes(vpath.read_bytes()), TrackAnalysis.from_bytes(mpath.read_bytes())
+        vf, ta = VideoFeatures.from_bytes(vpath.read_bytes()), TrackAnalysis.from_bytes(mpath.read_bytes())
+        if log_mels and not lpath.is_file():  # analysed by a build of pooled features: decode for the log-mels only
+            decoded = decode_track(path, sample_rate=encoders.music.sample_rate, limits=limits, ffmpeg=ffmpeg, content_hash=sha)
+            segments, clips = decoded.segment_audio()
+            if segments != ta.segments:
+                raise CorruptMediaError(f"{path}: decodes to other segments than its cached analysis")
+            _save_npy(lpath, _segment_log_mels(encoders, clips))
+        return vf, ta, lpath if log_mels else None
     vf = video_features(path, encoders.image, profile=encoders.profile.name, limits=limits, ffmpeg=ffmpeg)
-    ta = analyse_track(path, encoders, limits=limits or MediaLimits(), ffmpeg=ffmpeg, title=path.stem, content_hash=sha)
-    for p, data in ((vpath, vf.to_bytes()), (mpath, ta.to_bytes())):
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(p)
-    return vf, ta
+    decoded = decode_track(path, sample_rate=encoders.music.sample_rate, limits=limits, ffmpeg=ffmpeg, content_hash=sha)
+    ta = embed_track(decoded, encoders, title=path.stem)
+    if log_mels:  # the same segments embed_track kept, in its order
+        _save_npy(lpath, _segment_log_mels(encoders, decoded.segment_audio()[1]))
+    _write(vpath, vf.to_bytes())
+    _write(mpath, ta.to_bytes())  # last: its presence says the video is done
+    return vf, ta, lpath if log_mels else None
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -328,8 +368,23 @@ def build_from_videos(
     excluded): the fusion `model`'s turn-1 pick (video only) when one is given (the paper used a
     pretrained retriever), else a seeded random member of the pool. Turn texts come from the tag differences (module docstring).
     Per-video analyses are cached under the writer's folder, so an interrupted build resumes.
+
+    What the cache holds for the music follows `writer.spec.music_input`:
+    - "features": the frozen music encoder's pooled vector per segment, target and candidate;
+    - "log_mels" (the trained AST towers, engine/music_towers.py; an AST profile): AST's float16
+      log-mel input of each target segment (the same 10 s as the video segment, paper 5.1) and of
+      ONE 10 s candidate clip: the candidate's centre segment (the middle one of its analysed
+      segments; the paper does not say which 10 s it took). The log-mels are cached per video
+      (`media/{sha}.mels.npy`) and read memory-mapped, so a build holds one shard in memory.
+    The candidate is chosen from the pooled vectors either way.
     """
     folder = Path(folder)
+    log_mels = writer.spec.music_input == MUSIC_LOG_MELS
+    if log_mels and not hasattr(encoders.music, "log_mels"):
+        raise ValueError(
+            f"profile {encoders.profile.name!r} has no AST music encoder ({encoders.profile.music_family}): "
+            "a log-mel cache (trained AST towers) needs one; build pooled features instead"
+        )
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     cache = writer.root / MEDIA_CACHE
     cache.mkdir(parents=True, exist_ok=True)
@@ -339,16 +394,19 @@ def build_from_videos(
 
         bar = tqdm(total=len(files), desc="analysing videos", unit="video")
     names, videos, musics, analyses, failures = [], [], [], [], {}
+    mels: list[tuple[Path, list[int]]] = []  # log_mels: each clip's log-mel file and its rows aligned with the video
     for path in files:
         try:
-            vf, ta = _analyse_video(path, cache, encoders, limits, ffmpeg)
-            v, m = _aligned(vf, ta)
-            if len(v) == 0:
+            vf, ta, mel_file = _analyse_video(path, cache, encoders, limits, ffmpeg, log_mels=log_mels)
+            v_rows, m_rows = _common_rows(vf, ta)
+            if not v_rows:
                 raise CorruptMediaError("no segment with both frames and sound")
             names.append(path)
-            videos.append(v)
-            musics.append(m)
+            videos.append(vf.segment_vectors[v_rows])
+            musics.append(ta.segment_vectors[m_rows])
             analyses.append(ta)
+            if mel_file is not None:
+                mels.append((mel_file, m_rows))
         except MediaError as e:
             failures[str(path)] = str(e)
             log.warning("data build: skipping %s: %s", path, e)
@@ -383,8 +441,22 @@ def build_from_videos(
         )
         texts.append(turns[1].user)
         rows.append((i, j))
-    for q, (i, j), text in zip(quartets, rows, text_token_features(encoders.text, texts), strict=True):
-        writer.add(FeatureItem(id=q.id, video=videos[i], target=musics[i], candidate=musics[j], text=text))
+
+    def music_of(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        if not log_mels:
+            return musics[i], musics[j]
+        (target_file, target_rows), (cand_file, cand_rows) = mels[i], mels[j]
+        target = np.load(target_file, mmap_mode="r")[target_rows]  # (S, frames, bins)
+        centre = cand_rows[len(cand_rows) // 2]
+        candidate = np.load(cand_file, mmap_mode="r")[centre : centre + 1]  # (1, frames, bins)
+        return target.reshape(len(target), -1), candidate.reshape(1, -1)
+
+    for start in range(0, len(quartets), WRITE_CHUNK):
+        chunk = slice(start, start + WRITE_CHUNK)
+        tokens = text_token_features(encoders.text, texts[chunk])
+        for q, (i, j), text in zip(quartets[chunk], rows[chunk], tokens, strict=True):
+            target, candidate = music_of(i, j)
+            writer.add(FeatureItem(id=q.id, video=videos[i], target=target, candidate=candidate, text=text))
     writer.flush()
     log.info("data build: %d quartets from %d videos (%d skipped)", len(quartets), len(files), len(failures))
     return BuildReport(quartets=quartets, failures=failures, n_videos=len(files))

@@ -23,6 +23,10 @@ EXIT_USER_ERROR = 2  # bad input: a message, never a traceback
 data_app = typer.Typer(help="Build MuseChat training data (quartets + cached frozen-encoder features).", no_args_is_help=True)
 
 
+MUSIC_INPUT_AUTO, MUSIC_INPUT_LOG_MELS, MUSIC_INPUT_FEATURES = "auto", "log-mels", "features"  # data build --music-input
+MUSIC_INPUTS = (MUSIC_INPUT_AUTO, MUSIC_INPUT_LOG_MELS, MUSIC_INPUT_FEATURES)
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(EXIT_USER_ERROR)
@@ -35,7 +39,7 @@ def data_from_catalog(
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
     pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
-    shard_size: int = typer.Option(1024, help="Quartets per shard."),
+    shard_size: int = typer.Option(None, help="Quartets per shard (default: up to 1024)."),
 ) -> None:
     """Music-only quartets (candidate, feedback from tag differences, target) from the live catalog."""
     from bot.service.catalog_admin import FEATURES_DIR, features_key
@@ -87,7 +91,13 @@ def data_build(
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
     pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
-    shard_size: int = typer.Option(1024, help="Quartets per shard."),
+    shard_size: int = typer.Option(None, help="Quartets per shard (default: up to 1024, fewer for log-mels: ~256 MB a shard)."),
+    music_input: str = typer.Option(
+        MUSIC_INPUT_AUTO, "--music-input",
+        help="What the cache keeps of the music: 'log-mels' (AST's 10 s float16 log-mels of each target segment and of one "
+        "candidate clip: `train` then fine-tunes the AST towers, paper 4.1), 'features' (the frozen encoder's pooled "
+        "vectors), or 'auto': log-mels when the profile's music encoder is AST (paper, tiny), else features (lite).",
+    ),
 ) -> None:
     """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target."""
     from bot.settings import get_settings
@@ -108,12 +118,27 @@ def data_build(
             model = load_checkpoint(ckpt, expect_profile=enc.profile.name, device=s.device)
         except CheckpointError as e:
             _fail(str(e))
-    spec = FeatureSpec(
-        profile=enc.profile.name, video_dim=int(enc.image.dim), text_dim=int(enc.text.dim),
-        music_dim=int(enc.music.dim), target_music_dim=int(enc.music.dim),
-    )
+    if music_input not in MUSIC_INPUTS:
+        _fail(f"--music-input must be one of {', '.join(MUSIC_INPUTS)}, got {music_input!r}")
+    has_ast = hasattr(enc.music, "mel_shape")
+    if music_input == MUSIC_INPUT_AUTO:
+        music_input = MUSIC_INPUT_LOG_MELS if has_ast else MUSIC_INPUT_FEATURES
+    if music_input == MUSIC_INPUT_LOG_MELS:
+        if not has_ast:
+            _fail(f"profile {enc.profile.name!r} has no AST music encoder ({enc.profile.music_family}): "
+                  "log-mels train the AST towers; use --music-input features")
+        frames, bins = enc.music.mel_shape  # type: ignore[attr-defined]
+        spec = FeatureSpec.for_log_mels(enc.profile.name, video_dim=int(enc.image.dim), text_dim=int(enc.text.dim), mel_frames=frames, mel_bins=bins)
+    else:
+        spec = FeatureSpec(
+            profile=enc.profile.name, video_dim=int(enc.image.dim), text_dim=int(enc.text.dim),
+            music_dim=int(enc.music.dim), target_music_dim=int(enc.music.dim),
+        )
     try:
-        writer = FeatureShardWriter(out_dir, spec, shard_size=shard_size)
+        try:
+            writer = FeatureShardWriter(out_dir, spec, shard_size=shard_size)
+        except FeatureCacheError as e:
+            raise FeatureCacheError(f"{e} (a cache resumes with the profile and --music-input it was built with; or write to another --out)") from None
         limits = MediaLimits(max_seconds=24 * 3600.0, max_bytes=2**34, timeout_s=s.ffmpeg_timeout_s)
         report = build_from_videos(folder, writer, enc, model=model, seed=seed, pool_size=pool_size, limits=limits, ffmpeg=s.ffmpeg_binary, progress=True)
     except (FeatureCacheError, ValueError) as e:
@@ -124,7 +149,8 @@ def data_build(
         for q in report.quartets:
             f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
     how = f"retrieved by {ckpt}" if model is not None else "random from the pool (no fusion checkpoint yet)"
-    out.print(f"{len(writer.done_ids)} quartets in {out_dir} ({len(report.quartets)} new, candidates {how}); {len(report.failures)} videos skipped")
+    kept = "AST log-mels (trained towers)" if music_input == MUSIC_INPUT_LOG_MELS else "pooled music features"
+    out.print(f"{len(writer.done_ids)} quartets in {out_dir} ({len(report.quartets)} new, candidates {how}, {kept}); {len(report.failures)} videos skipped")
     for path, why in report.failures.items():
         out.print(f"  skipped {path}: {why}")
 
@@ -155,6 +181,7 @@ def train_command(
     fusion: str = typer.Option("{}", help="JSON FusionConfig overrides, e.g. '{\"d_model\": 128}'."),
 ) -> None:
     """Train MVT-Fusion (or a baseline) on cached features; one process (use torchrun for DDP)."""
+    from bot.settings import get_settings
     from training.features import FeatureCacheError
     from training.train_fusion import MODEL_DIR, TrainConfig, train
 
@@ -170,6 +197,7 @@ def train_command(
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, holdout=holdout, device=device,
         resume=resume, save_every=save_every, fusion=overrides, modality_dropout=modality_dropout,
         freeze_towers=freeze_towers, gradient_checkpointing=gradient_checkpointing,
+        music_backbone=get_settings().backbone_overrides.get("music"),  # log-mel caches: the towers start from it
     )
     try:
         result = train(cfg)

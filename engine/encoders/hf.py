@@ -364,6 +364,11 @@ class AstMusicEncoder(MusicEncoder):
             chunks.pop()
         return chunks
 
+    @property
+    def mel_shape(self) -> tuple[int, int]:
+        """(frames, mel bins) of one `log_mels` window: (1024, 128) for the paper's AST."""
+        return int(self.features.max_length), int(self.features.num_mel_bins)
+
     def log_mels(self, audio: np.ndarray) -> np.ndarray:
         """AST's input for the first window of `audio` (10.24 s for the paper's AST): (frames, mel bins),
         float16, as a training cache keeps it for the trained towers (engine/music_towers.py)."""

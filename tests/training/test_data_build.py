@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -68,7 +69,23 @@ def built(videos: Path) -> tuple[Path, str]:
         mp.setenv("MUSECHAT_PROFILE", "tiny")
         mp.delenv("MUSECHAT_FUSION_CHECKPOINT", raising=False)
         get_settings.cache_clear()
-        r = CliRunner().invoke(_app(), ["data", "build", str(videos), "--out", str(out)])
+        r = CliRunner().invoke(_app(), ["data", "build", str(videos), "--out", str(out), "--music-input", "features"])
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+@pytest.fixture(scope="module")
+def built_mels(videos: Path, built: tuple[Path, str]) -> tuple[Path, str]:
+    """The default build of the tiny profile (AST): a log-mel cache, reusing the first build's video analyses."""
+    out = videos.parent / "mels"
+    shutil.copytree(built[0] / "media", out / "media")  # analysed already: only the log-mels are computed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUSECHAT_DATA_DIR", str(videos.parent / "data"))
+        mp.setenv("MUSECHAT_PROFILE", "tiny")
+        mp.delenv("MUSECHAT_FUSION_CHECKPOINT", raising=False)
+        get_settings.cache_clear()
+        r = CliRunner().invoke(_app(), ["data", "build", str(videos), "--out", str(out), "--shard-size", "2"])
         get_settings.cache_clear()
     assert r.exit_code == 0, r.output
     return out, r.output
@@ -95,9 +112,12 @@ def test_build_from_music_videos(app: typer.Typer, videos: Path, built: tuple[Pa
     np.testing.assert_allclose(ds.tensors["target"][0, :2].float().numpy(), cached[a_sha].segment_vectors, rtol=2e-3, atol=2e-3)
     shards = read_manifest(out)["shards"]
 
-    again = runner.invoke(app, ["data", "build", str(videos), "--out", str(out)])
+    again = runner.invoke(app, ["data", "build", str(videos), "--out", str(out), "--music-input", "features"])
     assert again.exit_code == 0 and "(0 new" in again.output
     assert read_manifest(out)["shards"] == shards
+    # resuming a features cache as a log-mel one is refused, naming the way out
+    other = runner.invoke(app, ["data", "build", str(videos), "--out", str(out)])
+    assert other.exit_code == 2 and "--music-input it was built with" in other.output
 
 
 def test_build_with_a_checkpoint_retrieves_candidates(app: typer.Typer, videos: Path, built: tuple[Path, str], tmp_path: Path) -> None:
@@ -108,7 +128,7 @@ def test_build_with_a_checkpoint_retrieves_candidates(app: typer.Typer, videos: 
     ckpt = save_checkpoint(MuseChatRecommender(fusion_config_for(spec, {"d_model": 16, "n_heads": 4, "n_layers": 1})), tmp_path / "ckpt")
     # the per-video analyses are cached by content hash: reuse the first build's, decode nothing
     shutil.copytree(built[0] / "media", tmp_path / "f" / "media")
-    r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "f"), "--checkpoint", str(ckpt)])
+    r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "f"), "--checkpoint", str(ckpt), "--music-input", "features"])
     assert r.exit_code == 0, r.output
     assert f"retrieved by {ckpt}" in r.output
     bad = CliRunner().invoke(app, ["data", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g")])
@@ -127,3 +147,71 @@ def test_zero_shot_row_on_the_same_pools(app: typer.Typer, built: tuple[Path, st
     assert "| zero-shot scorer |" in report.with_suffix(".md").read_text()
     no_media = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "nothing"), "--zero-shot"])
     assert no_media.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the log-mel cache of the trained AST towers (paper 4.1, 5.1): data build -> train -> eval
+
+
+def test_log_mel_cache_holds_ast_inputs_of_target_segments_and_one_candidate_clip(videos: Path, built_mels: tuple[Path, str]) -> None:
+    from engine.profiles import load_encoders
+    from engine.tracks import decode_track
+
+    out, output = built_mels
+    assert "3 quartets" in output and "AST log-mels (trained towers)" in output
+    enc = load_encoders("tiny")
+    frames, bins = enc.music.mel_shape  # the tiny AST: 64 x 16
+    ds = FeatureDataset(out)
+    spec = ds.spec
+    assert (spec.music_input, spec.mel_frames, spec.mel_bins, spec.max_segments, spec.max_candidate_segments) == ("log_mels", frames, bins, 12, 1)
+    assert [s["n"] for s in read_manifest(out)["shards"]] == [2, 1]
+    t = ds.tensors
+    assert t["target"].dtype == t["candidate"].dtype == torch.float16
+    assert t["target"].shape == (3, 12, frames * bins) and t["candidate"].shape == (3, 1, frames * bins)
+    assert t["target_len"].tolist() == [2, 2, 2] and t["candidate_len"].tolist() == [1, 1, 1] and t["video_len"].tolist() == [2, 2, 2]
+    # the values: AST's log-mels of each 10 s segment of the own soundtrack; the candidate's centre segment
+    quartets = {q["id"]: q for q in map(json.loads, (out / "quartets.jsonl").read_text().splitlines())}
+    for row, qid in enumerate(ds.ids):
+        q = quartets[qid]
+        _, clips = decode_track(q["target"], sample_rate=16_000).segment_audio()
+        want = np.stack([enc.music.log_mels(c) for c in clips]).reshape(2, -1)
+        np.testing.assert_array_equal(t["target"][row, :2].numpy(), want)
+        _, cand = decode_track(q["candidate"], sample_rate=16_000).segment_audio()
+        np.testing.assert_array_equal(t["candidate"][row, 0].numpy(), enc.music.log_mels(cand[1]).reshape(-1))  # 2 segments: the centre is #1
+    # read memory-mapped, equal to the arrays loaded into memory
+    assert all(isinstance(p, np.memmap) for p in t["target"].parts)
+    loaded = FeatureDataset(out, mmap=False).tensors
+    for name in ("video", "target", "candidate", "text"):
+        assert torch.equal(t[name][:], loaded[name])
+
+
+def test_data_build_then_train_fine_tunes_both_towers_then_eval(app: typer.Typer, built_mels: tuple[Path, str], tmp_path: Path) -> None:
+    from engine.music_towers import load_tower_checkpoint, load_towers
+
+    out, _ = built_mels
+    run = tmp_path / "run"
+    fusion = json.dumps({"d_model": 16, "n_heads": 4, "n_layers": 1})
+    r = CliRunner().invoke(app, ["train", "--data", str(out), "--out", str(run), "--max-steps", "3", "--batch-size", "3",
+                                 "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu", "--fusion", fusion])
+    assert r.exit_code == 0, r.output
+    trained = load_tower_checkpoint(run / "model", expect_profile="tiny")
+    start_mc, start_mt = load_towers("tiny")  # where both towers began: the profile's AST
+
+    def moved(tower: torch.nn.Module, start: torch.nn.Module) -> float:
+        a, b = tower.state_dict(), start.state_dict()
+        return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+
+    assert moved(trained.g_mc, start_mc) > 1e-5 and moved(trained.g_mt, start_mt) > 1e-5
+    report = tmp_path / "eval" / "t"
+    e = CliRunner().invoke(app, ["eval", "--data", str(out), "--checkpoint", f"towers={run / 'model'}", "--report", str(report), "--pool-size", "3"])
+    assert e.exit_code == 0, e.output
+    row = json.loads(report.with_suffix(".json").read_text())["results"][0]
+    assert row["name"] == "towers" and row["n_pools"] == 1 and row["turn2"]["n_queries"] == 3
+
+
+def test_music_input_is_checked_and_log_mels_need_an_ast_profile(app: typer.Typer, videos: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "x"), "--music-input", "spectrogram"])
+    assert r.exit_code == 2 and "--music-input must be one of auto, log-mels, features" in r.output
+    lite = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "y"), "--profile", "lite", "--music-input", "log-mels"])
+    assert lite.exit_code == 2 and "profile 'lite' has no AST music encoder (musicnn)" in lite.output
+    assert not (tmp_path / "y").exists()  # refused before anything was written
