@@ -103,7 +103,9 @@ def music_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDa
     """Track vectors of the targets of quartets `idx`: normalised mean of segment vectors.  # (N, d)"""
     t = data.tensors
     out = []
-    for chunk in idx.split(EVAL_BATCH):
+    # log-mels: every segment is an AST forward, so as many segments at once as queries elsewhere
+    per_chunk = max(1, EVAL_BATCH // data.spec.max_segments) if data.spec.music_input == MUSIC_LOG_MELS else EVAL_BATCH
+    for chunk in idx.split(per_chunk):
         seg = t["target"][chunk].float().to(device)  # (B, S, Dm)
         b, s, dm = seg.shape
         if data.spec.music_input == MUSIC_LOG_MELS:  # the trained g_mt on each 10 s segment's log-mels
