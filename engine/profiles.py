@@ -128,7 +128,7 @@ class Encoders:
     tagger: MusicEncoder | None = None  # a separate tagger (paper: musicnn beside AST); None: `music` tags
 
     @property
-    def tags(self) -> MusicEncoder:
+    def tag_encoder(self) -> MusicEncoder:
         """The encoder whose `tags` a track carries (the catalog's, the data build's, `musechat tag`'s)."""
         return self.tagger if self.tagger is not None else self.music
 

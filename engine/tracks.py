@@ -14,7 +14,7 @@ does exactly that for one audio file, with no database:
 3. embed each 10 s segment with the profile's music encoder (`encode_batch`, one batched pass):
    the per-segment pooled vectors (S, D) are kept for the fusion model's target-music tower
    (section 4.1's g_mt runs on segments), their mean is the track's music embedding, and the
-   profile's tagger (`Encoders.tags`: musicnn MTT + MSD for `paper` and `lite`; in `paper` a
+   profile's tagger (`Encoders.tag_encoder`: musicnn MTT + MSD for `paper` and `lite`; in `paper` a
    second network beside AST) gives tag probabilities averaged over segments (weighted by
    length): all of them are kept for feedback steering, the top 5 MTT + top 5 MSD names become
    the track's automatic tags (a tagger without MTT/MSD vocabularies, e.g. `tiny`'s random

@@ -93,8 +93,8 @@ def tag(
             info = probe(path, limits=limits, require_audio=True)
             start = max(0.0, (info.duration_s - seconds) / 2)
             with console.status(f"tagging {path.name}..."):
-                wav = decode_audio(path, sample_rate=enc.tags.sample_rate, start=start, duration=seconds, ffmpeg=s.ffmpeg_binary)
-                emb = enc.tags.encode(wav)
+                wav = decode_audio(path, sample_rate=enc.tag_encoder.sample_rate, start=start, duration=seconds, ffmpeg=s.ffmpeg_binary)
+                emb = enc.tag_encoder.encode(wav)
             tags = sorted((emb.tags or {}).items(), key=lambda kv: -kv[1])
             groups: dict[str, list[str]] = {}
             for name, p in tags:

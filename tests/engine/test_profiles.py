@@ -165,11 +165,11 @@ def test_paper_profile_loads_musicnn_as_its_tagger_beside_ast(tiny_dirs: dict[st
 
     enc = load_encoders("paper", overrides=tiny_dirs)
     assert isinstance(enc.music, hf.AstMusicEncoder)  # AST stays the music embedding
-    assert isinstance(enc.tagger, MusicnnEncoder) and enc.tags is enc.tagger
-    assert enc.tags.tag_names[:2] == ["mtt:guitar", "mtt:classical"] and len(enc.tags.tag_names) == 100
+    assert isinstance(enc.tagger, MusicnnEncoder) and enc.tag_encoder is enc.tagger
+    assert enc.tag_encoder.tag_names[:2] == ["mtt:guitar", "mtt:classical"] and len(enc.tag_encoder.tag_names) == 100
     lite_like = load_encoders(dataclasses.replace(PROFILES["lite"], tagger="musicnn"))
-    assert lite_like.tagger is None and lite_like.tags is lite_like.music  # musicnn already: one network
-    assert load_encoders("tiny").tags is load_encoders("tiny").music
+    assert lite_like.tagger is None and lite_like.tag_encoder is lite_like.music  # musicnn already: one network
+    assert load_encoders("tiny").tag_encoder is load_encoders("tiny").music
 
 
 def test_unknown_tagger_is_refused() -> None:

@@ -16,4 +16,3 @@ def test_the_tagger_is_part_of_the_feature_cache_key() -> None:
     # profiles whose music encoder tags keep their folder (the lite demo catalog is not re-analysed)
     lite = PROFILES["lite"]
     assert features_key(lite) == features_key(dataclasses.replace(lite, tagger="music"))
-    assert features_key(lite) != features_key(dataclasses.replace(lite, tagger="musicnn"))
