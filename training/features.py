@@ -262,7 +262,7 @@ class ShardedArray:
 
     def __getitem__(self, key: object) -> torch.Tensor:
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        scalar = isinstance(first, (int, np.integer))
+        scalar = isinstance(first, (int, np.integer)) or (isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim == 0)
         if isinstance(first, slice):
             logical = np.arange(len(self))[first]
         else:
@@ -270,7 +270,8 @@ class ShardedArray:
         logical = np.where(logical < 0, logical + len(self), logical)
         if ((logical < 0) | (logical >= len(self))).any():
             raise IndexError(f"index out of range for {len(self)} rows")
-        paired = [isinstance(r, (torch.Tensor, np.ndarray, list)) for r in rest]
+        paired = [isinstance(r, list) or (isinstance(r, (torch.Tensor, np.ndarray)) and r.ndim > 0) for r in rest]
+        rest = tuple(int(r) if isinstance(r, (torch.Tensor, np.ndarray)) and r.ndim == 0 else r for r in rest)
         rest_np = [np.asarray(torch.as_tensor(r).numpy()).reshape(-1) if p else r for r, p in zip(rest, paired, strict=True)]
         phys = self._physical(logical)
         shard = np.searchsorted(self.offsets, phys, side="right") - 1  # (n,)

@@ -215,3 +215,26 @@ def test_music_input_is_checked_and_log_mels_need_an_ast_profile(app: typer.Type
     lite = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "y"), "--profile", "lite", "--music-input", "log-mels"])
     assert lite.exit_code == 2 and "profile 'lite' has no AST music encoder (musicnn)" in lite.output
     assert not (tmp_path / "y").exists()  # refused before anything was written
+
+
+def test_paper_profile_build_tags_with_musicnn_and_keeps_ast_log_mels(app: typer.Typer, videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper profile's code path (tiny CLIP/AST weights, the real musicnn): the dataset's tags (paper 3)."""
+    from engine.encoders.musicnn import MSD_LABELS, MTT_LABELS
+    from engine.profiles import tiny_overrides
+
+    for key, folder in tiny_overrides(tmp_path / "backbones").items():
+        monkeypatch.setenv(f"MUSECHAT_{key.upper()}_BACKBONE", folder)
+    monkeypatch.setenv("MUSECHAT_PROFILE", "paper")
+    get_settings.cache_clear()
+    out = tmp_path / "paper"
+    r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "3 quartets" in r.output and "AST log-mels (trained towers)" in r.output
+    ds = FeatureDataset(out)
+    assert (ds.spec.profile, ds.spec.music_input, ds.spec.mel_frames, ds.spec.mel_bins) == ("paper", "log_mels", 64, 16)
+    vocabulary = {t.lower() for t in MTT_LABELS + MSD_LABELS}
+    analyses = {p.name.split(".")[0]: TrackAnalysis.from_bytes(p.read_bytes()) for p in (out / "media").glob("*.music.npz")}
+    for q in map(json.loads, (out / "quartets.jsonl").read_text().splitlines()):
+        a = analyses[q["id"].removeprefix("video-")]
+        assert len(a.tag_probs) == 100 and all(n.startswith(("mtt:", "msd:")) for n in a.tag_probs)
+        assert q["target_tags"] == a.auto_tags and 5 <= len(a.auto_tags) <= 10 and set(a.auto_tags) <= vocabulary

@@ -183,7 +183,8 @@ def test_shards_are_npy_folders_read_memory_mapped_with_equal_values(tmp_path: P
     # every indexing the training and evaluation code uses gives what the in-memory tensor gives
     idx, seg = torch.tensor([4, 0, 3, 1, 4]), torch.tensor([2, 0, 1, 1, 0])
     t, r = mapped.tensors["video"], loaded.tensors["video"]
-    for key in (3, -1, slice(1, 4), idx, (idx, seg), (idx, 0), (2, slice(0, 2)), (idx, slice(None), 1), torch.tensor([], dtype=torch.long)):
+    for key in (3, -1, slice(1, 4), idx, (idx, seg), (idx, 0), (2, slice(0, 2)), (idx, slice(None), 1), torch.tensor([], dtype=torch.long),
+                torch.tensor(2), (idx, torch.tensor(1)), (torch.tensor(4), torch.tensor(2))):
         assert torch.equal(t[key], r[key]), key
     # batches are equal, log-mel or not; a lazy subset reads the same rows
     segs = mapped.segment_choice(3)
