@@ -266,11 +266,6 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     data = dataset if dataset is not None else FeatureDataset(cfg.data)
     if cfg.holdout:
         data, _ = data.split(cfg.holdout, seed=cfg.seed)
-    if is_two_tower(cfg) and data.spec.music_input != MUSIC_LOG_MELS:
-        missing = int((data.clip_lengths() == 0).sum())
-        if missing:
-            raise ValueError(f"{missing} of the {len(data)} quartets have no video: the two-tower retriever trains on "
-                             "(video, own soundtrack) pairs (a `data build` cache, not `data from-catalog`)")
     global_batch = cfg.batch_size * world
     steps_per_epoch = len(data) // global_batch
     if steps_per_epoch == 0:
@@ -279,6 +274,11 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = _build_model(cfg, data.spec).to(device)
+    if isinstance(model, TwoTowerRetriever):
+        missing = int((data.clip_lengths() == 0).sum())
+        if missing:
+            raise ValueError(f"{missing} of the {len(data)} quartets have no video: the two-tower retriever trains on "
+                             "(video, own soundtrack) pairs (a `data build` cache, not `data from-catalog`)")
     if rank == 0 and isinstance(model, TwoTowerRetriever):
         log.info("training the two-tower retriever (d_model=%d, %d layers per tower) on whole clips",
                  model.config.d_model, model.config.n_layers)
