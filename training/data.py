@@ -447,7 +447,7 @@ def _candidate_record(source: str, path: Path | None, trained_here: bool = False
 
 
 def describe_candidates(record: dict) -> str:
-    """One line for reports: 'retrieved by the two-tower retriever X (trained on this build)', 'random from the pool', ..."""
+    """One line for reports: 'retrieved by the two-tower retriever X (trained on this build's clips)', 'random from the pool ...'."""
     if record["source"] == RANDOM_CANDIDATES:
         return "random from the pool (--random-candidates)"
     what = "the two-tower retriever" if record["source"] == RETRIEVER_KIND else "the fusion checkpoint"
