@@ -178,7 +178,7 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
         finally:
             app.pool = own
             await app.close()
-        fields = ("job_id", "version_name", "files", "tracks", "analysed", "reused", "added", "changed", "removed", "seconds")
+        fields = ("job_id", "version_name", "files", "tracks", "analysed", "reused", "added", "changed", "removed", "tower_tracks", "seconds")
         d = dataclasses.asdict(report)
         return {k: d[k] for k in fields} | {"failures": [str(f) for f in report.failures]}
 
