@@ -10,7 +10,9 @@ final reply) and returns the `Reply`. The turns follow the paper's two-turn prot
 - turn k >= 2: the video + the track recommended at turn k-1 as the candidate music x_mc (section
   4.1: `TrackContext` from the catalog record: its "text" vector, tag probabilities, rhythm (tempo
   and loudness from the payload, onset rate from the indexer's SQL attributes) and, for the fusion
-  model, its per-segment music features from the indexer's feature cache) + the user's feedback;
+  model, its per-segment music features from the indexer's feature cache, or, when the checkpoint
+  trained the AST towers, its 10 s candidate clip's log-mels for g_mc from that checkpoint's cache,
+  bot/service/catalog_layout.py `TowerCache`) + the user's feedback;
 - a text-only start ("calm piano for a wedding video"): no video; at turns k >= 2 the opening
   words stand in for the video as a second positive example of the retrieval, so "more drums"
   does not forget "wedding";
