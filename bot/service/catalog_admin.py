@@ -54,8 +54,8 @@ per checkpoint), turned into AST log-mels and run through g_mt and the tower hea
 turn k >= 2 (the segment the listening excerpt centres on) is kept with the vector, in a cache of
 that checkpoint (`catalog_layout.TowerCache`, `features/<profile key>/towers-<fusion_id>/`). Each
 point's payload records the checkpoint's `fusion_id` (also for checkpoints without towers), so the
-conversation service refuses a catalog built with other weights (bot/service/conversation.py). Point ids: the catalog takes integers or UUIDs, so a track's
-id is the UUID made of the first 128 bits of its sha256 (`track_id_for`), deterministic across
+conversation service refuses a catalog built with other weights (bot/service/conversation.py).
+Point ids: the catalog takes integers or UUIDs, so a track's id is the UUID made of the first 128 bits of its sha256 (`track_id_for`), deterministic across
 refreshes and processes; the full hash is in the payload (`content_hash`) and keys the SQL
 `tracks` row, whose `attributes` hold the excerpt reference (`TrackPayload` has no free fields).
 Payload tags are lower-case display names (metadata + manifest + musicnn), so `CatalogFilter
