@@ -384,7 +384,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         results["case_build_s"] = time.perf_counter() - t0
         judge = Judge.build()
         base_reasoner = svc.reasons.get_reasoner()  # loaded at start-up (warm_up)
-        llm, tok = base_reasoner.llm, base_reasoner.tokenizer
+        # fluency is judged by the float32 base LLM, not by the (int8-decoding) model being measured
+        from engine.reasoner import load_llm
+
+        llm, tok = load_llm(base_reasoner.cfg.llm)
+        results["int8_decoding"] = any(type(m).__name__ == "Int8DecodeLinear" for m in base_reasoner.llm.modules())
         writers = {
             "grounded": ReasonWriter(config=dataclasses.replace(base, reasoner_grounded=True), engine=svc.engine, assets=svc.assets),
             "ungrounded": ReasonWriter(config=dataclasses.replace(base, reasoner_grounded=False), engine=svc.engine, assets=svc.assets),
@@ -399,6 +403,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.to_thread(writer.get_reasoner)  # warm: loaded before the first reason, as at start-up
             except Exception as e:  # noqa: BLE001 - report it, measure the other variants
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
+                print(f"{name}: {results[name]['error']}", flush=True)
                 continue
             await writer.write_request(cases[0].request())  # and one reason written (the prefix cache, the lazy imports)
             mine = cases if name == "grounded" or not args.subset else cases[: args.subset]

@@ -34,6 +34,7 @@ from bot.service.catalog_admin import CatalogAdmin, load_fusion
 from bot.service.catalog_layout import (
     FEATURES_DIR,
     FeatureCache,
+    TowerCache,
     catalog_schema,
     features_key,
 )
@@ -169,7 +170,9 @@ class App:
         # the key names backbones, not sizes: the declared profile names the same folder as the loaded one
         profile = engine.encoders.profile if load else resolve_profile(self.profile, engine_config.overrides)
         features = FeatureCache(Path(self.settings.data_dir) / FEATURES_DIR / features_key(profile))
-        return engine, TrackAssets(TrackStore(self.sql), features)
+        # trained AST towers: the candidate clips g_mc reads live in the checkpoint's own cache (catalog_layout.py)
+        towers = TowerCache(Path(self.settings.data_dir), profile, engine.fusion_id) if engine.fusion_towers else None
+        return engine, TrackAssets(TrackStore(self.sql), features, towers)
 
     async def _build_service(self, say: Progress) -> ConversationService:
         if self.settings.model_runner not in ("local", "saq"):
@@ -181,10 +184,11 @@ class App:
         engine_config = engine.config
         runner = None
         if remote:
+            from bot.jobs.runner import features_tag
             from bot.jobs.saq_runner import SaqRunner
 
             say("connecting to the job queue")
-            tag = f"{engine_config.profile}:{engine_config.query_fps:g}"
+            tag = features_tag(engine)
             runner = self._runner = await SaqRunner.open(self.settings, media=self.media, features_tag=tag)
         service = ConversationService(
             engine=engine, catalog=self.catalog, store=ConversationStore(self.sql), sql=self.sql, media=self.media,
@@ -261,6 +265,9 @@ class App:
             profile = resolve_profile(self.profile, s.backbone_overrides)
             ckpt = s.fusion_checkpoint
             fusion = load_fusion(ckpt, profile, device=s.device) if ckpt is not None else None
+            from engine.music_towers import fusion_id
+
+            fid = fusion_id(ckpt) if ckpt is not None else ""
 
             def encoders():  # the service's, when it is loaded; else the admin's own (a refresh with work to do)
                 if self._service is not None and self._service.runner.local:  # (with workers, the front-end loaded none)
@@ -271,7 +278,7 @@ class App:
 
             self._admin = CatalogAdmin(
                 engine=self.sql, catalog=self.catalog, media_store=self.media, data_dir=s.data_dir, encoders=encoders,
-                profile=profile, fusion=fusion, ffmpeg=s.ffmpeg_binary, pool=self.pool,
+                profile=profile, fusion=fusion, fusion_id=fid, ffmpeg=s.ffmpeg_binary, pool=self.pool,
                 min_duration_s=s.catalog_min_track_s, check_content=s.catalog_check_content,
             )  # fmt: skip
         return self._admin

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     reasoner_timeout_s: float = Field(3.0, description="after this the reply falls back to the labelled tag summary")
     reasoner_grounded: bool = Field(True, description="facts-only prompt; each sentence is checked against the facts before it is shown")
     reasoner_checkpoint: Path | None = Field(None, description="trained LoRA + music projection (musechat reasoner train)")
+    reasoner_int8: bool = Field(True, description="local reasoner on a CPU with native bfloat16: int8 weights for decoding (~3x faster)")
     reasoner_max_new_tokens: int = Field(48, description="longest generated reason, tokens")
     reasoner_url: str | None = Field(None, description="reasoner=http: OpenAI-compatible server base URL (Ollama, vLLM)")
     reasoner_model: str | None = Field(None, description="reasoner=http: the server's model name")
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
             reasoner_timeout_s=self.reasoner_timeout_s,
             reasoner_grounded=self.reasoner_grounded,
             reasoner_checkpoint=self.reasoner_checkpoint,
+            reasoner_int8=self.reasoner_int8,
             reasoner_max_new_tokens=self.reasoner_max_new_tokens,
             reasoner_url=self.reasoner_url,
             reasoner_model=self.reasoner_model,

@@ -18,6 +18,10 @@ Modes (every answer names its mode):
   candidates: score = z(cosine) + steering_weight * z(steer). The trained model already reads
   the feedback; steering makes explicit tag directions ("no vocals") hold even where the model
   is unsure. Set the steering weight to 0 for the paper's model alone.
+  A checkpoint folder that also holds trained AST towers (a run that trained g_mc and g_mt,
+  engine/music_towers.py) loads as a `TowerRecommender` (frozen, eval mode): the candidate is then
+  g_mc's output tokens of the previous track's 10 s candidate clip (`TrackContext.clip_mels`, kept
+  by the catalog), never the profile encoder's pooled segment features; video and words as above.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class TrackContext:
     tag_probs: Mapping[str, float] = field(default_factory=dict)
     rhythm: tuple[float, float, float] | None = None  # tempo BPM, loudness dBFS, onsets/s
     segment_music: np.ndarray | None = None  # (S, Dm) per-segment music embeddings (fusion's candidate)
+    clip_mels: np.ndarray | None = None  # (frames, mel bins) float16: the 10 s candidate clip g_mc reads (trained towers)
 
 
 @dataclass
@@ -155,12 +160,38 @@ class Engine:
         if self._fusion is None and self.config.fusion_checkpoint is not None:
             with self._load_lock:
                 if self._fusion is None:
-                    from engine.checkpoint import load_checkpoint
-
-                    self._fusion = load_checkpoint(
-                        self.config.fusion_checkpoint, expect_profile=self.config.profile, device=self.config.device
-                    )
+                    self._fusion = self._load_fusion(self.config.fusion_checkpoint)
         return self._fusion
+
+    def _load_fusion(self, directory: Path):
+        from engine.music_towers import check_tower_inputs, has_towers, load_tower_checkpoint
+
+        if not has_towers(directory):
+            from engine.checkpoint import load_checkpoint
+
+            return load_checkpoint(directory, expect_profile=self.config.profile, device=self.config.device)
+        model = load_tower_checkpoint(directory, expect_profile=self.config.profile, device=self.config.device)
+        check_tower_inputs(model, self.encoders.music, directory)
+        log.info("fusion checkpoint %s: trained AST towers g_mc and g_mt loaded (frozen, eval mode)", directory)
+        return model.requires_grad_(False).eval()
+
+    @property
+    def fusion_towers(self) -> bool:
+        """True when the fusion model has trained AST towers (known from the checkpoint's files: nothing is loaded)."""
+        from engine.music_towers import TowerRecommender, has_towers
+
+        if self._fusion is not None:
+            return isinstance(self._fusion, TowerRecommender)
+        return has_towers(self.config.fusion_checkpoint)
+
+    @property
+    def fusion_id(self) -> str:
+        """The fusion checkpoint's fingerprint (`engine.music_towers.fusion_id`); "" without a checkpoint folder."""
+        if self.config.fusion_checkpoint is None:
+            return ""
+        from engine.music_towers import fusion_id
+
+        return fusion_id(self.config.fusion_checkpoint)
 
     @property
     def mode(self) -> str:
@@ -286,7 +317,18 @@ class Engine:
         if text:
             tok = self.encoders.text.encode_tokens([text])
             t, kw["text_mask"] = tok.states.to(device), tok.mask.to(device)  # (1, T, Dt)
+        from engine.music_towers import TowerRecommender
+
         m = None
+        if isinstance(model, TowerRecommender):  # g_mc's tokens of the candidate's 10 s clip (eq. 1)
+            if candidate is not None and candidate.clip_mels is not None:
+                m = torch.as_tensor(np.asarray(candidate.clip_mels), device=device)[None]  # (1, frames, mel)
+            elif candidate is not None:
+                log.warning("track %s has no candidate clip for the AST towers: turn without candidate music", candidate.track_id)
+            if v is None and t is None and m is None:
+                raise ValueError("the fusion model needs a video, words or a candidate track")
+            q = model.encode_query(v, t, candidate_mels=m, **kw)  # (1, 256)
+            return q[0].float().cpu().numpy()
         if candidate is not None and candidate.segment_music is not None:
             m = torch.as_tensor(candidate.segment_music, dtype=torch.float32, device=device)[None]  # (1, S, Dm)
         if v is None and t is None and m is None:

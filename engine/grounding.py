@@ -15,7 +15,9 @@ sentence goes through `check_sentence` before it is shown:
 
 A sentence with any unsupported claim is dropped whole (never edited: a half-sentence reads as
 something else); a sentence that repeats an earlier one, or has fewer than `MIN_WORDS` words, is
-dropped too; so is the unfinished tail when generation stops mid-sentence. `SentenceGate` applies
+dropped too; so is one that names none of the facts at all ("unanchored": "It's a song about a
+bridge that connects two buildings" for a track titled "Brick"), and the unfinished tail when
+generation stops mid-sentence. `SentenceGate` applies
 this to a stream of text pieces and hands on accepted sentences one by one (a sentence can only
 be shown once it is complete and checked).
 
@@ -53,7 +55,7 @@ LEXICON_TEXT = {  # comma-separated; multi-word terms are matched as phrases
         string section, harp, flute, clarinet, oboe, bassoon, saxophone, sax, trumpet, horn, brass, trombone,
         tuba, organ, harpsichord, accordion, banjo, mandolin, ukulele, sitar, choir, choral, chorus, vocals,
         vocal, voice, singer, singing, vocalist, lyrics, bells, chimes, xylophone, marimba, glockenspiel,
-        harmonica, bagpipes, tabla, timpani, orchestra, ensemble, band, bassist, drummer, guitarist, pianist""",
+        harmonica, bagpipes, tabla, timpani, orchestra, ensemble, band, bassist, drummer, guitarist, pianist, acoustic, solo""",
     "era": """retro, vintage, old-school, oldies, medieval, renaissance, victorian, futuristic, ancient,
         classic, golden age, century, decade, era, eighties, seventies, sixties, nineties, fifties, twenties,
         nostalgic, nostalgia""",
@@ -78,6 +80,10 @@ LEXICON: dict[str, str] = {  # term -> category (genre, instrument, era, mood, p
 }
 PHRASES = tuple(t for t in LEXICON if " " in t)  # matched before single words
 
+STOPWORDS = frozenset(
+    "the and for with from that this than then into onto over under about more less much very some something "
+    "please not no any its it's music track song piece video".split()
+)  # not facts to anchor a sentence in (a user's "something", the words every reason says)
 NAME_WORDS = frozenset({"i", "bpm", "db", "cc", "by", "sa", "nc", "nd", "the", "a", "an", "it", "its", "this", "that"})  # capitalised but not names
 DECADE = re.compile(r"\b(?:1[0-9]|20)?[0-9]0'?s\b|\b'[0-9]0s\b", re.IGNORECASE)
 NUMBER = re.compile(r"\b\d+(?:[.,:]\d+)?\b")
@@ -170,6 +176,7 @@ class FactIndex:
     phrases: str  # " w1 w2 ... " folded, for multi-word look-ups
     numbers: frozenset[str]
     user_spoke: bool = False  # the user's words are among the facts
+    anchors: frozenset[str] = frozenset()  # the facts' own content words (not the field names): what a sentence must touch
 
     @classmethod
     def of(cls, facts: ReasonFacts) -> FactIndex:
@@ -183,7 +190,21 @@ class FactIndex:
         for d in DECADE.findall(text):
             numbers.add(d.lower())
         phrases = " " + " ".join(fold(w) for w in words(text)) + " "
-        return cls(frozenset(folded), phrases, frozenset(numbers), user_spoke=bool(facts.words.strip() or facts.understood.strip()))
+        values = " ".join((
+            facts.title, facts.artist, " ".join(facts.tags), " ".join(facts.video_labels), facts.words, facts.understood,
+            tempo_word(facts.tempo_bpm), loudness_word(facts.loudness_db),
+        ))  # fmt: skip
+        anchors = {fold(w) for w in words(values.replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
+        anchors |= {"bpm", "tempo", "beat", "pace"} if facts.tempo_bpm else set()  # "at 128 BPM", "a steady pace"
+        return cls(
+            frozenset(folded), phrases, frozenset(numbers), user_spoke=bool(facts.words.strip() or facts.understood.strip()),
+            anchors=frozenset(anchors | numbers),
+        )  # fmt: skip
+
+    def anchored(self, sentence: str) -> bool:
+        """Whether the sentence names at least one of the facts (a word of them, or one of their numbers)."""
+        found = {fold(w) for w in words(sentence.replace("-", " "))} | set(NUMBER.findall(sentence))
+        return bool(found & self.anchors)
 
     def has(self, term: str) -> bool:
         parts = [fold(w) for w in term.replace("-", " ").split()]
@@ -290,7 +311,7 @@ def split_sentences(text: str) -> tuple[list[str], str]:
 class Verdict:
     sentence: str
     unsupported: list[str]
-    why: str = ""  # "unsupported", "repeat", "fragment", "" when accepted
+    why: str = ""  # "unsupported", "unanchored", "repeat", "fragment", "unfinished"; "" when accepted
 
     @property
     def accepted(self) -> bool:
@@ -334,6 +355,9 @@ class SentenceGate:
             return False
         self._seen.add(key)
         bad = unsupported_claims(sentence, self.index, self.foreign)
+        if not bad and not self.index.anchored(sentence):
+            self.verdicts.append(Verdict(sentence, [], "unanchored"))  # about none of the facts: invented
+            return False
         self.verdicts.append(Verdict(sentence, bad, "unsupported" if bad else ""))
         return not bad
 

@@ -73,6 +73,15 @@ class InfoNCELoss(nn.Module):
         m = F.normalize(music, dim=-1)
         return self.scale() * q @ m.T  # (B, M)
 
+    def one_way(self, query: torch.Tensor, music: torch.Tensor) -> torch.Tensor:
+        """The query -> music direction alone, whatever `symmetric` says (M >= B rows).  # ()
+
+        Under DDP with gathered negatives a symmetric loss is the mean of two such calls, each
+        rank's rows against every rank's columns (training/train_fusion.py `_gathered_loss`).
+        """
+        logits = self.logits(query, music)  # (B, M)
+        return F.cross_entropy(logits, torch.arange(query.shape[0], device=logits.device))
+
     def forward(self, query: torch.Tensor, music: torch.Tensor) -> torch.Tensor:
         logits = self.logits(query, music)  # (B, M)
         b = query.shape[0]

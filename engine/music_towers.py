@@ -17,14 +17,31 @@ fine-tuned g_mt, frozen by then.
 
 Inputs are AST's log-mel filter banks (`AstMusicEncoder.log_mels`: (frames, mel bins), 1024 x 128
 for the paper's AST, 10.24 s), which a training cache keeps in float16.
+
+The app (a run's model/ folder as `MUSECHAT_FUSION_CHECKPOINT`) uses the towers the same way:
+- a catalog track's "fusion" vector is `track_vector` of g_mt's vectors (+ the tower head) over
+  its analysed 10 s segments (`tower_track`), as `training/evaluate.py` `music_vectors` does;
+- at turn k >= 2 the previous track is the candidate: g_mc reads ONE 10 s clip of it
+  (`candidate_segment`: the analysed segment nearest the centre of the listening excerpt, i.e. 10 s
+  the user heard), whose log-mels the catalog keeps beside the vector (`TowerTrack`);
+- `fusion_id` fingerprints the checkpoint's files, so a catalog built with other weights (or
+  without towers) is detected, never mixed.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,6 +52,9 @@ from engine.loss import InfoNCELoss
 
 TOWERS_FILE = "towers.safetensors"  # g_mc.* and g_mt.* weights, beside the fusion checkpoint's files
 TOWERS_META = "towers.json"
+TOWER_TRACK_VERSION = 1  # bump when what `tower_track` computes changes: cached entries are redone
+FUSION_ID_FILES = ("config.json", "model.safetensors", TOWERS_META, TOWERS_FILE)  # what `fusion_id` digests
+FUSION_ID_LEN = 16  # hex digits kept
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +207,119 @@ def load_tower_checkpoint(directory: str | Path, *, expect_profile: str | None =
     model = TowerRecommender(recommender, AstTower(ASTModel(config)), AstTower(ASTModel(config)), freeze_towers=bool(meta.get("frozen")))
     load_tower_weights(model, directory)
     return model.to(device).eval()
+
+
+# =================================================================================================
+# the towers in the app: catalog vectors, the candidate clip, the checkpoint's fingerprint
+# =================================================================================================
+
+
+def has_towers(directory: str | Path | None) -> bool:
+    """Whether a fusion checkpoint folder holds trained AST towers (`save_towers`' two files)."""
+    if directory is None:
+        return False
+    directory = Path(directory)
+    return (directory / TOWERS_META).is_file() and (directory / TOWERS_FILE).is_file()
+
+
+_FUSION_IDS: dict[tuple[Any, ...], str] = {}
+
+
+def fusion_id(directory: str | Path) -> str:
+    """A fingerprint of a fusion checkpoint: sha256 over its config, weights and towers (when present).
+
+    Catalog points record it (payload `fusion_id`) so that vectors of other weights are never mixed
+    with this checkpoint's queries. Memoised per (path, sizes, mtimes): the paper's towers are two
+    ~350 MB files, hashed once per process (about a second)."""
+    directory = Path(directory).resolve()
+    files = [directory / name for name in FUSION_ID_FILES if (directory / name).is_file()]
+    stats = tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)])
+    key = (str(directory), stats)
+    if key not in _FUSION_IDS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        _FUSION_IDS[key] = h.hexdigest()[:FUSION_ID_LEN]
+    return _FUSION_IDS[key]
+
+
+def candidate_segment(segment_bounds: Sequence[tuple[float, float]], excerpt_start_s: float, excerpt_duration_s: float) -> int:
+    """Which analysed 10 s segment is a track's candidate clip x_mc (eq. 1): the one whose centre is
+    nearest the listening excerpt's centre, so g_mc reads 10 s the user heard (a 25 s excerpt holds
+    that whole segment); ties go to the earlier segment. `segment_bounds`: (start, end) in track time."""
+    if not segment_bounds:
+        raise ValueError("a track without segments has no candidate clip")
+    centre = excerpt_start_s + excerpt_duration_s / 2
+    return int(np.argmin([abs((a + b) / 2 - centre) for a, b in segment_bounds]))
+
+
+@dataclass
+class TowerTrack:
+    """What a catalog keeps per track for one towers checkpoint (`fusion_id`): the target vector and
+    the candidate clip's log-mels (g_mc's input at turn k >= 2, so no audio is decoded in a chat)."""
+
+    content_hash: str
+    fusion_id: str
+    fusion_vector: np.ndarray  # (d,) L2-normalised mean of g_mt's segment vectors, float32
+    candidate_segment: int  # index into the track's analysed segments
+    candidate_mels: np.ndarray  # (frames, mel bins) float16, AST's input for that segment
+    version: int = TOWER_TRACK_VERSION
+
+    def to_bytes(self) -> bytes:
+        meta = {"content_hash": self.content_hash, "fusion_id": self.fusion_id, "candidate_segment": self.candidate_segment, "version": self.version}
+        buf = io.BytesIO()
+        np.savez(
+            buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            fusion_vector=np.asarray(self.fusion_vector, dtype=np.float32), candidate_mels=np.asarray(self.candidate_mels, dtype=np.float16),
+        )  # fmt: skip
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TowerTrack:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            return cls(
+                content_hash=str(meta["content_hash"]), fusion_id=str(meta["fusion_id"]), fusion_vector=z["fusion_vector"],
+                candidate_segment=int(meta["candidate_segment"]), candidate_mels=z["candidate_mels"], version=int(meta["version"]),
+            )  # fmt: skip
+
+
+def check_tower_inputs(model: TowerRecommender, encoder: Any, where: str | Path = "checkpoint") -> None:
+    """Raise CheckpointMismatchError unless the towers read the log-mels the profile's AST feature extractor makes."""
+    from engine.checkpoint import CheckpointMismatchError
+
+    fe = getattr(encoder, "features", None)
+    if fe is None or not hasattr(encoder, "log_mels"):
+        raise CheckpointMismatchError(f"fusion checkpoint {where} has trained AST towers; this profile's music encoder is not AST")
+    cfg = model.g_mc.ast.config
+    want = (int(cfg.max_length), int(cfg.num_mel_bins))
+    have = (int(fe.max_length), int(fe.num_mel_bins))
+    if want != have:
+        raise CheckpointMismatchError(
+            f"the AST towers of {where} take {want[0]} x {want[1]} log-mels; the profile's AST feature extractor makes {have[0]} x {have[1]}"
+        )
+
+
+@torch.no_grad()
+def tower_track(
+    content_hash: str, clips: Sequence[np.ndarray], segment_bounds: Sequence[tuple[float, float]], encoder: Any,
+    model: TowerRecommender, *, excerpt_start_s: float, excerpt_duration_s: float, fusion_id: str,
+) -> TowerTrack:  # fmt: skip
+    """A track's `TowerTrack` from its analysed segments' audio (`engine.tracks.DecodedTrack.segment_audio`).
+
+    Each segment -> `encoder.log_mels` (float16, as a training cache holds them) -> g_mt's CLS ->
+    the tower head (`encode_music`, L2-normalised) -> `track_vector` of the segments (paper 5;
+    training/evaluate.py `music_vectors`). The candidate clip is `candidate_segment`'s log-mels."""
+    from engine.fusion import track_vector
+
+    if len(clips) != len(segment_bounds) or not clips:
+        raise ValueError(f"{len(clips)} clips for {len(segment_bounds)} segments")
+    mels = np.stack([encoder.log_mels(c) for c in clips])  # (S, frames, mel) float16
+    device = next(model.parameters()).device
+    segs = model.encode_music(torch.from_numpy(mels).to(device))  # (S, d)
+    vector = track_vector(segs).float().cpu().numpy()
+    k = candidate_segment(segment_bounds, excerpt_start_s, excerpt_duration_s)
+    return TowerTrack(content_hash, fusion_id, vector.astype(np.float32), k, mels[k])

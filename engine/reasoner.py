@@ -99,6 +99,7 @@ class ReasonerConfig:
     grounded: bool = True  # facts-only prompt + every sentence checked before it is shown (engine/grounding.py)
     ban_unsupported: bool = True  # grounded: the decoder may not write claim words the facts lack (bad_words_ids)
     max_sentences: int = 2  # grounded: generation stops once this many sentences passed the check
+    cpu_int8: bool = True  # untrained, on a CPU with native bfloat16: int8 weights for decoding (engine/quantize.py)
 
 
 @dataclass(frozen=True)
@@ -168,29 +169,38 @@ def build_training_prompt() -> str:
 
 
 GROUNDED_SYSTEM = (
-    "You write one or two short sentences saying why a music track suits a video. Use only the facts given. "
+    "You write two short sentences saying why a music track suits a video. Use only the facts given. "
     "Never name a genre, instrument, mood, era, place or person that the facts do not name."
 )
 GROUNDED_QUESTION = "Why does this track suit the video?"
 # Few-shot examples for a small model: short, factual, every claim taken from the facts above it.
+# The first sentence is short (what the track is), so the first checked sentence reaches the user
+# early; the second ties the track to the video or the user's words, each example in other words,
+# so the model does not learn one phrasing to copy.
 GROUNDED_SHOTS: tuple[tuple[ReasonFacts, str], ...] = (
     (
         ReasonFacts("Night Drive", artist="Kite Lane", tags=("electronic", "synth", "fast", "beat"), tempo_bpm=140,
                     loudness_db=-10, video_labels=("sports car", "traffic light")),
-        '"Night Drive" by Kite Lane is fast electronic music with synth and a strong beat at 140 BPM. '
-        "Its loud, fast pace matches the sports car and the traffic lights.",
+        '"Night Drive" by Kite Lane is fast electronic music. '
+        "Its loud synth beat matches the speed of the sports car.",
     ),
     (
         ReasonFacts("Still Water", tags=("piano", "classical", "slow", "soft"), tempo_bpm=68, loudness_db=-30,
                     video_labels=("lakeside", "canoe"), words="calmer please", understood="more calm"),
-        '"Still Water" is slow, soft classical piano at 68 BPM. '
-        "You asked for calmer music, and its quiet piano suits the canoe on the lakeside.",
+        '"Still Water" is slow, soft piano music. '
+        "You asked for calmer music, and its quiet piano sits well under the canoe on the lakeside.",
     ),
     (
         ReasonFacts("Hill Song", artist="Ola Brandt", tags=("rock", "guitar", "drums"), tempo_bpm=118, loudness_db=-18,
                     video_labels=("mountain bike", "alp"), licence="CC-BY-4.0", duration_s=130),
-        '"Hill Song" by Ola Brandt is rock with guitar and drums at 118 BPM. '
-        "Its steady drums carry the mountain bike ride across the alp.",
+        '"Hill Song" by Ola Brandt is rock with guitar and drums. '
+        "A steady 118 BPM keeps pace with the mountain bike.",
+    ),
+    (
+        ReasonFacts("Paper Lanterns", tags=("ambient", "electronic", "no vocals", "calm"), tempo_bpm=84, loudness_db=-26,
+                    video_labels=("library", "bookcase"), words="no vocals", understood="no vocals"),
+        '"Paper Lanterns" is calm ambient music without vocals. '
+        "Nothing in it competes with the library and its bookcases, as you wanted.",
     ),
 )  # fmt: skip
 
@@ -351,7 +361,7 @@ class MusicReasoner(nn.Module):
         self.projector: MusicProjector | None = None
         self.trained = False
         self._lock = threading.Lock()  # one generation at a time (the streamer and HF state are per call, CPU is not)
-        self._prefix: tuple[list[int], Any] | None = None  # grounded prompt: the few-shot prefix's ids and KV cache
+        self._prefix: tuple[str, list[int], Any] | None = None  # grounded prompt: the few-shot prefix's text, ids, KV cache
         self._bad_ids: dict[str, list[list[int]]] = {}  # claim term -> its token sequences (bad_words_ids)
 
     # --- training setup -------------------------------------------------------------------------
@@ -392,16 +402,23 @@ class MusicReasoner(nn.Module):
         bos = self.tokenizer.bos_token if self.tokenizer.bos_token_id is not None else ""
         return bos + text
 
-    def _prefill(self, inp: ReasonInput) -> str:
-        """The start of the answer, written for the model: the quoted title.
+    def _prefill(self, inp: ReasonInput, *, grounded: bool = False) -> str:
+        """The start of the answer, written for the model: the quoted title (grounded: `"Title" by Artist is`).
 
         A 135M chat model asked to name the title forgets to in about half its answers; starting
-        the answer with it keeps the reason about this track. Only for the untrained baseline: a
-        trained reasoner learned its answers' shape from the targets.
+        the answer with it keeps the reason about this track. With the grounded few-shot prompt,
+        whose every example opens that way, the start goes on to the verb: the model's first
+        words are then what the track is (a few tokens to the first full stop, so the first
+        checked sentence comes sooner), and it cannot open with an invented subject. Only for the
+        untrained baseline: a trained reasoner learned its answers' shape from the targets.
         """
         if not self.cfg.prefill_title or self.trained or not getattr(self.tokenizer, "chat_template", None):
             return ""
-        return f'"{inp.title.strip()}"'
+        quoted = f'"{inp.title.strip()}"'
+        if not grounded:
+            return quoted
+        artist = inp.artist.strip()
+        return f"{quoted} by {artist} is" if artist else f"{quoted} is"
 
     def uses_music(self, inp: ReasonInput) -> bool:
         return self.trained and self.projector is not None and inp.music_vector is not None
@@ -488,23 +505,28 @@ class MusicReasoner(nn.Module):
         } | self._sampling(max_new_tokens)
 
     def _grounded_kwargs(self, inp: ReasonInput, max_new_tokens: int | None) -> dict[str, Any]:
-        """input_ids of the grounded chat prompt, resuming from the few-shot prefix's KV cache (computed once)."""
-        import copy
+        """input_ids of the grounded chat prompt, resuming from the few-shot prefix's KV cache (computed once).
 
+        The one cache is cut back to the prefix before each use (`crop`) instead of copied: a copy
+        of ~400 tokens x 30 layers cost ~0.05-0.3 s a reason. Generations never overlap (`_lock`).
+        """
         if self._prefix is None:
             prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
             prefix_ids = self._ids(prefix_text)
             with torch.no_grad():
                 cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
-            self._prefix = (prefix_ids, cache)
-        prefix_ids, cache = self._prefix
-        prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
+            self._prefix = (prefix_text, prefix_ids, cache)
+        prefix_text, prefix_ids, cache = self._prefix
         full = self.tokenizer.apply_chat_template(grounded_messages(inp.facts()), add_generation_prompt=True, tokenize=False)
-        full += self._prefill(inp)
-        if not full.startswith(prefix_text):  # a template that rewrites earlier turns: no reuse
-            ids, past = self._ids(full), None
+        full += self._prefill(inp, grounded=True)
+        past = None
+        if full.startswith(prefix_text):  # else a template that rewrites earlier turns: no reuse
+            ids = prefix_ids + self._ids(full[len(prefix_text) :])
+            if (extra := cache.get_seq_length() - len(prefix_ids)) > 0:
+                cache.crop(-extra)  # drop the previous reason's tokens (transformers 5: a negative count)
+            past = cache
         else:
-            ids, past = prefix_ids + self._ids(full[len(prefix_text) :]), copy.deepcopy(cache)
+            ids = self._ids(full)
         input_ids = torch.tensor([ids], device=self.device)
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if past is not None:
@@ -512,6 +534,17 @@ class MusicReasoner(nn.Module):
         if self.cfg.ban_unsupported and (bad := self._banned_ids(inp.facts(), SHOT_TERMS)):
             kwargs["bad_words_ids"] = bad
         return kwargs | self._sampling(max_new_tokens)
+
+    WARM_UP_INPUT = ReasonInput("Warm Up", tags=("piano", "slow"), tempo_bpm=70, video_labels=("lakeside",))
+
+    def warm_up(self, *, grounded: bool | None = None) -> float:
+        """Compute the few-shot prefix's KV cache and run the kernels once (a 2-token reason); returns seconds.
+
+        Called when the bot loads the reasoner, so the first reply pays neither (~0.5-1 s on a CPU).
+        """
+        t0 = time.perf_counter()
+        self.generate(self.WARM_UP_INPUT, max_new_tokens=2, grounded=grounded)
+        return time.perf_counter() - t0
 
     def _banned_ids(self, facts: ReasonFacts, extra: Sequence[str] = ()) -> list[list[int]]:
         """Token sequences of the claim terms (and `extra` terms) the facts lack (engine/grounding.py
@@ -585,7 +618,7 @@ class MusicReasoner(nn.Module):
                     if len(shown) >= self.cfg.max_sentences:
                         stopper.enough.set()
 
-            if prefill := self._prefill(inp):
+            if prefill := self._prefill(inp, grounded=chat_grounded):
                 take(prefill)
             for piece in streamer:
                 if not piece:
@@ -693,6 +726,13 @@ def load_reasoner(
             return _cache[key]
         t0 = time.perf_counter()
         model, tok = load_llm(llm, device=device, cache_dir=cache_dir)
+        if cfg.cpu_int8 and not checkpoint and str(device) == "cpu":
+            from engine.quantize import cpu_int8_supported, quantize_for_cpu_decoding
+
+            if cpu_int8_supported():
+                quantize_for_cpu_decoding(model)  # a LoRA (checkpoint) needs the nn.Linear layers: left as they are
+            else:
+                log.info("reasoner: this CPU has no native bfloat16; decoding stays float32")
         r = MusicReasoner(model, tok, cfg, music_dim)
         if checkpoint:
             r.load_trained(checkpoint)

@@ -74,6 +74,14 @@ def media_factory(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_towers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run's model/ folder whose AST towers were trained on the tiny profile (tests/helpers/towers.py), made once."""
+    from tests.helpers.towers import train_tiny_towers
+
+    return train_tiny_towers(tmp_path_factory.mktemp("towers"))
+
+
 # --- the services every machine runs (DESIGN.md): a run without them fails before any test -------
 
 REDIS_URL = os.environ.get("MUSECHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

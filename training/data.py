@@ -23,23 +23,27 @@ recommender answers with the target. Turn 2's user text is the prompt t3 the mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.checkpoint import FUSION_KIND
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, track_vector
 from engine.media import CorruptMediaError, MediaError, MediaLimits
 from engine.profiles import Encoders
+from engine.retriever import MODEL_KIND as RETRIEVER_KIND
+from engine.retriever import TwoTowerRetriever
 from engine.tracks import TrackAnalysis, decode_track, embed_track
 from engine.video import VideoFeatures, content_hash, video_features
-from training.features import MUSIC_LOG_MELS, FeatureItem, FeatureShardWriter, random_pools
+from training.features import MUSIC_FEATURES, MUSIC_LOG_MELS, FeatureDataset, FeatureItem, FeatureShardWriter, FeatureSpec, random_pools
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +269,16 @@ MEDIA_CACHE = "media"  # per-video analyses under the output folder, so a rerun 
 WRITE_CHUNK = 256  # quartets whose prompts are encoded, and whose features are written, at a time
 
 
+RETRIEVER_RUN = "retriever"  # under the output folder: the two-tower run a build trains when given none
+RANDOM_CANDIDATES = "random"  # the manifest's candidate source with --random-candidates
+
+
 @dataclass
 class BuildReport:
     quartets: list[Quartet]
     failures: dict[str, str]  # file -> why it was skipped
     n_videos: int
+    candidates: str = ""  # where the candidates came from (describe_candidates)
 
 
 def _common_rows(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[list[int], list[int]]:
@@ -278,12 +287,6 @@ def _common_rows(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[list[int], list[
     mi = {s.index: k for k, s in enumerate(ta.segments)}
     common = sorted(set(vi) & set(mi))
     return [vi[i] for i in common], [mi[i] for i in common]
-
-
-def _aligned(vf: VideoFeatures, ta: TrackAnalysis) -> tuple[np.ndarray, np.ndarray]:
-    """Video and music segment vectors of the segments both kept (the same 10 s each).  # (S, Dv), (S, Dm)"""
-    v_rows, m_rows = _common_rows(vf, ta)
-    return vf.segment_vectors[v_rows], ta.segment_vectors[m_rows]
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -333,6 +336,125 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+@dataclass
+class Clips:
+    """The usable music videos of a folder, analysed: per clip its aligned video and music segments."""
+
+    paths: list[Path]
+    videos: list[np.ndarray]  # [(S_i, Dv)]
+    musics: list[np.ndarray]  # [(S_i, Dm)] the own soundtrack, segment j = video segment j
+    analyses: list[TrackAnalysis]
+    failures: dict[str, str]  # file -> why it was skipped
+    n_files: int
+    music_rows: list[list[int]] = field(default_factory=list)  # rows of analyses[i].segments aligned with the video (musics[i])
+    mel_files: list[Path] = field(default_factory=list)  # log-mel builds: each clip's `{sha}.mels.npy`, a row per analysed segment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def analyse_folder(
+    folder: str | Path,
+    cache: Path,
+    encoders: Encoders,
+    *,
+    limits: MediaLimits | None = None,
+    ffmpeg: str | None = None,
+    progress: bool = False,
+    log_mels: bool = False,
+) -> Clips:
+    """Analyse every video of `folder` (cached by content hash under `cache`); unusable ones are listed with why.
+
+    With `log_mels`, each clip's AST log-mels are cached too (`_analyse_video`) and listed in `Clips.mel_files`.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    cache.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="analysing videos", unit="video")
+    clips = Clips(paths=[], videos=[], musics=[], analyses=[], failures={}, n_files=len(files))
+    for path in files:
+        try:
+            vf, ta, mel_file = _analyse_video(path, cache, encoders, limits, ffmpeg, log_mels=log_mels)
+            v_rows, m_rows = _common_rows(vf, ta)
+            if not v_rows:
+                raise CorruptMediaError("no segment with both frames and sound")
+            clips.paths.append(path)
+            clips.videos.append(vf.segment_vectors[v_rows])
+            clips.musics.append(ta.segment_vectors[m_rows])
+            clips.analyses.append(ta)
+            clips.music_rows.append(m_rows)
+            if mel_file is not None:
+                clips.mel_files.append(mel_file)
+        except MediaError as e:
+            clips.failures[str(path)] = str(e)
+            log.warning("data build: skipping %s: %s", path, e)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if len(clips) < 2:
+        raise ValueError(f"{folder}: {len(clips)} usable music videos; a quartet needs at least 2 (skipped: {clips.failures})")
+    return clips
+
+
+def _padded(arrays: Sequence[np.ndarray], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(S_i, D)] -> float32 (N, rows, D) zero-padded + lengths (N,); longer arrays are cut at `rows`."""
+    out = torch.zeros(len(arrays), rows, arrays[0].shape[1])
+    lengths = torch.zeros(len(arrays), dtype=torch.int32)
+    for i, a in enumerate(arrays):
+        k = min(rows, len(a))
+        out[i, :k] = torch.as_tensor(np.asarray(a[:k], dtype=np.float32))
+        lengths[i] = k
+    return out, lengths
+
+
+def retriever_spec(spec: FeatureSpec, music_dim: int) -> FeatureSpec:
+    """The pooled-feature spec the turn-1 retriever reads for a cache of `spec`: `spec` itself, or for a
+    log-mel cache the same sizes with the frozen music encoder's `music_dim`-d pooled vectors."""
+    if spec.music_input != MUSIC_LOG_MELS:
+        return spec
+    return dataclasses.replace(spec, music_dim=music_dim, target_music_dim=music_dim, max_candidate_segments=spec.max_segments,
+                               music_input=MUSIC_FEATURES, mel_frames=0, mel_bins=0)
+
+
+def clip_dataset(clips: Clips, spec: FeatureSpec) -> FeatureDataset:
+    """The clips' (video, own soundtrack) pairs as a FeatureDataset (float16, as a cache stores them): the retriever's training data."""
+    video, vlen = _padded(clips.videos, spec.max_segments)
+    target, tlen = _padded(clips.musics, spec.max_segments)
+    ids = [f"video-{a.content_hash}" for a in clips.analyses]
+    tensors = {"video": video.half(), "video_len": vlen, "target": target.half(), "target_len": tlen}
+    return FeatureDataset.from_tensors(spec, ids, tensors)
+
+
+@torch.no_grad()
+def retriever_candidates(retriever: TwoTowerRetriever, clips: Clips, pools: Sequence[np.ndarray], *, batch: int = 256) -> list[int]:
+    """The two-tower retriever's turn-1 pick for each clip: the pool member (never the clip itself)
+    whose whole-clip music vector is most cosine-similar to the clip's whole-clip video vector."""
+    retriever = retriever.eval()
+    dev = next(retriever.parameters()).device
+    rows = retriever.config.max_segments
+    video, vlen = _padded(clips.videos, rows)
+    music, mlen = _padded(clips.musics, rows)
+    steps = torch.arange(rows)
+    vs, ms = [], []
+    for start in range(0, len(clips), batch):
+        sl = slice(start, start + batch)
+        vs.append(retriever.encode_video(video[sl].to(dev), (steps[None] < vlen[sl, None]).to(dev)))
+        ms.append(retriever.encode_music(music[sl].to(dev), (steps[None] < mlen[sl, None]).to(dev)))
+    v, m = torch.cat(vs), torch.cat(ms)  # (N, d) x 2
+    out = []
+    for i, pool in enumerate(pools):
+        if len(pool) == 0 or i in set(pool.tolist()):
+            raise ValueError(f"clip {i}'s pool must hold other clips and not itself, got {pool.tolist()}")
+        scores = retriever.score(v[i : i + 1], m[torch.as_tensor(pool, device=dev)])[0]  # (P,)
+        out.append(int(pool[int(scores.argmax())]))
+    return out
+
+
 @torch.no_grad()
 def _model_candidates(model: MuseChatRecommender, videos: list[np.ndarray], musics: list[np.ndarray], pools: list[np.ndarray]) -> list[int]:
     """The fusion model's turn-1 pick (video only) for each clip among its pool (target excluded)."""
@@ -348,84 +470,158 @@ def _model_candidates(model: MuseChatRecommender, videos: list[np.ndarray], musi
     return out
 
 
+@dataclass
+class RetrieverTraining:
+    """How `data build` trains its turn-1 retriever when none is given (ours: the paper's was pretrained, section 3)."""
+
+    epochs: int = 10
+    batch_size: int = 64  # clips per step (a folder with fewer: all of them, one step per epoch)
+    lr: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def train_build_retriever(clips: Clips, spec: FeatureSpec, run_dir: Path, training: RetrieverTraining) -> Path:
+    """Train the two-tower retriever on the clips' (video, own soundtrack) pairs with the fusion training
+    loop (`train --variant two_tower`); the run (state.pt, metrics.jsonl, model/) lands in `run_dir`,
+    and an interrupted run resumes. Returns the checkpoint directory (run_dir/model)."""
+    from training.train_fusion import MODEL_DIR, PAPER_WEIGHT_DECAY, TrainConfig, train
+
+    data = clip_dataset(clips, spec)
+    batch = min(training.batch_size, len(data))
+    total = (len(data) // batch) * training.epochs
+    cfg = TrainConfig(
+        data=str(run_dir), out=str(run_dir), epochs=training.epochs, batch_size=batch, lr=training.lr,
+        weight_decay=PAPER_WEIGHT_DECAY, warmup_steps=max(1, total // 10), seed=training.seed, device=training.device,
+        resume=True, save_every=max(1, total), log_every=1, progress=training.progress, fusion={"variant": RETRIEVER_KIND},
+    )
+    train(cfg, data)
+    return run_dir / MODEL_DIR
+
+
+def _candidate_record(source: str, path: Path | None, trained_here: bool = False) -> dict:
+    """What the manifest keeps about where a build's candidates came from."""
+    return {"source": source, "path": None if path is None else str(path), "trained_on_this_build": trained_here}
+
+
+def describe_candidates(record: dict) -> str:
+    """One line for reports: 'retrieved by the two-tower retriever X (trained on this build's clips)', 'random from the pool ...'."""
+    if record["source"] == RANDOM_CANDIDATES:
+        return "random from the pool (--random-candidates)"
+    what = "the two-tower retriever" if record["source"] == RETRIEVER_KIND else "the fusion checkpoint"
+    here = " (trained on this build's clips)" if record.get("trained_on_this_build") else ""
+    return f"retrieved by {what} {record['path']}{here}"
+
+
 def build_from_videos(
     folder: str | Path,
     writer: FeatureShardWriter,
     encoders: Encoders,
     *,
+    retriever: TwoTowerRetriever | None = None,
+    retriever_path: Path | None = None,
     model: MuseChatRecommender | None = None,
+    model_path: Path | None = None,
+    random_candidates: bool = False,
+    training: RetrieverTraining | None = None,
     seed: int = 0,
     pool_size: int = CANDIDATE_POOL,
     limits: MediaLimits | None = None,
     ffmpeg: str | None = None,
     progress: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Quartets from a folder of music videos (paper section 3), features into `writer` (flushed, not closed).
 
     Each video's centre 120 s gives its twelve 10 s segments of image features (5 fps) and of its
-    own soundtrack's music features, which is the target. The candidate comes from the target's
-    pool (random non-overlapping pools of `pool_size` clips of the folder, paper 3; the target
-    excluded): the fusion `model`'s turn-1 pick (video only) when one is given (the paper used a
-    pretrained retriever), else a seeded random member of the pool. Turn texts come from the tag differences (module docstring).
-    Per-video analyses are cached under the writer's folder, so an interrupted build resumes.
+    own soundtrack's music features, which is the target. The candidate is the turn-1 pick, among
+    the target's pool (random non-overlapping pools of `pool_size` clips of the folder, paper 3;
+    the target excluded), of:
+    - `retriever`, a two-tower video -> music retriever (engine/retriever.py), as the paper's
+      pretrained MVP retriever; or, with none given,
+    - a retriever trained here on the folder's clips (`training`; the run under
+      `writer.root / RETRIEVER_RUN`, reused by a rerun), the default;
+    - or the fusion `model` (video only), or a seeded random pool member with `random_candidates`.
+    Which one is recorded in the cache's manifest (`"build": {"candidates": ...}`); a rerun into the
+    same folder with another source is refused (the quartets would mix two kinds of candidates).
+    Turn texts come from the tag differences (module docstring). Per-video analyses are cached
+    under the writer's folder, so an interrupted build resumes. `say`: progress lines for a person.
 
-    What the cache holds for the music follows `writer.spec.music_input`:
+    What the cache holds for the music follows `writer.spec.music_input` (kept in its manifest's spec):
     - "features": the frozen music encoder's pooled vector per segment, target and candidate;
     - "log_mels" (the trained AST towers, engine/music_towers.py; an AST profile): AST's float16
       log-mel input of each target segment (the same 10 s as the video segment, paper 5.1) and of
-      ONE 10 s candidate clip: the candidate's centre segment (the middle one of its analysed
-      segments; the paper does not say which 10 s it took). The log-mels are cached per video
-      (`media/{sha}.mels.npy`) and read memory-mapped, so a build holds one shard in memory.
-    The candidate is chosen from the pooled vectors either way.
+      ONE 10 s candidate clip of the picked candidate: its centre segment (the middle one of its
+      analysed segments; the paper does not say which 10 s it took). The log-mels are cached per
+      video (`media/{sha}.mels.npy`) and read memory-mapped, so a build holds one shard in memory.
+    The candidate is picked from the frozen encoder's pooled vectors either way (the retriever and
+    the fusion model read those, `retriever_spec`); a log-mel cache does not store them, the
+    per-video analyses under `media/` keep them.
     """
-    folder = Path(folder)
     log_mels = writer.spec.music_input == MUSIC_LOG_MELS
     if log_mels and not hasattr(encoders.music, "log_mels"):
         raise ValueError(
             f"profile {encoders.profile.name!r} has no AST music encoder ({encoders.profile.music_family}): "
             "a log-mel cache (trained AST towers) needs one; build pooled features instead"
         )
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    cache = writer.root / MEDIA_CACHE
-    cache.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(files), desc="analysing videos", unit="video")
-    names, videos, musics, analyses, failures = [], [], [], [], {}
-    mels: list[tuple[Path, list[int]]] = []  # log_mels: each clip's log-mel file and its rows aligned with the video
-    for path in files:
-        try:
-            vf, ta, mel_file = _analyse_video(path, cache, encoders, limits, ffmpeg, log_mels=log_mels)
-            v_rows, m_rows = _common_rows(vf, ta)
-            if not v_rows:
-                raise CorruptMediaError("no segment with both frames and sound")
-            names.append(path)
-            videos.append(vf.segment_vectors[v_rows])
-            musics.append(ta.segment_vectors[m_rows])
-            analyses.append(ta)
-            if mel_file is not None:
-                mels.append((mel_file, m_rows))
-        except MediaError as e:
-            failures[str(path)] = str(e)
-            log.warning("data build: skipping %s: %s", path, e)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if len(names) < 2:
-        raise ValueError(f"{folder}: {len(names)} usable music videos; a quartet needs at least 2 (skipped: {failures})")
-    rng = np.random.default_rng(seed)
-    pools = candidate_pools(len(names), pool_size, seed)
-    if model is not None:
-        cands = _model_candidates(model, videos, musics, pools)
+    say = say or (lambda line: log.info("%s", line))
+    given = [name for name, on in (("retriever", retriever is not None), ("model", model is not None), ("random_candidates", random_candidates)) if on]
+    if len(given) > 1:
+        raise ValueError(f"candidates come from one source; got {' and '.join(given)}")
+    own_run = writer.root / RETRIEVER_RUN
+    if random_candidates:
+        record = _candidate_record(RANDOM_CANDIDATES, None)
+    elif model is not None:
+        record = _candidate_record(FUSION_KIND, model_path)
+    elif retriever is not None:
+        record = _candidate_record(RETRIEVER_KIND, retriever_path)
     else:
+        record = _candidate_record(RETRIEVER_KIND, own_run / "model", trained_here=True)
+    old = writer.build.get("candidates")
+    if old is not None and writer.done_ids and (old["source"], old["path"]) != (record["source"], record["path"]):
+        raise ValueError(
+            f"{writer.root} holds quartets whose candidates were {describe_candidates(old)}; this build's would be "
+            f"{describe_candidates(record)}: write to another --out folder, or rerun with the same option"
+        )
+    writer.record_build("candidates", record)  # before any work: the manifest says what the quartets hold
+
+    clips = analyse_folder(folder, writer.root / MEDIA_CACHE, encoders, limits=limits, ffmpeg=ffmpeg, progress=progress, log_mels=log_mels)
+    pools = candidate_pools(len(clips), pool_size, seed)
+    pooled = retriever_spec(writer.spec, int(clips.musics[0].shape[1]))
+    if random_candidates:
+        rng = np.random.default_rng(seed)
         cands = [int(rng.choice(p)) for p in pools]
+    elif model is not None:
+        cands = _model_candidates(model, clips.videos, clips.musics, pools)
+    else:
+        if retriever is None:
+            from engine.checkpoint import CONFIG_FILE, load_retriever
+
+            ckpt = own_run / "model"
+            if (ckpt / CONFIG_FILE).is_file():
+                say(f"reusing the turn-1 retriever trained by an earlier build: {ckpt} (delete {own_run} to train it again)")
+            else:
+                t = training or RetrieverTraining(seed=seed)
+                say(f"training the turn-1 two-tower retriever on {len(clips)} clips ({t.epochs} epochs, seed {t.seed}) -> {own_run}")
+                train_build_retriever(clips, pooled, own_run, t)
+            retriever = load_retriever(ckpt, expect_profile=pooled.profile, expect_dims=(pooled.video_dim, pooled.target_music_dim))
+        cands = retriever_candidates(retriever, clips, pools)
+    report = _write_quartets(clips, cands, writer, encoders, seed)
+    report.candidates = describe_candidates(record)
+    return report
+
+
+def _write_quartets(clips: Clips, cands: Sequence[int], writer: FeatureShardWriter, encoders: Encoders, seed: int) -> BuildReport:
+    """Quartets (target i, candidate cands[i]) with their turn texts into `writer`; already cached ids are skipped."""
     text_rng = random.Random(seed)
+    names, analyses = clips.paths, clips.analyses
+    log_mels = writer.spec.music_input == MUSIC_LOG_MELS
     quartets, texts, rows = [], [], []
     for i, path in enumerate(names):
         j = cands[i]
+        if j == i:
+            raise ValueError(f"{path}: a clip's candidate must be another clip")
         ta, tc = analyses[i], analyses[j]
         qid = f"video-{ta.content_hash}"
         turns = conversation(names[j].stem, tc.auto_tags, path.stem, ta.auto_tags, text_rng)
@@ -444,11 +640,11 @@ def build_from_videos(
 
     def music_of(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         if not log_mels:
-            return musics[i], musics[j]
-        (target_file, target_rows), (cand_file, cand_rows) = mels[i], mels[j]
-        target = np.load(target_file, mmap_mode="r")[target_rows]  # (S, frames, bins)
+            return clips.musics[i], clips.musics[j]
+        target = np.load(clips.mel_files[i], mmap_mode="r")[clips.music_rows[i]]  # (S, frames, bins)
+        cand_rows = clips.music_rows[j]
         centre = cand_rows[len(cand_rows) // 2]
-        candidate = np.load(cand_file, mmap_mode="r")[centre : centre + 1]  # (1, frames, bins)
+        candidate = np.load(clips.mel_files[j], mmap_mode="r")[centre : centre + 1]  # (1, frames, bins)
         return target.reshape(len(target), -1), candidate.reshape(1, -1)
 
     for start in range(0, len(quartets), WRITE_CHUNK):
@@ -456,7 +652,7 @@ def build_from_videos(
         tokens = text_token_features(encoders.text, texts[chunk])
         for q, (i, j), text in zip(quartets[chunk], rows[chunk], tokens, strict=True):
             target, candidate = music_of(i, j)
-            writer.add(FeatureItem(id=q.id, video=videos[i], target=target, candidate=candidate, text=text))
+            writer.add(FeatureItem(id=q.id, video=clips.videos[i], target=target, candidate=candidate, text=text))
     writer.flush()
-    log.info("data build: %d quartets from %d videos (%d skipped)", len(quartets), len(files), len(failures))
-    return BuildReport(quartets=quartets, failures=failures, n_videos=len(files))
+    log.info("data build: %d quartets from %d videos (%d skipped)", len(quartets), clips.n_files, len(clips.failures))
+    return BuildReport(quartets=quartets, failures=clips.failures, n_videos=clips.n_files)

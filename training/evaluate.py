@@ -12,6 +12,10 @@
 - The chance row is the expected value for the pool size; the paper's published rows of Table 1
   and Table 2 (ablations) are added for reference, marked as such.
 - Each row says whether its model was trained with modality dropout (ours, not the paper's).
+- A two-tower retriever checkpoint (`train --variant two_tower`, engine/retriever.py) is a turn-1
+  row: its whole-clip video vector against the targets' whole-clip music vectors. It reads no
+  prompt and no candidate, so its turn 2 is its turn 1 and its SR is its R@1, as the paper's
+  MVPt row in Table 2 (SR 20.71 = R@1).
 
     python -m training.evaluate --data FEATURES --checkpoint RUN/model [--checkpoint ...] --holdout N [--pool-seed S]
 """
@@ -28,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint import CheckpointMismatchError, load_checkpoint
+from engine.checkpoint import CheckpointMismatchError, load_checkpoint, load_retriever, read_checkpoint_info
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, modality_dropout_label
 from engine.music_towers import TowerRecommender, load_tower_checkpoint
+from engine.retriever import MODEL_KIND as TWO_TOWER
+from engine.retriever import TwoTowerRetriever
 from training.features import MUSIC_LOG_MELS, FeatureDataset, random_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, average_metrics, chance_metrics, target_ranks, turn_metrics
 
@@ -156,8 +162,19 @@ def query_vectors(model: MuseChatRecommender | TowerRecommender, data: FeatureDa
     return torch.cat(out)
 
 
+@torch.no_grad()
+def clip_vectors(model: TwoTowerRetriever, data: FeatureDataset, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retriever's whole-clip video and music vectors of quartets `idx`.  # (N, d), (N, d)"""
+    videos, musics = [], []
+    for chunk in idx.split(EVAL_BATCH):
+        b = data.clip_batch(chunk, device)
+        videos.append(model.encode_video(b["video"], b["video_mask"]))
+        musics.append(model.encode_music(b["target"], b["target_mask"]))
+    return torch.cat(videos), torch.cat(musics)
+
+
 def evaluate_model(
-    model: MuseChatRecommender | TowerRecommender,
+    model: MuseChatRecommender | TowerRecommender | TwoTowerRetriever,
     data: FeatureDataset,
     *,
     name: str = "model",
@@ -169,13 +186,20 @@ def evaluate_model(
     device = torch.device(device)
     model = model.to(device).eval()
     ranks: list[tuple[np.ndarray, np.ndarray]] = []
+    retriever = isinstance(model, TwoTowerRetriever)
     for pool in random_pools(len(data), pool_size, seed=pool_seed):
         idx = torch.tensor(pool)
-        music = music_vectors(model, data, idx, device)  # (P, d)
         targets = torch.arange(len(idx), device=device)
+        if retriever:  # turn 1 only: no prompt, no candidate (module docstring)
+            video, music = clip_vectors(model, data, idx, device)  # (P, d) x 2
+            r1 = target_ranks(model.score(video, music), targets).cpu().numpy()
+            ranks.append((r1, r1))
+            continue
+        music = music_vectors(model, data, idx, device)  # (P, d)
         r1, r2 = (target_ranks(query_vectors(model, data, idx, turn, device) @ music.T, targets).cpu().numpy() for turn in (1, 2))
         ranks.append((r1, r2))
-    result = pooled_result(name, ranks, pool_seed=pool_seed, modality_dropout=modality_dropout_label(model.config))
+    label = None if retriever else modality_dropout_label(model.config)
+    result = pooled_result(name, ranks, pool_seed=pool_seed, modality_dropout=label)
     log.info("evaluated %s on %d pools of %d (seed %d)", name, result.n_pools, result.turn2.pool_size, pool_seed)
     return result
 
@@ -224,6 +248,11 @@ def evaluate_checkpoints(
     """Load each (name, checkpoint directory) and evaluate it on the same pools."""
     results = []
     for name, path in checkpoints:
+        if read_checkpoint_info(path).kind == TWO_TOWER:  # the turn-1 retriever (a video -> music row)
+            retriever = load_retriever(path, expect_profile=data.spec.profile,
+                                       expect_dims=(data.spec.video_dim, data.spec.target_music_dim), device=device)
+            results.append(evaluate_model(retriever, data, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
+            continue
         if data.spec.music_input == MUSIC_LOG_MELS:  # a run that trained the AST towers
             towers = load_tower_checkpoint(path, expect_profile=data.spec.profile, device=device)
             ast = towers.g_mt.ast.config

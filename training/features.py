@@ -159,19 +159,31 @@ class FeatureShardWriter:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self._buffers: dict[str, np.ndarray] = {}  # the shard being filled: (shard_size, rows, dim) and lengths
         self._pending_ids: list[str] = []
+        self.build: dict = {}  # how the quartets were made (`record_build`), kept in the manifest
+        self._complete = False
         if (self.root / MANIFEST).is_file():
             meta = read_manifest(self.root)
             if meta["spec"] != asdict(spec):
                 raise FeatureCacheError(f"feature cache {self.root} was written with spec {meta['spec']}, not {asdict(spec)}")
             self.shards: list[dict] = meta["shards"]
+            self.build = dict(meta.get("build", {}))
+            self._complete = bool(meta.get("complete"))
         else:
             self.shards = []
             self._write_manifest(complete=False)
         self.done_ids: set[str] = {i for s in self.shards for i in s["ids"]}
 
     def _write_manifest(self, complete: bool) -> None:
+        self._complete = complete
         meta = {"format_version": FORMAT_VERSION, "spec": asdict(self.spec), "shards": self.shards, "complete": complete}
+        if self.build:
+            meta["build"] = self.build
         write_atomic(self.root / MANIFEST, (json.dumps(meta) + "\n").encode())
+
+    def record_build(self, key: str, value: object) -> None:
+        """Keep `value` (JSON) under the manifest's "build" object at once (e.g. where the candidates came from)."""
+        self.build[key] = value
+        self._write_manifest(complete=self._complete)
 
     def add(self, item: FeatureItem) -> None:
         """Copy one quartet into the current shard (written when full); ids already there are skipped."""
@@ -397,6 +409,38 @@ class FeatureDataset:
             "candidate": t["candidate"][idx].float(),  # (B, Sc, Dm)
             "candidate_mask": lengths_mask("candidate"),
             "target_pooled": t["target"][idx, seg.clamp(max=t["target_len"][idx].to(torch.long) - 1)].float(),  # (B, Dm)
+        }
+        return {k: v.to(device) for k, v in out.items()}
+
+    def clip_lengths(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Segments each quartet's video and target share (video segment j is target segment j).  # (N,)
+
+        0 for a quartet without video (music-only caches).
+        """
+        t = self.tensors
+        vlen, tlen = t["video_len"].to(torch.long), t["target_len"].to(torch.long)
+        n = torch.minimum(vlen, tlen)
+        return n if idx is None else n[idx]
+
+    def clip_batch(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Whole clips of quartets `idx` for the two-tower retriever (engine/retriever.py).
+
+        {"video": (B, S, Dv), "video_mask": (B, S), "target": (B, S, Dm), "target_mask": (B, S)}: the
+        segments both the video and its own soundtrack have, the same mask on both sides.
+        """
+        if self.spec.music_input == MUSIC_LOG_MELS:
+            raise ValueError("the two-tower retriever reads cached music features; this is a log-mel cache")
+        t = self.tensors
+        n = self.clip_lengths(idx)
+        if (n == 0).any():
+            raise ValueError(f"{int((n == 0).sum())} of the {len(idx)} quartets have no video: the two-tower retriever needs (video, soundtrack) pairs")
+        s = t["video"].shape[1]
+        mask = torch.arange(s)[None, :] < n[:, None]  # (B, S)
+        out = {
+            "video": t["video"][idx].float(),  # (B, S, Dv)
+            "video_mask": mask,
+            "target": t["target"][idx, :s].float(),  # (B, S, Dm)
+            "target_mask": mask,
         }
         return {k: v.to(device) for k, v in out.items()}
 

@@ -1,5 +1,9 @@
 """Train the MuseChat recommendation module (MVT-Fusion + target tower) on cached features (paper 4.1).
 
+The same loop trains the dataset's turn-1 retriever (engine/retriever.py, the MVPt-style two-tower
+video -> music model of paper 3): `--variant two_tower`, on whole clips of (video, own soundtrack)
+with a symmetric InfoNCE; its checkpoint is a "two_tower" checkpoint (`data build --retriever`).
+
 Paper 4.1: InfoNCE between the fused query and the target-music vector, trainable temperature
 initialised at 0.1, AdamW lr 4e-5, weight decay 5e-4, batch 34 per GPU (16 x V100).
 
@@ -27,6 +31,9 @@ initialised at 0.1, AdamW lr 4e-5, weight decay 5e-4, batch 34 per GPU (16 x V10
   from it exactly: on CPU a resumed run is bit-identical to an uninterrupted one (tested).
   `RUN/model/` is the engine checkpoint the app loads (engine/checkpoint.py;
   MUSECHAT_FUSION_CHECKPOINT=RUN/model).
+- Two-tower runs: each step takes whole clips (`FeatureDataset.clip_batch`: every segment the video
+  and its soundtrack share) instead of one segment per quartet; the quartets' candidate and prompt
+  are not used; gathered negatives contrast both directions with every rank's batch.
 - Log: `RUN/metrics.jsonl`, one JSON object per `log_every` steps (step, epoch, loss, lr,
   temperature, samples/s); a tqdm bar on rank 0.
 """
@@ -54,6 +61,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from engine.checkpoint import save_checkpoint
 from engine.fusion import APP_MODALITY_DROPOUT, FusionConfig, MuseChatRecommender, modality_dropout_label
 from engine.music_towers import TowerRecommender, load_towers, save_towers
+from engine.retriever import MODEL_KIND as TWO_TOWER
+from engine.retriever import RetrieverConfig, TwoTowerRetriever
 from training.features import MUSIC_LOG_MELS, FeatureDataset, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -89,6 +98,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
     holdout: int = 0  # quartets held out of training (the first of a seeded split; evaluate uses the same split)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig overrides: variant, use_video, d_model, ...
+    # (variant "two_tower": the retriever, and the other keys are RetrieverConfig overrides: d_model, n_layers, ...)
     modality_dropout: bool = False  # ours, not the paper's: the app's rates (APP_MODALITY_DROPOUT) unless `fusion` sets them
     # log-mel caches only (FeatureSpec.music_input == "log_mels"): the trained AST towers g_mc, g_mt
     music_backbone: str | None = None  # the towers' starting AST (default: the profile's)
@@ -115,6 +125,31 @@ def fusion_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None
         target_music_dim=spec.target_music_dim,
         **{**base, **(overrides or {})},
     )
+
+
+def retriever_config_for(spec: FeatureSpec, overrides: dict[str, Any] | None = None) -> RetrieverConfig:
+    """The RetrieverConfig that fits a feature cache's sizes (video, target music), with overrides."""
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "variant"}
+    known = {f.name for f in fields(RetrieverConfig)} - {"profile", "video_dim", "music_dim"}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"the two-tower retriever has no {bad}: it takes video only (no prompt, no candidate, no ablations); "
+                         f"its settings are {sorted(known)}")
+    if spec.music_input == MUSIC_LOG_MELS:
+        raise ValueError("the two-tower retriever trains on cached music features; this is a log-mel cache")
+    return RetrieverConfig(profile=spec.profile, video_dim=spec.video_dim, music_dim=spec.target_music_dim,
+                           **{"max_segments": spec.max_segments, **overrides})
+
+
+def is_two_tower(cfg: TrainConfig) -> bool:
+    return cfg.fusion.get("variant") == TWO_TOWER
+
+
+def dropout_label(config: FusionConfig | RetrieverConfig) -> str:
+    """What a report says about modality dropout: the fusion model's, or that a retriever has none."""
+    if isinstance(config, RetrieverConfig):
+        return "n/a (two-tower retriever, video only)"
+    return modality_dropout_label(config)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -205,7 +240,7 @@ class TrainResult:
     step: int
     epoch: int
     last_loss: float
-    model: MuseChatRecommender | TowerRecommender  # unwrapped, on the training device
+    model: MuseChatRecommender | TowerRecommender | TwoTowerRetriever  # unwrapped, on the training device
     run_dir: Path
 
 
@@ -239,7 +274,15 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = _build_model(cfg, data.spec).to(device)
-    if rank == 0:
+    if isinstance(model, TwoTowerRetriever):
+        missing = int((data.clip_lengths() == 0).sum())
+        if missing:
+            raise ValueError(f"{missing} of the {len(data)} quartets have no video: the two-tower retriever trains on "
+                             "(video, own soundtrack) pairs (a `data build` cache, not `data from-catalog`)")
+    if rank == 0 and isinstance(model, TwoTowerRetriever):
+        log.info("training the two-tower retriever (d_model=%d, %d layers per tower) on whole clips",
+                 model.config.d_model, model.config.n_layers)
+    elif rank == 0:
         log.info("training %s (use_video=%s use_text=%s use_candidate=%s), modality dropout %s",
                  model.config.variant, model.config.use_video, model.config.use_text, model.config.use_candidate,
                  modality_dropout_label(model.config))
@@ -269,7 +312,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     if rank == 0 and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=step, desc="train fusion", unit="step")
+        bar = tqdm(total=total, initial=step, desc="train two-tower" if isinstance(model, TwoTowerRetriever) else "train fusion", unit="step")
     log_file = open(run / METRICS_FILE, "a") if rank == 0 else None  # noqa: SIM115 - closed below
     last_loss = float("nan")
     t_log, n_log = time.perf_counter(), 0
@@ -281,7 +324,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
             segments = data.segment_choice(cfg.seed * 100_003 + epoch + 7)
             glob = perm[in_epoch * global_batch : (in_epoch + 1) * global_batch]
             idx = glob[rank::world]
-            batch = data.batch(idx, segments, device)
+            batch = data.clip_batch(idx, device) if isinstance(model, TwoTowerRetriever) else data.batch(idx, segments, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 if cfg.gather_negatives and world > 1:
                     loss = _gathered_loss(ddp_model, model, batch)
@@ -308,7 +351,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
                     "lr": scheduler.get_last_lr()[0],
                     "temperature": model.loss.temperature,
                     "samples_per_s": n_log / max(now - t_log, 1e-9),
-                    "modality_dropout": modality_dropout_label(model.config),
+                    "modality_dropout": dropout_label(model.config),
                 }
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
@@ -334,8 +377,12 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     return TrainResult(step=step, epoch=step // steps_per_epoch, last_loss=last_loss, model=model, run_dir=run)
 
 
-def _build_model(cfg: TrainConfig, spec: FeatureSpec) -> MuseChatRecommender | TowerRecommender:
-    """MVT-Fusion on cached features, or inside the two trained AST towers for a log-mel cache."""
+def _build_model(cfg: TrainConfig, spec: FeatureSpec) -> MuseChatRecommender | TowerRecommender | TwoTowerRetriever:
+    """MVT-Fusion on cached features, or inside the two trained AST towers for a log-mel cache; or the retriever."""
+    if is_two_tower(cfg):
+        if cfg.modality_dropout:
+            raise ValueError("--modality-dropout is a fusion option: the two-tower retriever takes video only")
+        return TwoTowerRetriever(retriever_config_for(spec, cfg.fusion))
     if spec.music_input != MUSIC_LOG_MELS:
         return MuseChatRecommender(fusion_config_for(spec, cfg.fusion, modality_dropout=cfg.modality_dropout))
     g_mc, g_mt = load_towers(spec.profile, cfg.music_backbone, gradient_checkpointing=cfg.gradient_checkpointing)
@@ -348,17 +395,25 @@ def _build_model(cfg: TrainConfig, spec: FeatureSpec) -> MuseChatRecommender | T
     return TowerRecommender(recommender, g_mc, g_mt, freeze_towers=cfg.freeze_towers)
 
 
-def _gathered_loss(ddp_model: nn.Module, model: MuseChatRecommender | TowerRecommender, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """InfoNCE against every rank's music vectors: own batch first (the positives), the rest after."""
+def _gathered_loss(ddp_model: nn.Module, model: MuseChatRecommender | TowerRecommender | TwoTowerRetriever, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """InfoNCE against every rank's music vectors: own batch first (the positives), the rest after.
+
+    A symmetric loss (the two-tower retriever) adds this rank's music against every rank's queries.
+    """
     out = ddp_model(**batch)
     q, m = out["query"], out["music"]
-    everyone = GatherWithGrad.apply(m)  # (W, B, d)
     r = dist.get_rank()
-    others = [everyone[i] for i in range(everyone.shape[0]) if i != r]
-    return model.loss(q, torch.cat([everyone[r], *others]))
+
+    def columns(x: torch.Tensor) -> torch.Tensor:
+        everyone = GatherWithGrad.apply(x)  # (W, B, d)
+        return torch.cat([everyone[r], *(everyone[i] for i in range(everyone.shape[0]) if i != r)])
+
+    if model.loss.symmetric:
+        return 0.5 * (model.loss.one_way(q, columns(m)) + model.loss.one_way(m, columns(q)))
+    return model.loss(q, columns(m))
 
 
-def _save_state(cfg: TrainConfig, run: Path, model: MuseChatRecommender, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, rank: int, world: int) -> None:  # noqa: ANN401
+def _save_state(cfg: TrainConfig, run: Path, model: MuseChatRecommender | TowerRecommender | TwoTowerRetriever, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, rank: int, world: int) -> None:  # noqa: ANN401
     rng = rng_state()
     if world > 1:
         rngs: list[Any] = [None] * world
@@ -399,7 +454,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--holdout", type=int, default=0)
-    p.add_argument("--variant", default="mvt", choices=["mvt", "sum", "self_attn", "cross_attn"])
+    p.add_argument("--variant", default="mvt", choices=["mvt", "sum", "self_attn", "cross_attn", TWO_TOWER],
+                   help="MVT-Fusion, a Table 1 baseline, or two_tower: the dataset's turn-1 video -> music retriever")
     p.add_argument("--no-video", action="store_true", help="the paper's 'without video' ablation")
     p.add_argument("--no-candidate", action="store_true", help="the paper's 'without candidate' ablation")
     p.add_argument("--no-text", action="store_true", help="the 'without text' ablation")
@@ -431,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train(parse_args(argv))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"step": result.step, "loss": result.last_loss, "checkpoint": str(result.run_dir / MODEL_DIR),
-                          "modality_dropout": modality_dropout_label(result.model.config)}))
+                          "modality_dropout": dropout_label(result.model.config)}))
 
 
 if __name__ == "__main__":

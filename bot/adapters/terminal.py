@@ -202,7 +202,7 @@ async def with_reason_stream(coro_fn: Any, message: str) -> Any:
         return await coro_fn(view.status, view.token)
 
 
-STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "excerpt": "cutting excerpts", "write": "writing catalog"}
+STAGE_LABELS = {"scan": "scanning", "analyse": "embedding", "towers": "trained AST towers (g_mt)", "excerpt": "cutting excerpts", "write": "writing catalog"}
 
 
 def print_skipped(failures, duplicates=(), to: Console = console) -> None:
@@ -243,6 +243,8 @@ async def refresh_with_progress(admin) -> None:
     )
     if report.analysed:
         out.print(f"embedding speed: {report.tracks_per_minute:.1f} tracks/min, {report.x_realtime:.0f}x real time")
+    if report.tower_tracks:
+        out.print(f"trained AST towers: {report.tower_tracks} tracks decoded again for g_mt's vectors and their candidate clips")
     print_skipped(report.failures, report.duplicates)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -106,6 +106,8 @@ async def queued_refresh(settings: Settings) -> dict:
         f"({report['added']} added, {report['changed']} changed, {report['removed']} removed; "
         f"{report['analysed']} embedded, {report['reused']} reused) in {report['seconds']:.1f} s, on a worker"
     )
+    if report.get("tower_tracks"):
+        out.print(f"trained AST towers: {report['tower_tracks']} tracks decoded again for g_mt's vectors and their candidate clips")
     for f in report.get("failures", []):
         console.print(f"[yellow]skipped[/yellow] {f}")
     return report
@@ -156,12 +158,17 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
     st = _run(go)
     from bot.service.catalog_admin import reason_counts
 
-    mode = "fusion" if get_settings().fusion_checkpoint else "zero-shot"
+    ckpt = get_settings().fusion_checkpoint
+    mode = "fusion" if ckpt else "zero-shot"
+    from engine.music_towers import has_towers
+
+    towers = has_towers(ckpt)  # the catalog's fusion vectors come from the checkpoint's trained g_mt
     if as_json:
         out.print_json(
             json.dumps(
                 {
                     "mode": mode,
+                    "trained_towers": towers,
                     "live_version": st.live_version_name,
                     "tracks": st.live_points,
                     "folders": [str(f.path) for f in st.folders],
@@ -176,7 +183,8 @@ def catalog_status(as_json: bool = typer.Option(False, "--json", help="Machine-r
             )
         )
         return
-    out.print(f"recommender mode: [bold]{mode}[/bold]" + ("" if mode == "fusion" else " (no fusion checkpoint configured)"))
+    how = " (no fusion checkpoint configured)" if mode != "fusion" else " (trained AST towers: g_mt's vectors, g_mc on the candidate clip)" if towers else ""
+    out.print(f"recommender mode: [bold]{mode}[/bold]" + how)
     out.print(f"live catalog: {st.live_version_name or 'none'}, {st.live_points} tracks")
     out.print("folders: " + (", ".join(str(f.path) for f in st.folders) or "none (add one with `musechat catalog add`)"))
     if st.schedule is not None:

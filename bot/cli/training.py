@@ -87,9 +87,15 @@ def data_from_catalog(
 def data_build(
     folder: Path = typer.Argument(..., help="A folder of music videos (their own soundtracks are the targets)."),
     out_dir: Path = typer.Option(..., "--out", help="Feature cache directory to write (resumable)."),
-    checkpoint: Path = typer.Option(None, help="Fusion checkpoint that retrieves the candidates (default: MUSECHAT_FUSION_CHECKPOINT; none: random from the pool)."),
+    retriever: Path = typer.Option(
+        None, help="Two-tower retriever checkpoint (RUN/model of `musechat train --variant two_tower`) that picks each "
+        "candidate (default: train one on this folder's clips, kept in OUT/retriever/)."
+    ),
+    random_candidates: bool = typer.Option(False, "--random-candidates", help="Pick candidates at random from the pool instead (not the paper's way)."),
+    checkpoint: Path = typer.Option(None, help="A fusion checkpoint picks the candidates instead (its turn-1 query: video only)."),
+    retriever_epochs: int = typer.Option(10, min=1, help="Epochs of the retriever trained here when --retriever is not given."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
-    seed: int = typer.Option(0, help="Seed of the candidate pools and the turn templates."),
+    seed: int = typer.Option(0, help="Seed of the candidate pools, the turn templates and the retriever trained here."),
     pool_size: int = typer.Option(2000, help="Size of the random non-overlapping candidate pools (paper 3); a target is never its own candidate."),
     shard_size: int = typer.Option(None, help="Quartets per shard (default: up to 1024, fewer for log-mels: ~256 MB a shard)."),
     music_input: str = typer.Option(
@@ -99,27 +105,24 @@ def data_build(
         "vectors), or 'auto': log-mels when the profile's music encoder is AST (paper, tiny), else features (lite).",
     ),
 ) -> None:
-    """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target."""
+    """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target,
+    candidate = a two-tower retriever's turn-1 pick from the target's pool."""
     from bot.settings import get_settings
-    from engine.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import CheckpointError, load_checkpoint, load_retriever
     from engine.media import MediaLimits
     from engine.profiles import load_encoders
-    from training.data import build_from_videos
+    from training.data import RetrieverTraining, build_from_videos
     from training.features import FeatureCacheError, FeatureShardWriter, FeatureSpec
 
     if not folder.is_dir():
         _fail(f"{folder} is not a folder")
-    s = get_settings()
-    enc = load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
-    model = None
-    ckpt = checkpoint or s.fusion_checkpoint
-    if ckpt is not None:
-        try:
-            model = load_checkpoint(ckpt, expect_profile=enc.profile.name, device=s.device)
-        except CheckpointError as e:
-            _fail(str(e))
+    chosen = [flag for flag, on in (("--retriever", retriever), ("--checkpoint", checkpoint), ("--random-candidates", random_candidates)) if on]
+    if len(chosen) > 1:
+        _fail(f"{' and '.join(chosen)} each choose the candidates: give one")
     if music_input not in MUSIC_INPUTS:
         _fail(f"--music-input must be one of {', '.join(MUSIC_INPUTS)}, got {music_input!r}")
+    s = get_settings()
+    enc = load_encoders(profile or s.profile, overrides=s.backbone_overrides, device=s.device)
     has_ast = hasattr(enc.music, "mel_shape")
     if music_input == MUSIC_INPUT_AUTO:
         music_input = MUSIC_INPUT_LOG_MELS if has_ast else MUSIC_INPUT_FEATURES
@@ -134,23 +137,37 @@ def data_build(
             profile=enc.profile.name, video_dim=int(enc.image.dim), text_dim=int(enc.text.dim),
             music_dim=int(enc.music.dim), target_music_dim=int(enc.music.dim),
         )
+    model = two_tower = None
+    try:
+        if checkpoint is not None:
+            model = load_checkpoint(checkpoint, expect_profile=enc.profile.name, device=s.device)
+        if retriever is not None:
+            two_tower = load_retriever(retriever, expect_profile=enc.profile.name, expect_dims=(spec.video_dim, int(enc.music.dim)), device=s.device)
+    except CheckpointError as e:
+        _fail(str(e))
     try:
         try:
             writer = FeatureShardWriter(out_dir, spec, shard_size=shard_size)
         except FeatureCacheError as e:
             raise FeatureCacheError(f"{e} (a cache resumes with the profile and --music-input it was built with; or write to another --out)") from None
         limits = MediaLimits(max_seconds=24 * 3600.0, max_bytes=2**34, timeout_s=s.ffmpeg_timeout_s)
-        report = build_from_videos(folder, writer, enc, model=model, seed=seed, pool_size=pool_size, limits=limits, ffmpeg=s.ffmpeg_binary, progress=True)
-    except (FeatureCacheError, ValueError) as e:
+        report = build_from_videos(
+            folder, writer, enc, retriever=two_tower, retriever_path=retriever, model=model, model_path=checkpoint,
+            random_candidates=random_candidates, training=RetrieverTraining(epochs=retriever_epochs, seed=seed, device=s.device),
+            seed=seed, pool_size=pool_size, limits=limits, ffmpeg=s.ffmpeg_binary, progress=True, say=console.print,
+        )
+    except (FeatureCacheError, CheckpointError, ValueError) as e:
         _fail(str(e))
     writer.close()
     jsonl = out_dir / "quartets.jsonl"
     with jsonl.open("a", encoding="utf-8") as f:
         for q in report.quartets:
             f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
-    how = f"retrieved by {ckpt}" if model is not None else "random from the pool (no fusion checkpoint yet)"
     kept = "AST log-mels (trained towers)" if music_input == MUSIC_INPUT_LOG_MELS else "pooled music features"
-    out.print(f"{len(writer.done_ids)} quartets in {out_dir} ({len(report.quartets)} new, candidates {how}, {kept}); {len(report.failures)} videos skipped")
+    out.print(
+        f"{len(writer.done_ids)} quartets in {out_dir} ({len(report.quartets)} new, candidates {report.candidates}, {kept}); "
+        f"{len(report.failures)} videos skipped"
+    )
     for path, why in report.failures.items():
         out.print(f"  skipped {path}: {why}")
 
@@ -166,7 +183,9 @@ def train_command(
     warmup_steps: int = typer.Option(100),
     seed: int = typer.Option(0),
     holdout: int = typer.Option(0, help="Quartets held out for `musechat eval --holdout`."),
-    variant: str = typer.Option("mvt", help="mvt | sum | self_attn | cross_attn (paper Table 1)."),
+    variant: str = typer.Option(
+        "mvt", help="mvt | sum | self_attn | cross_attn (paper Table 1) | two_tower (the turn-1 video -> music retriever of `data build`)."
+    ),
     no_video: bool = typer.Option(False, "--no-video", help="The paper's 'without video' ablation."),
     no_candidate: bool = typer.Option(False, "--no-candidate", help="The paper's 'without candidate' ablation."),
     no_text: bool = typer.Option(False, "--no-text", help="The 'without text' ablation."),
@@ -180,10 +199,10 @@ def train_command(
     save_every: int = typer.Option(500),
     fusion: str = typer.Option("{}", help="JSON FusionConfig overrides, e.g. '{\"d_model\": 128}'."),
 ) -> None:
-    """Train MVT-Fusion (or a baseline) on cached features; one process (use torchrun for DDP)."""
+    """Train MVT-Fusion (or a baseline, or the two-tower retriever) on cached features; one process (use torchrun for DDP)."""
     from bot.settings import get_settings
     from training.features import FeatureCacheError
-    from training.train_fusion import MODEL_DIR, TrainConfig, train
+    from training.train_fusion import MODEL_DIR, TrainConfig, dropout_label, train
 
     overrides = {"variant": variant, **json.loads(fusion)}
     if no_video:
@@ -203,13 +222,14 @@ def train_command(
         result = train(cfg)
     except (FeatureCacheError, ValueError) as e:
         _fail(str(e))
-    from engine.fusion import modality_dropout_label
-
     out.print(
         f"trained {result.step} steps, last loss {result.last_loss:.4f}, modality dropout "
-        f"{modality_dropout_label(result.model.config)}; checkpoint: {out_dir / MODEL_DIR}"
+        f"{dropout_label(result.model.config)}; checkpoint: {out_dir / MODEL_DIR}"
     )
-    out.print(f"use it: MUSECHAT_FUSION_CHECKPOINT={out_dir / MODEL_DIR}")
+    if variant == "two_tower":
+        out.print(f"use it: musechat data build FOLDER --out DIR --retriever {out_dir / MODEL_DIR}")
+    else:
+        out.print(f"use it: MUSECHAT_FUSION_CHECKPOINT={out_dir / MODEL_DIR}")
 
 
 def eval_command(

@@ -112,6 +112,14 @@ class QueryRequest:
     negatives: tuple[TrackContext, ...] = ()  # tracks rejected with a bare "another"
 
 
+def features_tag(engine: Any) -> str:
+    """What a front-end's query jobs must find on the worker: the profile, the query fps and, with a
+    fusion checkpoint, its fingerprint (a worker with other weights refuses the job, bot/jobs/worker.py)."""
+    cfg = engine.config
+    tag = f"{cfg.profile}:{cfg.query_fps:g}"
+    return f"{tag}:{engine.fusion_id}" if engine.fusion_id else tag
+
+
 @dataclass(frozen=True)
 class PreviewResult:
     """A rendered preview: its media key, whether it was re-encoded to fit, or why there is none."""
@@ -181,6 +189,7 @@ __all__ = [
     "REASON",
     "RERANK",
     "VIDEO_FEATURES",
+    "features_tag",
     "JobFailedError",
     "JobTimeoutError",
     "ModelRunner",

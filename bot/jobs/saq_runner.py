@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -189,7 +190,7 @@ class SaqRunner:
         self.catalog_policy = catalog_policy
         self.queue_limit = queue_limit
         self.sweep_s = sweep_s
-        self.features_tag = features_tag  # "<profile>:<fps>": the video-features job key (the worker checks it)
+        self.features_tag = features_tag  # "<profile>:<fps>[:<fusion_id>]" (runner.features_tag): the worker checks it
         self.interactive: Queue = Queue.from_url(redis_url, name=interactive)
         self.catalog: Queue = Queue.from_url(redis_url, name=catalog)
         self.redis = aioredis.from_url(redis_url)  # streams (XREAD BLOCK holds a connection of its own)
@@ -246,6 +247,8 @@ class SaqRunner:
         self, request: QueryRequest, mode: str, rows: list[CandidateRow], *, job_key: str, on_status: StatusCallback | None = None
     ) -> Ranking:  # fmt: skip
         """The worker's ranking; the candidates go through a Redis key of their own (bot/jobs/wire.py), named by content."""
+        if request.candidate is not None and request.candidate.clip_mels is not None:  # the re-rank reads no g_mc input
+            request = dataclasses.replace(request, candidate=dataclasses.replace(request.candidate, clip_mels=None))
         payload = await self._query_payload(request)
         data = await asyncio.to_thread(pack_rows, rows)
         key = rows_key(self.interactive.name, hashlib.sha256(data).hexdigest())

@@ -6,7 +6,9 @@ their dtype and shape (base64 in JSON), floats of payloads as JSON numbers (Pyth
 shortest repr that reads back to the same float64). Nothing here is pickled: a job's payload is
 read by another process and must not be able to run code there.
 
-Sizes: a query job carries the previous and rejected tracks' vectors inline (a few KB each); the
+Sizes: a query job carries the previous and rejected tracks' vectors inline (a few KB each; with
+trained AST towers the previous track's 10 s candidate clip as float16 log-mels too: 256 KB for
+the paper's AST, 2 KB for the tiny one, left out of the re-rank job, which does not read it); the
 candidates of a re-rank (200 rows of a text vector and tag probabilities, a few hundred KB) go in
 a Redis key of their own that the job names (`pack_rows` / `unpack_rows`, written by the SAQ
 runner), never in the job, which Redis keeps for `job_ttl_s` after it ends.
@@ -50,6 +52,7 @@ def context_to_json(c: TrackContext) -> dict[str, Any]:
         "tag_probs": {str(k): float(v) for k, v in c.tag_probs.items()},
         "rhythm": None if c.rhythm is None else [float(x) for x in c.rhythm],
         "segment_music": array_to_json(None if c.segment_music is None else np.asarray(c.segment_music)),
+        "clip_mels": array_to_json(None if c.clip_mels is None else np.asarray(c.clip_mels)),
     }
 
 
@@ -61,6 +64,7 @@ def context_from_json(d: dict[str, Any]) -> TrackContext:
         tag_probs=dict(d.get("tag_probs") or {}),
         rhythm=None if rhythm is None else (float(rhythm[0]), float(rhythm[1]), float(rhythm[2])),
         segment_music=array_from_json(d.get("segment_music")),
+        clip_mels=array_from_json(d.get("clip_mels")),
     )
 
 

@@ -43,6 +43,7 @@ from bot.jobs.runner import (
     CatalogBusyError,
     QueryRequest,
     ReasonRequest,
+    features_tag,
 )
 from bot.jobs.saq_runner import RAISABLE, STREAM_MAXLEN, STREAM_TTL_S, error_payload
 from bot.jobs.wire import (
@@ -99,8 +100,7 @@ async def video_features(ctx: Context, *, video_sha: str, features_tag: str) -> 
     runner = _runner(ctx)
 
     async def work() -> dict[str, Any]:
-        cfg = runner.engine.config
-        mine = f"{cfg.profile}:{cfg.query_fps:g}"
+        mine = _features_tag(runner)
         if features_tag != mine:
             raise RuntimeError(f"this worker embeds videos as {mine}, the front-end asked for {features_tag}")
         vf = await runner.video_features(video_sha)
@@ -178,7 +178,7 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
         finally:
             app.pool = own
             await app.close()
-        fields = ("job_id", "version_name", "files", "tracks", "analysed", "reused", "added", "changed", "removed", "seconds")
+        fields = ("job_id", "version_name", "files", "tracks", "analysed", "reused", "added", "changed", "removed", "tower_tracks", "seconds")
         d = dataclasses.asdict(report)
         return {k: d[k] for k in fields} | {"failures": [str(f) for f in report.failures]}
 
@@ -186,8 +186,7 @@ async def catalog_refresh(ctx: Context, *, trigger: str = "queue") -> dict[str, 
 
 
 def _features_tag(runner: InProcessRunner) -> str:
-    cfg = runner.engine.config
-    return f"{cfg.profile}:{cfg.query_fps:g}"
+    return features_tag(runner.engine)
 
 
 async def _query_request(runner: InProcessRunner, request: dict[str, Any]) -> QueryRequest:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.service.catalog_layout import FeatureCache
+from bot.service.catalog_layout import FeatureCache, TowerCache
 from storage.track_store import TrackStore
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ class TrackExtras:
 class TrackAssets:
     """Reads what bot/service/catalog_admin.py stored per track (module docstring there), with a memory cache."""
 
-    def __init__(self, tracks: TrackStore, features: FeatureCache | None) -> None:
+    def __init__(self, tracks: TrackStore, features: FeatureCache | None, towers: TowerCache | None = None) -> None:
         self._tracks = tracks
         self.features = features
+        self.towers = towers  # a fusion checkpoint with trained AST towers: its per-track candidate clips
         self._cache: OrderedDict[str, TrackExtras] = OrderedDict()
         self._cut: dict[str, str] = {}  # content hash -> sha256 of an excerpt cut by this process
 
@@ -67,6 +68,13 @@ class TrackAssets:
             return None
         analysis = self.features.get(content_hash)
         return None if analysis is None else analysis.segment_vectors
+
+    def clip_mels(self, content_hash: str) -> np.ndarray | None:
+        """(frames, mel bins) float16 log-mels of the track's 10 s candidate clip, g_mc's input (trained towers)."""
+        if self.towers is None:
+            return None
+        entry = self.towers.get(content_hash)
+        return None if entry is None else entry.candidate_mels
 
     def remember_cut(self, content_hash: str, sha256: str, fmt: str = "ogg") -> None:
         self._cut[f"{content_hash}:{fmt}"] = sha256

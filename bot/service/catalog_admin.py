@@ -47,8 +47,15 @@ Catalog points: vectors "text" (sentence vector) and "music" (mean music embeddi
 "fusion" (paper 4.1 and 5: the MVT-Fusion target-music tower `encode_music` on each 10 s segment
 vector, then `track_vector`, their L2-normalised mean: 256-d) only when a fusion checkpoint is
 given: the schema
-(`catalog_schema`) depends on that. Point ids: the catalog takes integers or UUIDs, so a track's
-id is the UUID made of the first 128 bits of its sha256 (`track_id_for`), deterministic across
+(`catalog_schema`) depends on that. A checkpoint with trained AST towers (engine/music_towers.py)
+makes that vector from g_mt instead: every track's analysed 10 s segments are decoded again (once
+per checkpoint), turned into AST log-mels and run through g_mt and the tower head
+(`engine.music_towers.tower_track`, as training/evaluate.py); the candidate clip g_mc will read at
+turn k >= 2 (the segment the listening excerpt centres on) is kept with the vector, in a cache of
+that checkpoint (`catalog_layout.TowerCache`, `features/<profile key>/towers-<fusion_id>/`). Each
+point's payload records the checkpoint's `fusion_id` (also for checkpoints without towers), so the
+conversation service refuses a catalog built with other weights (bot/service/conversation.py).
+Point ids: the catalog takes integers or UUIDs, so a track's id is the UUID made of the first 128 bits of its sha256 (`track_id_for`), deterministic across
 refreshes and processes; the full hash is in the payload (`content_hash`) and keys the SQL
 `tracks` row, whose `attributes` hold the excerpt reference (`TrackPayload` has no free fields).
 Payload tags are lower-case display names (metadata + manifest + musicnn), so `CatalogFilter
@@ -76,6 +83,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.service.catalog_layout import (  # noqa: F401 - re-exported
     FEATURES_DIR,
     FeatureCache,
+    TowerCache,
     TrackAnalysisCodec,
     catalog_schema,
     features_key,
@@ -99,6 +107,7 @@ from engine.tracks import (
     TrackAnalysis,
     TrackJob,
     analyse_tracks,
+    decode_track,
     display_tag,
     sentence_vectors,
     title_from_path,
@@ -223,7 +232,7 @@ def reason_counts(failures: list[FileFailure]) -> dict[str, int]:
 class RefreshProgress:
     """One step of a refresh, for a progress bar: `done` of `total` in `stage`."""
 
-    stage: str  # "scan" | "analyse" | "excerpt" | "write"
+    stage: str  # "scan" | "analyse" | "towers" | "excerpt" | "write"
     done: int
     total: int
     path: str = ""
@@ -242,6 +251,7 @@ class RefreshReport:
     analysed: int = 0  # tracks decoded and embedded in this run
     reused: int = 0  # tracks whose features came from the cache
     text_updated: int = 0  # cached tracks whose sentence vector was recomputed (metadata changed)
+    tower_tracks: int = 0  # tracks whose trained-towers vector and candidate clip were computed in this run
     excerpts_cut: int = 0
     added: int = 0  # content not in the previous live version
     changed: int = 0  # paths whose content differs from the previous live version
@@ -271,6 +281,7 @@ class RefreshReport:
             "analysed": self.analysed,
             "reused": self.reused,
             "text_updated": self.text_updated,
+            "tower_tracks": self.tower_tracks,
             "excerpts_cut": self.excerpts_cut,
             "added": self.added,
             "changed": self.changed,
@@ -497,6 +508,7 @@ class _Track:
     attributes: dict[str, Any]  # tag sources, licence source, ...
     analysis: TrackAnalysis | None = None
     excerpt: dict[str, Any] | None = None
+    tower: Any = None  # engine.music_towers.TowerTrack, while a batch is written (trained towers only)
 
 
 class CatalogAdmin:
@@ -504,8 +516,10 @@ class CatalogAdmin:
 
     `encoders`: an `Encoders`, or a function returning one, called only when a refresh has
     something to embed (status, add and a refresh with nothing new load no model). `fusion`: a
-    loaded MVT-Fusion model (`load_fusion`) when a checkpoint is configured; the catalog must then
-    have been opened with `catalog_schema(profile, fusion=True)`.
+    loaded MVT-Fusion model (`load_fusion`: a `MuseChatRecommender`, or a `TowerRecommender` when
+    the checkpoint trained the AST towers) when a checkpoint is configured; the catalog must then
+    have been opened with `catalog_schema(profile, fusion=True)`. `fusion_id`: the checkpoint's
+    fingerprint (`engine.music_towers.fusion_id`), recorded in every point; required with towers.
     """
 
     def __init__(
@@ -518,6 +532,7 @@ class CatalogAdmin:
         encoders: Encoders | Callable[[], Encoders],
         profile: ProfileConfig | None = None,
         fusion: Any | None = None,
+        fusion_id: str = "",
         limits: MediaLimits = CATALOG_LIMITS,
         ffmpeg: str | None = None,
         excerpt_format: ExcerptFormat = "ogg",
@@ -534,6 +549,14 @@ class CatalogAdmin:
         self.catalog = catalog
         self.media_store = media_store
         self.fusion = fusion
+        self.fusion_id = fusion_id if fusion is not None else ""
+        from engine.music_towers import TowerRecommender
+
+        self.towers: TowerCache | None = None  # the trained towers' per-track vectors and candidate clips
+        if isinstance(fusion, TowerRecommender):
+            if not fusion_id:
+                raise ValueError("a fusion model with trained AST towers needs its checkpoint's fusion_id (engine.music_towers.fusion_id)")
+            self.towers = TowerCache(Path(data_dir), profile, fusion_id)
         self.limits = limits
         self.ffmpeg = ffmpeg
         self.excerpt_format = excerpt_format
@@ -655,6 +678,7 @@ class CatalogAdmin:
             tracks = await self._scan(report, hashes, progress)
             previous = await self._previous_live()
             tracks = await self._analyse(tracks, report, progress)
+            tracks = await self._tower_pass(tracks, report, progress)
             if report.files and not tracks:
                 raise CatalogAdminError(f"every one of the {report.files} audio files failed; the live catalog is unchanged")
             self._compare(tracks, previous, report)
@@ -834,6 +858,55 @@ class CatalogAdmin:
                 pass
         return [t for t in tracks if t.path not in failed]
 
+    async def _tower_pass(self, tracks: list[_Track], report: RefreshReport, progress: ProgressCallback) -> list[_Track]:
+        """With trained AST towers: every track's g_mt vector and candidate clip in this checkpoint's cache.
+
+        Tracks without an entry are decoded again (their analysed window, as `analyse_tracks` did)
+        and run through g_mt (`engine.music_towers.tower_track`); entries are written one by one, so
+        an interrupted refresh resumes. Returns the tracks that have one (failures are reported)."""
+        if self.towers is None:
+            return tracks
+        from engine.music_towers import check_tower_inputs
+
+        todo = [t for t in tracks if await asyncio.to_thread(self.towers.get, t.sha) is None]
+        if not todo:
+            return tracks
+        encoders = await asyncio.to_thread(self._get_encoders)
+        check_tower_inputs(self.fusion, encoders.music, f"fusion_id {self.fusion_id}")
+        failed: set[Path] = set()
+        progress(RefreshProgress("towers", 0, len(todo)))
+        for done, t in enumerate(todo, start=1):
+            outcome = "analysed"
+            try:
+                analysis = await asyncio.to_thread(self.features.get, t.sha)
+                if analysis is None:
+                    raise MediaError(f"{t.path}: its cached analysis could not be read back")
+                decoded = await asyncio.to_thread(
+                    decode_track, t.path, sample_rate=encoders.music.sample_rate, limits=self.limits, ffmpeg=self.ffmpeg, content_hash=t.sha
+                )  # fmt: skip
+                entry = await self._model_call(self._tower_track, decoded, analysis, encoders.music)
+                await asyncio.to_thread(self.towers.put, entry)
+                report.tower_tracks += 1
+            except MediaError as exc:
+                failed.add(t.path)
+                report.failures.append(FileFailure.of(t.path, "analyse", exc))
+                log.warning("catalog refresh: skipping %s (trained towers): %s", t.path, exc)
+                outcome = "failed"
+            progress(RefreshProgress("towers", done, len(todo), str(t.path), outcome))
+        return [t for t in tracks if t.path not in failed]
+
+    def _tower_track(self, decoded: Any, analysis: TrackAnalysis, encoder: Any) -> Any:
+        """g_mt over one decoded track's segments (model work: the pool's catalog lane)."""
+        from engine.music_towers import tower_track
+
+        segments, clips = decoded.segment_audio()
+        if not segments:
+            raise MediaError(f"{decoded.path}: no segment decoded to 1 s of audio")
+        return tower_track(
+            decoded.content_hash, clips, [(s.start_s, s.end_s) for s in segments], encoder, self.fusion,
+            excerpt_start_s=analysis.excerpt_start_s, excerpt_duration_s=analysis.excerpt_duration_s, fusion_id=self.fusion_id,
+        )  # fmt: skip
+
     async def _write(self, tracks: list[_Track], writer: Any, report: RefreshReport, progress: ProgressCallback) -> list[TrackInfo]:
         """Upsert every track into the version being built, WRITE_BATCH at a time; returns the SQL rows.
 
@@ -849,6 +922,11 @@ class CatalogAdmin:
                 if t.analysis is None:  # removed or damaged since the analysis pass
                     report.failures.append(FileFailure(str(t.path), "analyse", "its cached features could not be read back", "decode failed: its cached features could not be read back"))
                     continue
+                if self.towers is not None:
+                    t.tower = await asyncio.to_thread(self.towers.get, t.sha)
+                    if t.tower is None:  # removed or damaged since the towers pass
+                        report.failures.append(FileFailure(str(t.path), "analyse", "its trained-towers vector could not be read back", "decode failed: its trained-towers vector could not be read back"))
+                        continue
                 batch.append(t)
             await self._update_text(batch, report)
             await self._cut_excerpts(batch, report, progress, offset=start, total=len(tracks))
@@ -856,7 +934,7 @@ class CatalogAdmin:
             await asyncio.to_thread(writer.upsert, points)
             for t in batch:
                 infos.append(self._info(t))
-                t.analysis = None  # the batch is written: let it go
+                t.analysis = t.tower = None  # the batch is written: let it go
             progress(RefreshProgress("write", min(start + WRITE_BATCH, len(tracks)), len(tracks)))
         return infos
 
@@ -943,7 +1021,9 @@ class CatalogAdmin:
         a = t.analysis
         assert a is not None and a.text_vector is not None
         vectors = {TEXT_VECTOR: a.text_vector, MUSIC_VECTOR: a.music_vector}
-        if self.fusion is not None:
+        if self.towers is not None:
+            vectors[FUSION_VECTOR] = t.tower.fusion_vector  # g_mt's (the `_tower_pass`)
+        elif self.fusion is not None:
             vectors[FUSION_VECTOR] = self._fusion_vector(a)
         payload = TrackPayload(
             title=t.title,
@@ -956,6 +1036,7 @@ class CatalogAdmin:
             licence=t.licence,
             source=str(t.path),
             content_hash=t.sha,
+            fusion_id=self.fusion_id,
         )
         return TrackPoint(track_id=track_id_for(t.sha), vectors=vectors, payload=payload)
 
@@ -988,9 +1069,15 @@ class CatalogAdmin:
 
 
 def load_fusion(checkpoint: str | Path, profile: ProfileConfig, *, device: str = "cpu") -> Any:
-    """Load the MVT-Fusion checkpoint a refresh writes "fusion" vectors with (checked against the profile)."""
+    """Load the MVT-Fusion checkpoint a refresh writes "fusion" vectors with (checked against the profile):
+    a `TowerRecommender` (frozen, eval mode) when the folder holds trained AST towers, else a `MuseChatRecommender`."""
     from engine.checkpoint import CheckpointMismatchError, load_checkpoint
+    from engine.music_towers import has_towers, load_tower_checkpoint
 
+    if has_towers(checkpoint):
+        if profile.music_family != "ast":
+            raise CheckpointMismatchError(f"fusion checkpoint {checkpoint} has trained AST towers; the {profile.name} profile's music encoder is {profile.music_family}")
+        return load_tower_checkpoint(checkpoint, expect_profile=profile.name, device=device).requires_grad_(False).eval()
     model = load_checkpoint(checkpoint, expect_profile=profile.name, device=device)
     if model.config.target_music_dim != profile.music_dim:
         raise CheckpointMismatchError(

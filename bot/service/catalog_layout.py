@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from engine.music_towers import TOWER_TRACK_VERSION, TowerTrack
 from engine.profiles import TAGGER_MUSIC, ProfileConfig
 from engine.tracks import ANALYSIS_VERSION, TrackAnalysis
 from storage.catalog import (
@@ -23,6 +24,7 @@ from storage.catalog.base import FUSION_DIM
 from storage.feature_cache import FeatureCache as _FeatureCache
 
 FEATURES_DIR = "features"  # under the data directory: one folder per profile key
+TOWERS_DIR_PREFIX = "towers-"  # inside a profile's folder: one folder per towers checkpoint (its fusion_id)
 
 
 def catalog_schema(profile: ProfileConfig, *, fusion: bool) -> CatalogSchema:
@@ -67,3 +69,38 @@ class FeatureCache(_FeatureCache[TrackAnalysis]):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, TrackAnalysisCodec())
+
+
+def towers_dir(data_dir: Path, profile: ProfileConfig, fusion_id: str) -> Path:
+    """Where a refresh keeps `TowerTrack`s of one towers checkpoint: beside the profile's analyses."""
+    if not fusion_id:
+        raise ValueError("a towers cache needs the checkpoint's fusion_id")
+    return Path(data_dir) / FEATURES_DIR / features_key(profile) / f"{TOWERS_DIR_PREFIX}{fusion_id}"
+
+
+class TowerTrackCodec:
+    """`engine.music_towers.TowerTrack` in a feature cache; entries of another version or checkpoint are stale."""
+
+    suffix = ".npz"
+
+    def __init__(self, fusion_id: str) -> None:
+        self.fusion_id = fusion_id
+
+    def key(self, entry: TowerTrack) -> str:
+        return entry.content_hash
+
+    def dumps(self, entry: TowerTrack) -> bytes:
+        return entry.to_bytes()
+
+    def loads(self, data: bytes, sha: str) -> TowerTrack | None:
+        entry = TowerTrack.from_bytes(data)
+        ok = entry.version == TOWER_TRACK_VERSION and entry.content_hash == sha and entry.fusion_id == self.fusion_id
+        return entry if ok else None
+
+
+class TowerCache(_FeatureCache[TowerTrack]):
+    """Per-track target vectors and candidate clips of one towers checkpoint (`towers_dir`)."""
+
+    def __init__(self, data_dir: Path, profile: ProfileConfig, fusion_id: str) -> None:
+        super().__init__(towers_dir(data_dir, profile, fusion_id), TowerTrackCodec(fusion_id))
+        self.fusion_id = fusion_id

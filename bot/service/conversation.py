@@ -10,7 +10,9 @@ final reply) and returns the `Reply`. The turns follow the paper's two-turn prot
 - turn k >= 2: the video + the track recommended at turn k-1 as the candidate music x_mc (section
   4.1: `TrackContext` from the catalog record: its "text" vector, tag probabilities, rhythm (tempo
   and loudness from the payload, onset rate from the indexer's SQL attributes) and, for the fusion
-  model, its per-segment music features from the indexer's feature cache) + the user's feedback;
+  model, its per-segment music features from the indexer's feature cache, or, when the checkpoint
+  trained the AST towers, its 10 s candidate clip's log-mels for g_mc from that checkpoint's cache,
+  bot/service/catalog_layout.py `TowerCache`) + the user's feedback;
 - a text-only start ("calm piano for a wedding video"): no video; at turns k >= 2 the opening
   words stand in for the video as a second positive example of the retrieval, so "more drums"
   does not forget "wedding";
@@ -139,10 +141,10 @@ from bot.service.reasons import (
     tag_summary,
 )
 from bot.service.replies import Reply, ReplyKind, ScoredTrack, TrackCard
-from bot.service.turns import Retriever, TurnPlan
+from bot.service.turns import Retriever, TurnPlan, check_fusion_vectors
 from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
-from engine.engine import TEXT_VECTOR, CandidateRow, Engine, Ranking
+from engine.engine import MODE_FUSION, TEXT_VECTOR, CandidateRow, Engine, Ranking
 from engine.media import MediaLimits
 from engine.render import human_bytes
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
@@ -256,6 +258,7 @@ class ServiceConfig:
     reasoner_timeout_s: float = REASONER_TIMEOUT_S  # after this, the reply falls back to the tag summary
     reasoner_grounded: bool = True  # facts-only prompt, every sentence checked before it is shown (engine/grounding.py)
     reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token
+    reasoner_int8: bool = True  # local, untrained, CPU with native bfloat16: int8 weights for decoding (engine/quantize.py)
     reasoner_max_new_tokens: int = REASONER_MAX_NEW_TOKENS
     reasoner_url: str | None = None  # reasoner="http": the server's base URL (/v1/chat/completions is added)
     reasoner_model: str | None = None  # reasoner="http": the server's model name
@@ -341,7 +344,9 @@ class ConversationService:
         """Check the catalog fits the models, and read what the first turn would pay for (licences).
 
         Raises `CatalogMismatchError` when the live catalog was built for another profile (its
-        "text" vectors have another dimension than this text encoder's).
+        "text" vectors have another dimension than this text encoder's), or, in fusion mode, with
+        another fusion checkpoint or without this checkpoint's trained AST towers (bot/service/turns.py
+        `fusion_mismatch`).
         """
         await asyncio.to_thread(self._check_catalog)
         await self._known_licences()
@@ -367,6 +372,10 @@ class ConversationService:
                 f"the catalog was built for another model profile than '{self.engine.config.profile}' "
                 f"({exc}): run musechat catalog refresh with this profile",
             ) from exc
+        if self.engine.mode == MODE_FUSION:  # its "fusion" vectors must be this checkpoint's (one refresh builds a version)
+            first = next(iter(self.catalog.scroll_payloads(batch_size=1)), None)
+            if first is not None:
+                check_fusion_vectors(self.engine, first.payload.fusion_id)
 
     @property
     def active_requests(self) -> int:

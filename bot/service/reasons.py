@@ -62,13 +62,16 @@ class ReasonWriter:
         """The profile's reasoner (engine/reasoner.py), loaded once (worker thread)."""
         with self._reasoner_lock:
             if self._reasoner is None:
-                from engine.reasoner import load_reasoner
+                from engine.reasoner import ReasonerConfig, load_reasoner
 
                 profile = self.engine.encoders.profile
-                self._reasoner = load_reasoner(
+                cfg = ReasonerConfig(llm=profile.reasoner, cpu_int8=self.config.reasoner_int8)
+                reasoner = load_reasoner(
                     profile.reasoner, music_dim=profile.music_dim, checkpoint=self.config.reasoner_checkpoint,
-                    device=self.engine.config.device,
+                    device=self.engine.config.device, config=cfg,
                 )  # fmt: skip
+                reasoner.warm_up(grounded=self.config.reasoner_grounded)  # the first reply pays no prompt cache
+                self._reasoner = reasoner
             return self._reasoner
 
     async def write(

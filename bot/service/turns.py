@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bot.service.assets import TrackAssets, TrackExtras
-from bot.service.errors import ConversationError
+from bot.service.errors import CatalogMismatchError, ConversationError
 from bot.service.filters import FilterRequest
 from engine.engine import (
     MODE_FUSION,
@@ -82,18 +82,26 @@ class Retriever:
         self.assets = assets
         self.candidate_pool = candidate_pool
 
-    def _context(self, sha: str, record: TrackRecord | None, extras: TrackExtras | None) -> TrackContext:
-        """A shown track as the engine's `TrackContext` (the paper's candidate music x_mc)."""
+    def _context(self, sha: str, record: TrackRecord | None, extras: TrackExtras | None, *, candidate: bool = False) -> TrackContext:
+        """A shown track as the engine's `TrackContext` (the paper's candidate music x_mc).
+
+        With trained AST towers the candidate carries its 10 s clip's log-mels (g_mc's input, from the
+        checkpoint's cache), never the profile encoder's pooled segment features."""
         if record is None:
             return TrackContext(sha)
         p = record.payload
-        segment_music = self.assets.segment_music(sha) if self.engine.mode == MODE_FUSION else None
+        segment_music = clip_mels = None
+        if self.engine.mode == MODE_FUSION and self.engine.fusion_towers:
+            clip_mels = self.assets.clip_mels(sha) if candidate else None
+        elif self.engine.mode == MODE_FUSION:
+            segment_music = self.assets.segment_music(sha)
         return TrackContext(
             track_id=record.track_id,
             text=record.vectors.get(TEXT_VECTOR),
             tag_probs=dict(p.tag_probs),
             rhythm=_rhythm(p.tempo_bpm, p.loudness_db, extras.onset_rate if extras else None),
             segment_music=segment_music,
+            clip_mels=clip_mels,
         )
 
     def contexts(
@@ -106,7 +114,7 @@ class Retriever:
         records = {r.payload.content_hash or r.track_id: r for r in self.catalog.get(list(ids.values()), with_vectors=True)} if ids else {}
         candidate = None
         if plan.candidate_sha is not None and plan.candidate_sha in records:
-            candidate = self._context(plan.candidate_sha, records[plan.candidate_sha], context_extras.get(plan.candidate_sha))
+            candidate = self._context(plan.candidate_sha, records[plan.candidate_sha], context_extras.get(plan.candidate_sha), candidate=True)
         negatives = [self._context(s, records[s], context_extras.get(s)) for s in plan.negative_shas if s in records]
         return candidate, negatives, {"context": time.perf_counter() - t0}
 
@@ -177,6 +185,8 @@ class Retriever:
 
         t3 = time.perf_counter()
         recs = self.catalog.get([h.track_id for h in hits], with_vectors=True) if hits else []
+        if query.mode == MODE_FUSION and recs:  # a refresh elsewhere (another checkpoint) must not mix vectors in
+            check_fusion_vectors(self.engine, recs[0].payload.fusion_id)
         by_id = {r.track_id: r for r in recs}
         kept_hits = [h for h in hits if h.track_id in by_id]
         timings["fetch"] = time.perf_counter() - t3
@@ -235,6 +245,31 @@ class Retriever:
             pairs = [(h, r) for h, r in zip(retrieved.hits, retrieved.records, strict=True) if r.track_id in keep]
             retrieved.hits, retrieved.records = [h for h, _ in pairs], [r for _, r in pairs]
         return rows
+
+
+def fusion_mismatch(engine: Engine, recorded: str) -> str | None:
+    """Why catalog points whose "fusion" vectors carry `recorded` (payload `fusion_id`) cannot answer
+    this engine's fusion queries, or None when they can. Points of a catalog built before the id was
+    recorded carry "": accepted for a checkpoint without towers (as before), never with trained towers."""
+    if engine.mode != MODE_FUSION:
+        return None
+    expected = engine.fusion_id
+    if recorded == expected or (not recorded and not engine.fusion_towers):
+        return None
+    now = f"the fusion checkpoint answering now ({engine.config.fusion_checkpoint}, id {expected or '?'}"
+    now += ", trained AST towers)" if engine.fusion_towers else ")"
+    if not recorded:
+        return (f"The catalog's music vectors were not made by the trained AST towers of {now}: "
+                "run `musechat catalog refresh` to rebuild them with it.")  # fmt: skip
+    return (f"The catalog's music vectors were built with another fusion checkpoint (id {recorded}) than {now}: "
+            "run `musechat catalog refresh` to rebuild them with it.")  # fmt: skip
+
+
+def check_fusion_vectors(engine: Engine, recorded: str) -> None:
+    """Raise `CatalogMismatchError` when `fusion_mismatch` says why."""
+    why = fusion_mismatch(engine, recorded)
+    if why is not None:
+        raise CatalogMismatchError(why)
 
 
 def query_words(plan: TurnPlan, candidate: TrackContext | None, negatives: Sequence[TrackContext]) -> str | None:

@@ -146,6 +146,7 @@ class TrackPayload:
     licence: str = ""  # e.g. "CC-BY-SA-4.0"; filtered with CatalogFilter.licences
     source: str = ""  # where the audio lives (file path or URL)
     content_hash: str = ""  # sha256 of the audio file
+    fusion_id: str = ""  # fingerprint of the fusion checkpoint whose target tower made the "fusion" vector ("": unknown / none)
 
     def to_dict(self, track_id: TrackId) -> dict[str, Any]:
         """The stored Qdrant payload; `track_id` is kept in it so scrolls can return it."""
@@ -161,6 +162,7 @@ class TrackPayload:
             "licence": self.licence,
             "source": self.source,
             "content_hash": self.content_hash,
+            "fusion_id": self.fusion_id,
         }
 
     @classmethod
@@ -178,6 +180,7 @@ class TrackPayload:
             licence=str(data.get("licence", "")),
             source=str(data.get("source", "")),
             content_hash=str(data.get("content_hash", "")),
+            fusion_id=str(data.get("fusion_id", "")),
         )
 
 

@@ -20,10 +20,12 @@ from engine.checkpoint import (
     CheckpointNotFoundError,
     load_checkpoint,
     load_into,
+    load_retriever,
     read_checkpoint_info,
     save_checkpoint,
 )
 from engine.fusion import VARIANTS, FusionConfig, MuseChatRecommender
+from engine.retriever import RetrieverConfig, TwoTowerRetriever
 
 B = 3
 
@@ -179,3 +181,61 @@ def test_save_overwrites_atomically(saved: tuple[MuseChatRecommender, Path]) -> 
     save_checkpoint(model, path)
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temp files left
     load_checkpoint(path, expect=model.config)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two-tower retriever (engine/retriever.py) in the same format, as its own kind
+
+
+@pytest.fixture
+def retriever_saved(tmp_path: Path) -> tuple[TwoTowerRetriever, Path]:
+    torch.manual_seed(0)
+    model = TwoTowerRetriever(RetrieverConfig("tiny", 32, 24, d_model=16, n_heads=4, n_layers=1)).eval()
+    with torch.no_grad():
+        model.loss.logit_scale.fill_(math.log(1 / 0.05))
+    return model, save_checkpoint(model, tmp_path / "retriever")
+
+
+def test_retriever_round_trip(retriever_saved: tuple[TwoTowerRetriever, Path]) -> None:
+    model, path = retriever_saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    assert meta["model"] == "two_tower" and meta["config"] == dataclasses.asdict(model.config)
+    info = read_checkpoint_info(path)
+    assert info.kind == "two_tower" and info.config == model.config
+    loaded = load_retriever(path, expect_profile="tiny", expect_dims=(32, 24))
+    assert not loaded.training and loaded.loss.temperature == pytest.approx(0.05)
+    g = torch.Generator().manual_seed(3)
+    video, music = torch.randn(2, 5, 32, generator=g), torch.randn(2, 5, 24, generator=g)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_video(video), model.encode_video(video))
+        assert torch.equal(loaded.encode_music(music), model.encode_music(music))
+
+
+def test_kinds_are_not_confused(retriever_saved: tuple[TwoTowerRetriever, Path], saved: tuple[MuseChatRecommender, Path]) -> None:
+    """The app never loads a retriever as its recommender, nor `data build --retriever` a fusion model."""
+    _, retriever_path = retriever_saved
+    _, fusion_path = saved
+    with pytest.raises(CheckpointMismatchError, match="two_tower retriever .* not a fusion recommender"):
+        load_checkpoint(retriever_path)
+    with pytest.raises(CheckpointMismatchError, match="fusion recommender, not a two-tower retriever"):
+        load_retriever(fusion_path)
+    with pytest.raises(CheckpointMismatchError, match=r"takes \(video, music\) features of sizes \(32, 24\); these features have \(32, 20\)"):
+        load_retriever(retriever_path, expect_dims=(32, 20))
+    with pytest.raises(CheckpointMismatchError, match="profile 'tiny', expected profile 'lite'"):
+        load_retriever(retriever_path, expect_profile="lite")
+    with pytest.raises(CheckpointMismatchError, match="holds a two_tower model, expected a fusion one"):
+        load_into(MuseChatRecommender(tiny_config()), retriever_path)
+
+
+def test_checkpoints_without_a_model_field_are_fusion(saved: tuple[MuseChatRecommender, Path]) -> None:
+    """Fusion checkpoints written before the field existed still load."""
+    model, path = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    assert meta.pop("model") == "fusion"
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    assert read_checkpoint_info(path).kind == "fusion"
+    assert load_checkpoint(path).config == model.config
+    meta["model"] = "something_else"
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointCorruptError, match="names model 'something_else'"):
+        read_checkpoint_info(path)

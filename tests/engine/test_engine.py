@@ -128,3 +128,47 @@ def test_a_ranker_ranks_as_the_query_it_stands_for(tiny, video, tmp_path, fusion
     np.testing.assert_array_equal(got.scores, want.scores)
     assert got.parts.keys() == want.parts.keys() and "not like rejected" in got.parts
     assert got.preference.describe() == want.preference.describe() != ""
+
+
+# --- a checkpoint with trained AST towers (engine/music_towers.py) ------------------------------
+
+
+def test_a_towers_checkpoint_reads_the_candidate_clip_with_g_mc(tiny, video, tiny_towers) -> None:
+    import torch
+
+    from engine.music_towers import TowerRecommender, fusion_id, load_tower_checkpoint
+
+    eng = Engine(EngineConfig(profile="tiny", fusion_checkpoint=tiny_towers), encoders=tiny)
+    assert eng.fusion_towers and eng.fusion_id == fusion_id(tiny_towers)  # known before anything is loaded
+    model = eng.fusion
+    assert isinstance(model, TowerRecommender) and not model.training
+    assert not any(p.requires_grad for p in model.parameters())  # frozen in the app
+    g = np.random.default_rng(5)
+    mels = tiny.music.log_mels(g.standard_normal(16000 * 10).astype(np.float32) * 0.1)  # (64, 16) float16
+    junk = g.normal(size=(3, tiny.music.dim)).astype(np.float32)
+    prev = TrackContext("prev", clip_mels=mels, segment_music=junk)
+    got = eng.query(video=video, text="more drums", candidate=prev)
+    assert got.mode == MODE_FUSION and got.vector_name == FUSION_VECTOR and got.vector.shape == (256,)
+    # by hand, on a model loaded apart: the mean video segment vector, the words' token states, g_mc on the clip
+    fresh = load_tower_checkpoint(tiny_towers, expect_profile="tiny")
+    with torch.no_grad():
+        tok = tiny.text.encode_tokens(["more drums"])
+        v = torch.as_tensor(video.segment_vectors, dtype=torch.float32).mean(0, keepdim=True)
+        want = fresh.encode_query(v, tok.states, candidate_mels=torch.from_numpy(mels)[None], text_mask=tok.mask)[0].numpy()
+    np.testing.assert_allclose(got.vector, want, rtol=1e-5, atol=1e-6)
+    # the pooled segment features are never fed to g_mc's place: without a clip the turn has no candidate
+    no_clip = eng.query(video=video, text="more drums", candidate=TrackContext("prev", segment_music=junk)).vector
+    np.testing.assert_array_equal(no_clip, eng.query(video=video, text="more drums").vector)
+    assert not np.allclose(no_clip, got.vector)
+
+
+def test_a_towers_checkpoint_is_refused_for_the_lite_profile(tiny_towers, video) -> None:
+    eng = Engine(EngineConfig(profile="lite", fusion_checkpoint=tiny_towers))  # lite has no AST towers: nothing to load
+    with pytest.raises(CheckpointMismatchError, match="profile 'tiny'"):
+        _ = eng.fusion
+
+
+def test_a_checkpoint_without_towers_keeps_the_pooled_candidate(tiny, tmp_path) -> None:
+    save_checkpoint(MuseChatRecommender(fusion_config(tiny)).eval(), tmp_path / "ckpt")
+    eng = Engine(EngineConfig(profile="tiny", fusion_checkpoint=tmp_path / "ckpt"), encoders=tiny)
+    assert not eng.fusion_towers and isinstance(eng.fusion, MuseChatRecommender) and len(eng.fusion_id) == 16

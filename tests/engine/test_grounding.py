@@ -80,6 +80,24 @@ def test_short_fragments_are_not_reasons():
     assert text == "Its strings suit the alp." and verdicts[0].why == "fragment"
 
 
+UNANCHORED_CASES = [
+    ("It's a song about a bridge that connects two buildings.", "unanchored"),  # nothing of the facts: invented
+    ("The video is a great example of how music can be a great example.", "unanchored"),  # only words every reason says
+    ("It is the kind of music that something is.", "unanchored"),  # the user's "something" is no fact
+    ("Its strings suit the alp.", ""),  # a tag and a video label
+    ("A steady 72 BPM keeps pace with the ride.", ""),  # the tempo
+    ("It has what you asked for: more drums.", ""),  # the user's words
+    ("Battle Epic sounds right for a slow ride.", ""),  # the title; "slow" is the tempo's word
+]
+
+
+@pytest.mark.parametrize(("sentence", "why"), UNANCHORED_CASES)
+def test_a_sentence_must_name_at_least_one_fact(sentence, why):
+    text, verdicts = grounded_text(sentence, FACTS)
+    assert [v.why for v in verdicts] == [why]
+    assert text == ("" if why else sentence)
+
+
 def test_sentences_split_at_their_ends_only():
     assert split_sentences('It is 2.5 times "slow." Then more') == (['It is 2.5 times "slow."'], " Then more")
 

@@ -75,6 +75,16 @@ def test_symmetric_option(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
         InfoNCELoss(symmetric=True)(q.float(), torch.cat([m, m]).float())
 
 
+def test_one_way_is_the_query_to_music_direction_even_when_symmetric(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The gathered-negatives form of the symmetric loss (DDP) is built from two one-way calls."""
+    q, m = pair
+    both = InfoNCELoss(symmetric=True).double()
+    tau = both.temperature
+    extra = torch.randn(3, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert both.one_way(q, torch.cat([m, extra])).item() == pytest.approx(hand_infonce(q, torch.cat([m, extra]), tau), abs=1e-9)
+    assert 0.5 * (both.one_way(q, m) + both.one_way(m, q)).item() == pytest.approx(both(q, m).item(), abs=1e-12)
+
+
 def test_temperature_receives_exact_gradient(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     q, m = pair
     loss = InfoNCELoss().double()

@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from bot.settings import get_settings
 from bot.cli.training import register_training_commands
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import load_retriever, save_checkpoint
 from engine.fusion import MuseChatRecommender
 from engine.tracks import TrackAnalysis
+from engine.video import VideoFeatures
 from tests.conftest import lavfi
-from training.features import FeatureDataset, FeatureSpec, read_manifest
-from training.train_fusion import fusion_config_for
+from training.features import FeatureDataset, FeatureSpec, random_pools, read_manifest
+from training.train_fusion import METRICS_FILE, fusion_config_for
 
 CLIP_S = 12  # seconds: two segments (10 s + 2 s)
 
@@ -95,7 +96,14 @@ def test_build_from_music_videos(app: typer.Typer, videos: Path, built: tuple[Pa
     runner = CliRunner()
     out, output = built
     assert "3 quartets" in output and "1 videos skipped" in output and "silent.mp4" in output
-    assert "random from the pool" in output
+    # no candidate option: a two-tower retriever is trained on the build's clips, kept, used and recorded
+    run = out / "retriever"
+    assert "training the turn-1 two-tower retriever on 3 clips (10 epochs, seed 0)" in output
+    assert f"candidates retrieved by the two-tower retriever {run / 'model'} (trained on this build's clips)" in output
+    assert read_manifest(out)["build"]["candidates"] == {"source": "two_tower", "path": str(run / "model"), "trained_on_this_build": True}
+    assert load_retriever(run / "model", expect_profile="tiny").config.max_segments == 12
+    assert len((run / METRICS_FILE).read_text().splitlines()) == 10  # 3 clips: one step of 3 per epoch
+    _assert_argmax_picks(out, run / "model", {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2]})  # 3 clips: one pool
     ds = FeatureDataset(out)
     assert len(ds) == 3
     assert ds.tensors["video_len"].tolist() == [2, 2, 2] and ds.tensors["target_len"].tolist() == [2, 2, 2]
@@ -114,7 +122,9 @@ def test_build_from_music_videos(app: typer.Typer, videos: Path, built: tuple[Pa
 
     again = runner.invoke(app, ["data", "build", str(videos), "--out", str(out), "--music-input", "features"])
     assert again.exit_code == 0 and "(0 new" in again.output
+    assert f"reusing the turn-1 retriever trained by an earlier build: {run / 'model'}" in again.output
     assert read_manifest(out)["shards"] == shards
+    assert len((run / METRICS_FILE).read_text().splitlines()) == 10  # not trained again
     # resuming a features cache as a log-mel one is refused, naming the way out
     other = runner.invoke(app, ["data", "build", str(videos), "--out", str(out)])
     assert other.exit_code == 2 and "--music-input it was built with" in other.output
@@ -130,7 +140,14 @@ def test_build_with_a_checkpoint_retrieves_candidates(app: typer.Typer, videos: 
     shutil.copytree(built[0] / "media", tmp_path / "f" / "media")
     r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "f"), "--checkpoint", str(ckpt), "--music-input", "features"])
     assert r.exit_code == 0, r.output
-    assert f"retrieved by {ckpt}" in r.output
+    assert f"retrieved by the fusion checkpoint {ckpt}" in r.output
+    assert read_manifest(tmp_path / "f")["build"]["candidates"] == {"source": "fusion", "path": str(ckpt), "trained_on_this_build": False}
+    assert not (tmp_path / "f" / "retriever").exists()
+    # a fusion checkpoint is no retriever, and a retriever no fusion checkpoint
+    wrong = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "h"), "--retriever", str(ckpt)])
+    assert wrong.exit_code == 2 and "not a two-tower retriever" in wrong.output
+    wrong = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "h"), "--checkpoint", str(built[0] / "retriever" / "model")])
+    assert wrong.exit_code == 2 and "not a fusion recommender" in wrong.output
     bad = CliRunner().invoke(app, ["data", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g")])
     assert bad.exit_code == 2 and "is not a folder" in bad.output
 
@@ -147,6 +164,104 @@ def test_zero_shot_row_on_the_same_pools(app: typer.Typer, built: tuple[Path, st
     assert "| zero-shot scorer |" in report.with_suffix(".md").read_text()
     no_media = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "nothing"), "--zero-shot"])
     assert no_media.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# candidates from pools: six clips in pools of three (two candidates per target)
+
+POOL = 3
+SOURCES = (("testsrc2", 220), ("smptebars", 330), ("rgbtestsrc", 440), ("testsrc", 550), ("color=c=orange", 660), ("color=c=navy", 880))
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Six music videos and a build of them with --random-candidates (its media cache is reused by the others)."""
+    root = tmp_path_factory.mktemp("six")
+    folder = root / "videos"
+    folder.mkdir()
+    for k, (src, freq) in enumerate(SOURCES):
+        lavfi(folder / f"{'abcdef'[k]}.mp4", f"{src}:d={CLIP_S}:s=96x64:r=10" if ":" not in src and "=" in src else f"{src}=d={CLIP_S}:s=96x64:r=10",
+              f"sine=f={freq}:d={CLIP_S}", args=("-shortest", "-pix_fmt", "yuv420p"))
+    out = root / "random"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUSECHAT_DATA_DIR", str(root / "data"))
+        mp.setenv("MUSECHAT_PROFILE", "tiny")
+        get_settings.cache_clear()
+        r = CliRunner().invoke(_app(), ["data", "build", str(folder), "--out", str(out), "--pool-size", str(POOL), "--random-candidates"])
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    assert "candidates random from the pool (--random-candidates)" in r.output
+    return folder, out
+
+
+def _pools(n: int) -> dict[int, list[int]]:
+    """Each clip's pool (the paper's random non-overlapping pools, seed 0, as `data build` defaults)."""
+    return {i: pool for pool in random_pools(n, POOL, seed=0, keep_remainder=True) for i in pool}
+
+
+def _candidates(out: Path) -> list[tuple[str, str]]:
+    return [(Path(q["target"]).name, Path(q["candidate"]).name) for q in map(json.loads, (out / "quartets.jsonl").read_text().splitlines())]
+
+
+def _assert_argmax_picks(out: Path, ckpt: Path, pools: dict[int, list[int]]) -> None:
+    """Each quartet's candidate is the pool member (not the target) whose music the retriever at `ckpt` scores
+    highest against the target's video: computed here from the cached per-video analyses, one clip at a time."""
+    retriever = load_retriever(ckpt)
+    quartets = [json.loads(line) for line in (out / "quartets.jsonl").read_text().splitlines()]
+    sha = [q["id"].removeprefix("video-") for q in quartets]
+    video = [VideoFeatures.from_bytes((out / "media" / f"{h}.video.npz").read_bytes()).segment_vectors for h in sha]
+    music = [TrackAnalysis.from_bytes((out / "media" / f"{h}.music.npz").read_bytes()).segment_vectors for h in sha]
+    with torch.no_grad():
+        v = [retriever.encode_video(torch.as_tensor(x, dtype=torch.float32)[None])[0] for x in video]
+        m = [retriever.encode_music(torch.as_tensor(x, dtype=torch.float32)[None])[0] for x in music]
+    names = [Path(q["target"]).name for q in quartets]
+    for i, q in enumerate(quartets):
+        others = [j for j in pools[i] if j != i]
+        assert len(others) == 2  # two to choose from: a wrong rule (first, last, argmin) would be caught
+        scores = {j: float(v[i] @ m[j]) for j in others}
+        assert abs(scores[others[0]] - scores[others[1]]) > 1e-5, scores  # no near-tie decided by rounding
+        best = max(scores, key=scores.__getitem__)
+        assert Path(q["candidate"]).name == names[best], (i, scores)
+
+
+def test_random_candidates_only_when_asked_and_recorded(six: tuple[Path, Path]) -> None:
+    _, out = six
+    assert read_manifest(out)["build"]["candidates"] == {"source": "random", "path": None, "trained_on_this_build": False}
+    assert not (out / "retriever").exists()
+    pools = _pools(6)
+    names = [f"{c}.mp4" for c in "abcdef"]
+    pairs = _candidates(out)
+    assert [t for t, _ in pairs] == names
+    for i, (target, cand) in enumerate(pairs):
+        assert cand != target and names.index(cand) in pools[i]
+
+
+def test_retriever_picks_the_argmax_of_its_scores(app: typer.Typer, six: tuple[Path, Path], built: tuple[Path, str], tmp_path: Path) -> None:
+    """`--retriever RUN/model`: each candidate is the pool member (not the target) the retriever scores highest,
+    computed here from the cached per-video analyses, one clip at a time."""
+    folder, random_out = six
+    ckpt = built[0] / "retriever" / "model"  # the retriever another build trained: reused by path
+    out = tmp_path / "retrieved"
+    shutil.copytree(random_out / "media", out / "media")  # decode nothing twice
+    r = CliRunner().invoke(app, ["data", "build", str(folder), "--out", str(out), "--pool-size", str(POOL), "--retriever", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    assert f"candidates retrieved by the two-tower retriever {ckpt}, AST log-mels (trained towers));" in r.output
+    assert "training the turn-1" not in r.output
+    assert read_manifest(out)["build"]["candidates"] == {"source": "two_tower", "path": str(ckpt), "trained_on_this_build": False}
+
+    _assert_argmax_picks(out, ckpt, _pools(6))
+
+
+def test_one_candidate_source_per_build(app: typer.Typer, six: tuple[Path, Path], built: tuple[Path, str]) -> None:
+    folder, random_out = six
+    ckpt = built[0] / "retriever" / "model"
+    both = CliRunner().invoke(app, ["data", "build", str(folder), "--out", str(random_out), "--retriever", str(ckpt), "--random-candidates"])
+    assert both.exit_code == 2 and "--retriever and --random-candidates each choose the candidates: give one" in both.output
+    # a folder of random candidates is not topped up with retrieved ones
+    mixed = CliRunner().invoke(app, ["data", "build", str(folder), "--out", str(random_out), "--pool-size", str(POOL), "--retriever", str(ckpt)])
+    assert mixed.exit_code == 2
+    assert "holds quartets whose candidates were random from the pool (--random-candidates)" in mixed.output
+    assert read_manifest(random_out)["build"]["candidates"]["source"] == "random"
 
 
 # ---------------------------------------------------------------------------------------------

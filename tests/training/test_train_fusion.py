@@ -12,16 +12,28 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine.checkpoint import CheckpointNotFoundError, load_checkpoint
+from engine.checkpoint import CheckpointNotFoundError, load_checkpoint, load_retriever
 from engine.fusion import MuseChatRecommender
 from engine.music_towers import TowerRecommender, load_tower_checkpoint, load_towers
+from engine.retriever import TwoTowerRetriever
 from training.evaluate import evaluate_checkpoints, evaluate_model
 from training.features import FeatureDataset, FeatureItem, FeatureShardWriter, FeatureSpec, write_synthetic_features
 from training.metrics import chance_metrics
-from training.train_fusion import METRICS_FILE, MODEL_DIR, STATE_FILE, TrainConfig, fusion_config_for, param_groups, parse_args, train
+from training.train_fusion import (
+    METRICS_FILE,
+    MODEL_DIR,
+    STATE_FILE,
+    TrainConfig,
+    fusion_config_for,
+    param_groups,
+    parse_args,
+    retriever_config_for,
+    train,
+)
 
 SPEC = FeatureSpec(profile="tiny", video_dim=24, text_dim=16, music_dim=20, target_music_dim=20, max_segments=4, max_candidate_segments=4, max_text_tokens=8)
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 1}
+TWO_TOWER = {"variant": "two_tower", "d_model": 32, "n_heads": 4, "n_layers": 1}
 NO_RANDOMNESS = {**SMALL, "dropout": 0.0, "p_drop_video": 0.0, "p_drop_text": 0.0, "p_drop_candidate": 0.0}
 
 
@@ -73,6 +85,38 @@ def test_signal_recovery_on_planted_features(synthetic: FeatureDataset, tmp_path
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert set(rows[0]) == {"step", "epoch", "loss", "lr", "temperature", "samples_per_s", "modality_dropout"}
     assert rows[0]["modality_dropout"] == "off (paper)"
+
+
+def test_two_tower_retriever_learns_planted_clips(synthetic: FeatureDataset, tmp_path: Path) -> None:
+    """`--variant two_tower`: the same loop trains the turn-1 retriever on whole clips; held-out R@1 >= 10 x chance."""
+    train_set, test_set = synthetic.split(200, seed=0)
+    untrained = evaluate_model(TwoTowerRetriever(retriever_config_for(SPEC, TWO_TOWER)), test_set, pool_size=200)
+    result = train(_cfg(tmp_path, max_steps=60, epochs=100, batch_size=32, fusion=dict(TWO_TOWER)), train_set)
+    assert isinstance(result.model, TwoTowerRetriever) and result.model.config.max_segments == SPEC.max_segments
+    res = evaluate_model(result.model, test_set, name="two-tower", pool_size=200)
+    chance = chance_metrics(200).r1
+    assert res.turn1.r1 >= 10 * chance and untrained.turn1.r1 < 10 * chance, (res.turn1, untrained.turn1)
+    # video only: turn 2 is turn 1, and the success rate is R@1 (the paper's MVPt row: SR = R@1)
+    assert (res.turn2.r1, res.turn2.median_rank) == (res.turn1.r1, res.turn1.median_rank)
+    assert res.turn2.success_rate == res.turn1.r1 and res.modality_dropout is None
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert len(rows) == 60 and rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[0]["modality_dropout"] == "n/a (two-tower retriever, video only)"
+    # its checkpoint: a two_tower checkpoint, which `musechat eval` reads as a turn-1 row on the same pools
+    loaded = load_retriever(tmp_path / MODEL_DIR, expect_profile="tiny", expect_dims=(SPEC.video_dim, SPEC.target_music_dim))
+    assert evaluate_model(loaded, test_set, pool_size=200).turn1 == res.turn1
+    (row,) = evaluate_checkpoints(test_set, [("retriever", tmp_path / MODEL_DIR)], pool_size=200)
+    assert row.turn1 == res.turn1 and row.name == "retriever"
+
+
+def test_two_tower_refuses_what_it_cannot_read(synthetic: FeatureDataset, tmp_path: Path) -> None:
+    no_video = FeatureDataset.from_tensors(SPEC, synthetic.ids[:40], {k: (v[:40] * 0 if k == "video_len" else v[:40]) for k, v in synthetic.tensors.items()})
+    with pytest.raises(ValueError, match="40 of the 40 quartets have no video"):
+        train(_cfg(tmp_path / "a", max_steps=1, fusion=dict(TWO_TOWER)), no_video)
+    with pytest.raises(ValueError, match=r"the two-tower retriever has no \['use_candidate'\]"):
+        train(_cfg(tmp_path / "b", max_steps=1, fusion={**TWO_TOWER, "use_candidate": False}), synthetic)
+    with pytest.raises(ValueError, match="modality-dropout is a fusion option"):
+        train(_cfg(tmp_path / "c", max_steps=1, fusion=dict(TWO_TOWER), modality_dropout=True), synthetic)
 
 
 def test_resume_is_bit_identical(synthetic: FeatureDataset, tmp_path: Path) -> None:
@@ -130,6 +174,31 @@ def test_ddp_two_gloo_ranks_match_one_process(synthetic: FeatureDataset, tmp_pat
     assert moved > 1e-3  # the runs did train
 
 
+def _ddp_two_tower_worker(rank: int, world: int, port: int, data_dir: str, out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    data = FeatureDataset(data_dir).subset(range(64))
+    train(_cfg(Path(out), max_steps=4, epochs=1, batch_size=8, gather_negatives=True, device="cpu", fusion={**TWO_TOWER, "dropout": 0.0}), data)
+
+
+@pytest.mark.slow
+def test_ddp_two_tower_symmetric_loss_matches_one_process(synthetic: FeatureDataset, tmp_path: Path) -> None:
+    """The symmetric InfoNCE with gathered negatives: 2 ranks x batch 8 == 1 process x batch 16."""
+    port = _free_port()
+    mp.spawn(_ddp_two_tower_worker, args=(2, port, str(synthetic.root), str(tmp_path / "ddp")), nprocs=2, join=True)
+    single = train(_cfg(tmp_path / "one", max_steps=4, epochs=1, batch_size=16, fusion={**TWO_TOWER, "dropout": 0.0}), synthetic.subset(range(64)))
+    ddp_state = torch.load(tmp_path / "ddp" / STATE_FILE, weights_only=False)
+    one = single.model.state_dict()
+    for k, v in ddp_state["model"].items():
+        a, b = v, one[k]
+        if k.endswith("in_proj_bias"):  # the key bias: see test_ddp_two_gloo_ranks_match_one_process
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+    init = TwoTowerRetriever(retriever_config_for(SPEC, {**TWO_TOWER, "dropout": 0.0})).state_dict()
+    assert max(float((one[k] - init[k]).abs().max()) for k in one if one[k].dtype.is_floating_point) > 1e-3
+
+
 def test_command_line_flags_map_to_the_config() -> None:
     cfg = parse_args(["--data", "f", "--out", "r", "--variant", "cross_attn", "--no-candidate", "--gather-negatives", "--fusion", '{"d_model": 128}'])
     assert cfg.fusion == {"variant": "cross_attn", "d_model": 128, "use_candidate": False}
@@ -144,6 +213,9 @@ def test_command_line_flags_map_to_the_config() -> None:
     assert (app.p_drop_video, app.p_drop_text, app.p_drop_candidate) == (0.1, 0.3, 0.5) and app.use_text is False
     # explicit rates win over the app's
     assert fusion_config_for(SPEC, {"p_drop_text": 0.0}, modality_dropout=True).p_drop_text == 0.0
+    cfg = parse_args(["--data", "f", "--out", "r", "--variant", "two_tower", "--fusion", '{"n_layers": 3}'])
+    rc = retriever_config_for(SPEC, cfg.fusion)
+    assert (rc.video_dim, rc.music_dim, rc.n_layers, rc.max_segments) == (SPEC.video_dim, SPEC.target_music_dim, 3, SPEC.max_segments)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from bot.cli.training import register_training_commands
 from bot.service.catalog_admin import FEATURES_DIR, FeatureCache, features_key
 from bot.settings import get_settings
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_retriever
 from engine.media import Segment
 from engine.profiles import load_encoders
 from engine.tracks import TrackAnalysis
-from training.features import FeatureDataset
+from training.features import FeatureDataset, FeatureSpec, write_synthetic_features
 
 TAGS = ["guitar", "piano", "drums", "calm", "fast", "techno", "rock", "ambient"]
 
@@ -101,3 +101,42 @@ def test_errors_are_messages(app: typer.Typer, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "musechat catalog refresh" in r.output
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2 and "no manifest.json" in r.output
+
+
+def test_train_and_eval_the_two_tower_retriever(app: typer.Typer, tmp_path: Path) -> None:
+    """`train --variant two_tower` on a tiny cache with video writes a retriever checkpoint; `eval` gives its turn-1 row."""
+    spec = FeatureSpec(profile="tiny", video_dim=12, text_dim=8, music_dim=10, target_music_dim=10, max_segments=3, max_candidate_segments=3, max_text_tokens=4)
+    feats = tmp_path / "feats"
+    write_synthetic_features(feats, 40, spec, seed=0, n_text_tokens=2)
+    runner = CliRunner()
+    run = tmp_path / "retriever"
+    fusion = json.dumps({"d_model": 16, "n_heads": 4, "n_layers": 1})
+    r = runner.invoke(app, ["train", "--data", str(feats), "--out", str(run), "--variant", "two_tower", "--max-steps", "4",
+                            "--batch-size", "8", "--holdout", "10", "--device", "cpu", "--fusion", fusion])
+    assert r.exit_code == 0, r.output
+    assert "trained 4 steps" in r.output and "modality dropout n/a (two-tower retriever, video only)" in r.output
+    assert f"use it: musechat data build FOLDER --out DIR --retriever {run / 'model'}" in r.output
+    retriever = load_retriever(run / "model", expect_profile="tiny", expect_dims=(12, 10))
+    assert (retriever.config.d_model, retriever.config.n_layers, retriever.config.max_segments) == (16, 1, 3)
+    with pytest.raises(Exception, match="not a fusion recommender"):
+        load_checkpoint(run / "model")  # MUSECHAT_FUSION_CHECKPOINT cannot point at it
+
+    report = tmp_path / "eval" / "table"
+    r = runner.invoke(app, ["eval", "--data", str(feats), "--checkpoint", f"MVPt-style={run / 'model'}", "--holdout", "10", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(report.with_suffix(".json").read_text())["results"][0]
+    assert row["name"] == "MVPt-style" and row["modality_dropout"] is None and row["n_pools"] == 1
+    assert row["turn1"]["n_queries"] == row["turn2"]["n_queries"] == 10
+    assert row["turn2"]["r1"] == row["turn1"]["r1"] == row["turn2"]["success_rate"]  # video only: turn 2 is turn 1
+    assert "| MVPt-style |" in report.with_suffix(".md").read_text()
+
+
+def test_two_tower_errors_are_messages(app: typer.Typer, tmp_path: Path) -> None:
+    _fill_catalog(12)
+    runner = CliRunner()
+    feats = tmp_path / "feats"
+    assert runner.invoke(app, ["data", "from-catalog", "--out", str(feats)]).exit_code == 0
+    r = runner.invoke(app, ["train", "--data", str(feats), "--out", str(tmp_path / "run"), "--variant", "two_tower", "--batch-size", "4"])
+    assert r.exit_code == 2 and "12 of the 12 quartets have no video" in r.output
+    r = runner.invoke(app, ["train", "--data", str(feats), "--out", str(tmp_path / "run"), "--variant", "two_tower", "--batch-size", "4", "--no-text"])
+    assert r.exit_code == 2 and "the two-tower retriever has no ['use_text']" in r.output

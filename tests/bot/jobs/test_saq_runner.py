@@ -106,6 +106,54 @@ async def test_a_conversation_through_the_queue_answers_as_the_in_process_runner
     assert _summary(got) == _summary(expected)
 
 
+async def test_trained_towers_through_the_queue_answer_as_the_in_process_runner(
+    built: Path, tmp_path: Path, tiny: Encoders, queues: Queues, bikes_mp4: Path, tiny_towers: Path  # noqa: F811
+) -> None:
+    """A checkpoint with trained AST towers: a worker's refresh makes the catalog's vectors with g_mt; the
+    query jobs carry the previous track's candidate clip (g_mc's input) and answer as the in-process turn."""
+    from bot.jobs.runner import QUERY, RERANK
+    from engine.music_towers import fusion_id
+
+    data = tmp_path / "towers"
+    shutil.copytree(built / "data", data)
+    settings = job_settings(data, queues, fusion_checkpoint=tiny_towers)
+    async with inproc_worker(settings, tiny) as worker:
+        runner = await SaqRunner.open(settings, media=worker.media, features_tag=f"tiny:1:{fusion_id(tiny_towers)}")
+        try:
+            report = await runner.catalog_refresh()
+        finally:
+            await runner.close()
+    assert report["tower_tracks"] == len(CLIPS) and report["analysed"] == 0 and report["failures"] == []
+    local_data, saq_data = tmp_path / "local", tmp_path / "saq"
+    shutil.copytree(data, local_data)
+    shutil.copytree(data, saq_data)
+    async with front_end(job_settings(local_data, queues, runner="local", fusion_checkpoint=tiny_towers), tiny) as app:
+        expected = await _conversation(await app.service(), bikes_mp4)
+    settings = job_settings(saq_data, queues, fusion_checkpoint=tiny_towers)
+    sent: list[tuple[str, dict]] = []
+    async with inproc_worker(settings, tiny), front_end(settings, None) as app:  # the front-end has no models
+        svc = await app.service()
+        assert svc.engine._fusion is None and svc.engine.fusion_towers  # it reads the candidate clips, loads no model
+        run = svc.runner._run
+
+        async def spy(kind, kwargs, **kw):  # noqa: ANN001, ANN003, ANN202
+            sent.append((kind, kwargs))
+            return await run(kind, kwargs, **kw)
+
+        svc.runner._run = spy  # type: ignore[method-assign]
+        got = await _conversation(svc, bikes_mp4)
+    assert [r.mode for r in got[:3]] == ["fusion"] * 3
+    assert [r.ranking for r in got] == [r.ranking for r in expected]
+    assert _summary(got) == _summary(expected)
+    queries = [kw["request"] for kind, kw in sent if kind == QUERY]
+    reranks = [kw["request"] for kind, kw in sent if kind == RERANK]
+    assert len(queries) == len(reranks) == 3 and queries[0]["candidate"] is None
+    for q in queries[1:]:  # turns 2 and 3: the previous track's 10 s clip, as float16 log-mels (64 x 16 on tiny)
+        clip = q["candidate"]["clip_mels"]
+        assert clip["dtype"] == "<f2" and clip["shape"] == [64, 16] and q["candidate"]["segment_music"] is None
+    assert all(r["candidate"] is None or r["candidate"]["clip_mels"] is None for r in reranks)  # the re-rank reads none
+
+
 async def test_the_same_job_enqueued_twice_runs_once(data_copy: Path, tiny: Encoders, queues: Queues, bikes_mp4: Path) -> None:  # noqa: F811
     settings = job_settings(data_copy, queues)
     async with inproc_worker(settings, tiny) as worker, front_end(settings, tiny) as app:

@@ -64,7 +64,11 @@ def test_a_track_context_crosses_exactly() -> None:
     assert (back.track_id, back.tag_probs, back.rhythm) == (c.track_id, c.tag_probs, c.rhythm)
     assert back.text.tobytes() == c.text.tobytes() and back.segment_music.tobytes() == c.segment_music.tobytes()
     bare = context_from_json(json.loads(json.dumps(context_to_json(TrackContext("x")))))
-    assert (bare.text, bare.rhythm, bare.segment_music, dict(bare.tag_probs)) == (None, None, None, {})
+    assert (bare.text, bare.rhythm, bare.segment_music, bare.clip_mels, dict(bare.tag_probs)) == (None, None, None, None, {})
+    # trained AST towers: the candidate clip's float16 log-mels, exactly
+    mels = np.random.default_rng(3).normal(size=(64, 16)).astype(np.float16)
+    back = context_from_json(json.loads(json.dumps(context_to_json(TrackContext("t", clip_mels=mels)))))
+    assert back.clip_mels.dtype == np.float16 and back.clip_mels.shape == (64, 16) and back.clip_mels.tobytes() == mels.tobytes()
 
 
 def test_a_query_understood_and_ranked_on_one_side_is_the_same_on_the_other() -> None:

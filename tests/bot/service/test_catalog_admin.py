@@ -99,7 +99,7 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Env:
     """An admin on a fresh data directory with one music folder."""
 
-    def __init__(self, root: Path, sqlite_template: Path, encoders: Encoders, *, fusion=None, fusion_schema: bool = False) -> None:
+    def __init__(self, root: Path, sqlite_template: Path, encoders: Encoders, *, fusion=None, fusion_schema: bool = False, fusion_id: str = "") -> None:
         self.root = root
         self.music = root / "music"
         self.music.mkdir()
@@ -113,7 +113,7 @@ class Env:
         self.media = MediaStore(self.data / "media")
         self.admin = CatalogAdmin(
             engine=self.engine, catalog=self.catalog, media_store=self.media, data_dir=self.data,
-            encoders=encoders, fusion=fusion, min_duration_s=MIN_S,
+            encoders=encoders, fusion=fusion, fusion_id=fusion_id, min_duration_s=MIN_S,
         )  # fmt: skip
 
     @property
@@ -660,6 +660,89 @@ async def test_fusion_vectors_when_a_checkpoint_is_configured(tmp_path: Path, sq
         np.testing.assert_allclose(rec.vectors[FUSION_VECTOR], expected, rtol=1e-4, atol=1e-5)
     finally:
         await env.close()
+
+
+@pytest.fixture(scope="module")
+def long_tones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two 25 s melodies: three segments each (10 + 10 + 5 s), a 25 s excerpt."""
+    root = tmp_path_factory.mktemp("long-tones")
+    return {name: lavfi(root / f"{name}.ogg", melody(hz, 25), args=("-c:a", "libvorbis")) for name, hz in [("a", 262), ("b", 392)]}
+
+
+async def test_trained_towers_make_the_fusion_vectors_and_keep_the_candidate_clip(
+    tmp_path: Path, sqlite_template: Path, tiny_towers: Path, long_tones: dict[str, Path]
+) -> None:
+    from bot.service.catalog_admin import load_fusion
+    from engine.fusion import FusionConfig, MuseChatRecommender, track_vector
+    from engine.media import plan_segments
+    from engine.music_towers import TowerRecommender, fusion_id, load_tower_checkpoint
+
+    tiny = load_encoders("tiny")
+    model = load_fusion(tiny_towers, tiny.profile)
+    assert isinstance(model, TowerRecommender) and not any(p.requires_grad for p in model.parameters())
+    fid = fusion_id(tiny_towers)
+    env = Env(tmp_path, sqlite_template, tiny, fusion=model, fusion_schema=True, fusion_id=fid)
+    try:
+        paths = env.add(long_tones, "a", "b")
+        await env.admin.add_folder(env.music)
+        report = await env.admin.refresh()
+        assert (report.analysed, report.tower_tracks, report.failures) == (2, 2, [])
+        # by hand, on towers loaded apart: the analysed window decoded once, cut into the paper's segments,
+        # each segment's log-mels through g_mt's CLS and the tower head, the normalised mean
+        fresh = load_tower_checkpoint(tiny_towers, expect_profile="tiny")
+        sr = tiny.music.sample_rate
+        for path in paths:
+            sha = _sha(path)
+            [rec] = env.catalog.get([track_id_for(sha)], with_vectors=True)
+            assert rec.payload.fusion_id == fid
+            segs = plan_segments(probe(path).duration_s)
+            assert len(segs) == 3
+            audio = decode_audio(path, sample_rate=sr, start=segs[0].start_s, duration=segs[-1].end_s - segs[0].start_s)
+            clips = [audio[round((s.start_s - segs[0].start_s) * sr) : round((s.end_s - segs[0].start_s) * sr)] for s in segs]
+            mels = [torch.from_numpy(tiny.music.log_mels(c))[None].float() for c in clips]
+            with torch.no_grad():
+                want = track_vector(torch.cat([fresh.recommender.music(pooled=fresh.g_mt.ast(m).last_hidden_state[:, 0]) for m in mels])).numpy()
+            np.testing.assert_allclose(rec.vectors[FUSION_VECTOR], want, rtol=1e-4, atol=1e-5)
+            # the candidate clip g_mc reads at turn 2: the segment nearest the excerpt's centre
+            analysis = env.admin.features.get(sha)
+            centre = analysis.excerpt_start_s + analysis.excerpt_duration_s / 2
+            k = min(range(len(segs)), key=lambda i: abs((segs[i].start_s + segs[i].end_s) / 2 - centre))
+            entry = env.admin.towers.get(sha)
+            assert entry.candidate_segment == k and entry.candidate_mels.tobytes() == tiny.music.log_mels(clips[k]).tobytes()
+        # nothing new: nothing decoded again, the same vectors (from the checkpoint's cache)
+        before = env.catalog.get([track_id_for(_sha(paths[0]))], with_vectors=True)[0].vectors[FUSION_VECTOR]
+        again = await env.admin.refresh()
+        assert (again.analysed, again.tower_tracks, again.reused) == (0, 0, 2)
+        [rec2] = env.catalog.get([track_id_for(_sha(paths[0]))], with_vectors=True)
+        assert rec2.vectors[FUSION_VECTOR].tobytes() == before.tobytes() and rec2.payload.fusion_id == fid
+    finally:
+        await env.close()
+
+    # the same catalog refreshed with a checkpoint without towers: every vector is that model's, and says so
+    torch.manual_seed(0)
+    dim = tiny.profile.music_dim
+    plain = MuseChatRecommender(FusionConfig(profile="tiny", video_dim=32, text_dim=32, music_dim=dim, target_music_dim=dim)).eval()
+    (tmp_path / "plain").mkdir()
+    env = Env(tmp_path / "plain", sqlite_template, tiny, fusion=plain, fusion_schema=True, fusion_id="0123456789abcdef")
+    try:
+        env.add(long_tones, "a")
+        await env.admin.add_folder(env.music)
+        assert (await env.admin.refresh()).tower_tracks == 0 and env.admin.towers is None
+        [rec] = env.catalog.get([track_id_for(_sha(env.music / long_tones["a"].name))], with_vectors=True)
+        assert rec.payload.fusion_id == "0123456789abcdef"
+        with torch.no_grad():
+            want = track_vector(plain.encode_music(pooled=torch.from_numpy(env.admin.features.get(rec.payload.content_hash).segment_vectors))).numpy()
+        np.testing.assert_allclose(rec.vectors[FUSION_VECTOR], want, rtol=1e-4, atol=1e-5)
+    finally:
+        await env.close()
+
+
+def test_a_towers_model_needs_its_fusion_id(tmp_path: Path, sqlite_template: Path, tiny_towers: Path) -> None:
+    from bot.service.catalog_admin import load_fusion
+
+    tiny = load_encoders("tiny")
+    with pytest.raises(ValueError, match="fusion_id"):
+        Env(tmp_path, sqlite_template, tiny, fusion=load_fusion(tiny_towers, tiny.profile), fusion_schema=True)
 
 
 async def test_schema_must_match_the_fusion_setting(tmp_path: Path, sqlite_template: Path, counting: Encoders, tones: dict[str, Path]) -> None:

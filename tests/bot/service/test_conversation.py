@@ -415,6 +415,84 @@ async def test_fusion_mode_feeds_the_previous_track_back_as_candidate_music(data
     assert len({r1.track.track_id, r2.track.track_id, r3.track.track_id}) == 3
 
 
+# --- a checkpoint with trained AST towers: g_mt made the catalog, g_mc reads the previous track --------
+
+
+async def test_trained_towers_answer_end_to_end_and_a_catalog_of_other_vectors_is_refused(
+    data_dir: Path, tiny: Encoders, bikes_mp4: Path, tiny_towers: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from bot.app import App
+    from bot.service.errors import CatalogMismatchError
+    from engine.media import decode_audio, plan_segments
+    from engine.music_towers import fusion_id, load_tower_checkpoint
+    from engine.video import video_features
+    from tests.helpers.service import app_settings
+
+    settings = app_settings(data_dir, tiny).model_copy(update={"fusion_checkpoint": tiny_towers})
+    fid = fusion_id(tiny_towers)
+    # the built catalog has no vectors of these towers: refused, with the command to run
+    app = await App.open(settings, encoders=tiny)
+    try:
+        with pytest.raises(CatalogMismatchError, match=r"trained AST towers.*run `musechat catalog refresh`") as refused:
+            await app.service()
+        assert fid in refused.value.user_message
+        report = await app.admin().refresh()  # what the message says to run
+        assert (report.analysed, report.tower_tracks, report.failures) == (0, 12, [])
+    finally:
+        await app.close()
+
+    app = await App.open(settings, encoders=tiny)
+    searched: list[np.ndarray] = []
+    try:
+        svc = await app.service()
+        assert svc.engine.fusion_towers and svc.assets.towers is not None
+        search = app.catalog.search
+
+        def spy(vector_name, query_vector, **kw):  # noqa: ANN001, ANN003, ANN202
+            searched.append(np.asarray(query_vector, dtype=np.float32).copy())
+            return search(vector_name, query_vector, **kw)
+
+        app.catalog.search = spy  # type: ignore[method-assign]
+        r1 = await svc.start(video=bikes_mp4, channel_id="towers", user_id="u")
+        r2 = await svc.feedback(r1.conversation_id, "more drums")
+        [prev] = app.catalog.get([track_id_for(r1.track.track_id)])
+        analysis = svc.assets.features.get(r1.track.track_id)
+    finally:
+        await app.close()
+    assert (r1.mode, r2.mode) == ("fusion", "fusion") and r2.track.track_id != r1.track.track_id
+    assert len(searched) == 2
+    # turn 2's query by hand, on towers loaded apart: the video's mean segment vector, the words' token states,
+    # and g_mc's tokens of the previous track's 10 s clip: the segment its listening excerpt centres on
+    path = Path(prev.payload.source)
+    segs = plan_segments(probe(path).duration_s)
+    sr = tiny.music.sample_rate
+    audio = decode_audio(path, sample_rate=sr, start=segs[0].start_s, duration=segs[-1].end_s - segs[0].start_s)
+    centre = analysis.excerpt_start_s + analysis.excerpt_duration_s / 2
+    k = min(range(len(segs)), key=lambda i: abs((segs[i].start_s + segs[i].end_s) / 2 - centre))
+    clip = audio[round((segs[k].start_s - segs[0].start_s) * sr) : round((segs[k].end_s - segs[0].start_s) * sr)]
+    mels = torch.from_numpy(tiny.music.log_mels(clip))[None]
+    video = video_features(bikes_mp4, tiny.image, profile="tiny", fps=settings.query_fps)
+    fresh = load_tower_checkpoint(tiny_towers, expect_profile="tiny")
+    with torch.no_grad():
+        tok = tiny.text.encode_tokens(["more drums"])
+        v = torch.as_tensor(video.segment_vectors, dtype=torch.float32).mean(0, keepdim=True)
+        want = fresh.encode_query(v, tok.states, candidate_mels=mels, text_mask=tok.mask)[0].numpy()
+    np.testing.assert_allclose(searched[1], want, rtol=1e-5, atol=1e-6)
+
+    # the same catalog under a checkpoint without towers: built with other weights, refused, never mixed
+    cfg = FusionConfig(profile="tiny", video_dim=tiny.image.dim, text_dim=tiny.text.dim, music_dim=tiny.music.dim,
+                       target_music_dim=tiny.music.dim, d_model=FUSION_DIM, n_heads=4, n_layers=1)  # fmt: skip
+    plain = save_checkpoint(MuseChatRecommender(cfg).eval(), tmp_path / "plain")
+    app = await App.open(settings.model_copy(update={"fusion_checkpoint": plain}), encoders=tiny)
+    try:
+        with pytest.raises(CatalogMismatchError, match=rf"another fusion checkpoint \(id {fid}\).*musechat catalog refresh"):
+            await app.service()
+    finally:
+        await app.close()
+
+
 # --- the lite profile end to end (slow) ------------------------------------------------------------
 
 
