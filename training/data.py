@@ -38,6 +38,7 @@ from engine.checkpoint import FUSION_KIND
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, track_vector
 from engine.media import CorruptMediaError, MediaError, MediaLimits
+from engine.music_towers import candidate_segment
 from engine.profiles import Encoders
 from engine.retriever import MODEL_KIND as RETRIEVER_KIND
 from engine.retriever import TwoTowerRetriever
@@ -330,6 +331,13 @@ def _analyse_video(
     return vf, ta, lpath if log_mels else None
 
 
+def candidate_clip_segment(analysis: TrackAnalysis) -> int:
+    """Which analysed segment of a track is its 10 s candidate clip: `engine.music_towers.candidate_segment`,
+    the rule the app's trained towers use for the previous track (the segment nearest the centre of
+    the listening excerpt), so the training candidates are the clips g_mc reads in a conversation."""
+    return candidate_segment([(s.start_s, s.end_s) for s in analysis.segments], analysis.excerpt_start_s, analysis.excerpt_duration_s)
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.stem + ".tmp.npy")
     np.save(tmp, array)
@@ -552,8 +560,8 @@ def build_from_videos(
     - "features": the frozen music encoder's pooled vector per segment, target and candidate;
     - "log_mels" (the trained AST towers, engine/music_towers.py; an AST profile): AST's float16
       log-mel input of each target segment (the same 10 s as the video segment, paper 5.1) and of
-      ONE 10 s candidate clip of the picked candidate: its centre segment (the middle one of its
-      analysed segments; the paper does not say which 10 s it took). The log-mels are cached per
+      ONE 10 s candidate clip of the picked candidate: `candidate_clip_segment`, the app's rule
+      (the paper does not say which 10 s it took). The log-mels are cached per
       video (`media/{sha}.mels.npy`) and read memory-mapped, so a build holds one shard in memory.
     The candidate is picked from the frozen encoder's pooled vectors either way (the retriever and
     the fusion model read those, `retriever_spec`); a log-mel cache does not store them, the
@@ -642,9 +650,8 @@ def _write_quartets(clips: Clips, cands: Sequence[int], writer: FeatureShardWrit
         if not log_mels:
             return clips.musics[i], clips.musics[j]
         target = np.load(clips.mel_files[i], mmap_mode="r")[clips.music_rows[i]]  # (S, frames, bins)
-        cand_rows = clips.music_rows[j]
-        centre = cand_rows[len(cand_rows) // 2]
-        candidate = np.load(clips.mel_files[j], mmap_mode="r")[centre : centre + 1]  # (1, frames, bins)
+        k = candidate_clip_segment(clips.analyses[j])
+        candidate = np.load(clips.mel_files[j], mmap_mode="r")[k : k + 1]  # (1, frames, bins)
         return target.reshape(len(target), -1), candidate.reshape(1, -1)
 
     for start in range(0, len(quartets), WRITE_CHUNK):

@@ -16,8 +16,9 @@ from bot.settings import get_settings
 from bot.cli.training import register_training_commands
 from engine.checkpoint import load_retriever, save_checkpoint
 from engine.fusion import MuseChatRecommender
+from engine.music_towers import candidate_segment
 from engine.tracks import TrackAnalysis
-from engine.video import VideoFeatures
+from engine.video import VideoFeatures, content_hash
 from tests.conftest import lavfi
 from training.features import FeatureDataset, FeatureSpec, random_pools, read_manifest
 from training.train_fusion import METRICS_FILE, fusion_config_for
@@ -250,6 +251,17 @@ def test_retriever_picks_the_argmax_of_its_scores(app: typer.Typer, six: tuple[P
     assert read_manifest(out)["build"]["candidates"] == {"source": "two_tower", "path": str(ckpt), "trained_on_this_build": False}
 
     _assert_argmax_picks(out, ckpt, _pools(6))
+    # the log-mel cache (the tiny profile's default) holds the picked candidate's clip: its log-mels
+    # at the app's candidate segment, read from that clip's cached per-segment log-mels
+    ds = FeatureDataset(out)
+    assert ds.spec.music_input == "log_mels"
+    quartets = {q["id"]: q for q in map(json.loads, (out / "quartets.jsonl").read_text().splitlines())}
+    for row, qid in enumerate(ds.ids):
+        sha = content_hash(Path(quartets[qid]["candidate"]))
+        analysis = TrackAnalysis.from_bytes((out / "media" / f"{sha}.music.npz").read_bytes())
+        k = candidate_segment([(s.start_s, s.end_s) for s in analysis.segments], analysis.excerpt_start_s, analysis.excerpt_duration_s)
+        mels = np.load(out / "media" / f"{sha}.mels.npy")
+        np.testing.assert_array_equal(ds.tensors["candidate"][row, 0].numpy(), mels[k].reshape(-1))
 
 
 def test_one_candidate_source_per_build(app: typer.Typer, six: tuple[Path, Path], built: tuple[Path, str]) -> None:
@@ -284,15 +296,21 @@ def test_log_mel_cache_holds_ast_inputs_of_target_segments_and_one_candidate_cli
     assert t["target"].dtype == t["candidate"].dtype == torch.float16
     assert t["target"].shape == (3, 12, frames * bins) and t["candidate"].shape == (3, 1, frames * bins)
     assert t["target_len"].tolist() == [2, 2, 2] and t["candidate_len"].tolist() == [1, 1, 1] and t["video_len"].tolist() == [2, 2, 2]
-    # the values: AST's log-mels of each 10 s segment of the own soundtrack; the candidate's centre segment
+    # the values: AST's log-mels of each 10 s segment of the own soundtrack; the candidate's clip is the
+    # segment the app's towers would read (`candidate_segment`: nearest the listening excerpt's centre)
     quartets = {q["id"]: q for q in map(json.loads, (out / "quartets.jsonl").read_text().splitlines())}
     for row, qid in enumerate(ds.ids):
         q = quartets[qid]
         _, clips = decode_track(q["target"], sample_rate=16_000).segment_audio()
         want = np.stack([enc.music.log_mels(c) for c in clips]).reshape(2, -1)
         np.testing.assert_array_equal(t["target"][row, :2].numpy(), want)
-        _, cand = decode_track(q["candidate"], sample_rate=16_000).segment_audio()
-        np.testing.assert_array_equal(t["candidate"][row, 0].numpy(), enc.music.log_mels(cand[1]).reshape(-1))  # 2 segments: the centre is #1
+        decoded = decode_track(q["candidate"], sample_rate=16_000)
+        segments, cand = decoded.segment_audio()
+        analysis = TrackAnalysis.from_bytes((out / "media" / f"{decoded.content_hash}.music.npz").read_bytes())
+        # the excerpt of a 12 s clip is all of it (0-12 s, centre 6 s): segment 0 (0-10 s, centre 5 s), not 1 (10-12 s)
+        assert (analysis.excerpt_start_s, analysis.excerpt_duration_s) == pytest.approx((0.0, CLIP_S), abs=0.1)
+        assert candidate_segment([(s.start_s, s.end_s) for s in segments], analysis.excerpt_start_s, analysis.excerpt_duration_s) == 0
+        np.testing.assert_array_equal(t["candidate"][row, 0].numpy(), enc.music.log_mels(cand[0]).reshape(-1))
     # read memory-mapped, equal to the arrays loaded into memory
     assert all(isinstance(p, np.memmap) for p in t["target"].parts)
     loaded = FeatureDataset(out, mmap=False).tensors
