@@ -164,7 +164,11 @@ class FeatureShardWriter:
         if (self.root / MANIFEST).is_file():
             meta = read_manifest(self.root)
             if meta["spec"] != asdict(spec):
-                raise FeatureCacheError(f"feature cache {self.root} was written with spec {meta['spec']}, not {asdict(spec)}")
+                new = asdict(spec)
+                changed = [k for k in sorted(set(new) | set(meta["spec"])) if meta["spec"].get(k) != new.get(k)]
+                was = ", ".join(f"{k}={meta['spec'].get(k)!r}" for k in changed)
+                now = ", ".join(f"{k}={new.get(k)!r}" for k in changed)
+                raise FeatureCacheError(f"feature cache {self.root} was written with {was}; this run's would have {now}")
             self.shards: list[dict] = meta["shards"]
             self.build = dict(meta.get("build", {}))
             self._complete = bool(meta.get("complete"))

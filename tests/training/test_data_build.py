@@ -129,6 +129,9 @@ def test_build_from_music_videos(app: typer.Typer, videos: Path, built: tuple[Pa
     # resuming a features cache as a log-mel one is refused, naming the way out
     other = runner.invoke(app, ["data", "build", str(videos), "--out", str(out)])
     assert other.exit_code == 2 and "--music-input it was built with" in other.output
+    said = " ".join(other.output.split())  # the console wraps long lines
+    assert "music_input='features'" in said and "this run's would have" in said and "music_input='log_mels'" in said
+    assert read_manifest(out)["spec"]["music_input"] == "features" and read_manifest(out)["shards"] == shards
 
 
 def test_build_with_a_checkpoint_retrieves_candidates(app: typer.Typer, videos: Path, built: tuple[Path, str], tmp_path: Path) -> None:

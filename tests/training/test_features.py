@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def test_shards_round_trip_and_resume(tmp_path: Path) -> None:
 
 def test_writer_rejects_another_spec_and_wrong_dims(tmp_path: Path) -> None:
     FeatureShardWriter(tmp_path, SPEC).close()
-    other = FeatureSpec(profile="lite", video_dim=3, text_dim=2, music_dim=4, target_music_dim=4)
-    with pytest.raises(FeatureCacheError, match="spec"):
+    other = dataclasses.replace(SPEC, profile="lite")
+    with pytest.raises(FeatureCacheError) as e:
         FeatureShardWriter(tmp_path, other)
+    assert str(e.value) == f"feature cache {tmp_path} was written with profile={SPEC.profile!r}; this run's would have profile='lite'"
     w = FeatureShardWriter(tmp_path / "b", SPEC)
     with pytest.raises(FeatureCacheError, match="target must be"):  # refused when added, before any write
         w.add(FeatureItem(id="x", target=np.zeros((3, 5))))
