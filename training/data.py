@@ -38,7 +38,7 @@ from engine.checkpoint import FUSION_KIND
 from engine.encoders.base import TextEncoder
 from engine.fusion import MuseChatRecommender, track_vector
 from engine.media import CorruptMediaError, MediaError, MediaLimits
-from engine.music_towers import candidate_segment
+from engine.music_towers import TowerRecommender, candidate_segment
 from engine.profiles import Encoders
 from engine.retriever import MODEL_KIND as RETRIEVER_KIND
 from engine.retriever import TwoTowerRetriever
@@ -464,13 +464,24 @@ def retriever_candidates(retriever: TwoTowerRetriever, clips: Clips, pools: Sequ
 
 
 @torch.no_grad()
-def _model_candidates(model: MuseChatRecommender, videos: list[np.ndarray], musics: list[np.ndarray], pools: list[np.ndarray]) -> list[int]:
-    """The fusion model's turn-1 pick (video only) for each clip among its pool (target excluded)."""
+def _model_candidates(model: MuseChatRecommender | TowerRecommender, clips: Clips, pools: list[np.ndarray]) -> list[int]:
+    """The fusion model's turn-1 pick (video only) for each clip among its pool (target excluded).
+
+    Each clip's music vector is `track_vector` of its segments' vectors: the frozen encoder's pooled
+    vectors through the model's music tower, or, for a checkpoint with trained AST towers
+    (`TowerRecommender`, a log-mel build), the fine-tuned g_mt over the segments' log-mels, as the
+    app's catalog vectors (`engine.music_towers.tower_track`)."""
     model = model.eval()
     dev = next(model.parameters()).device
-    tracks = torch.stack([track_vector(model.encode_music(pooled=torch.as_tensor(m, dtype=torch.float32, device=dev))) for m in musics])
+    if isinstance(model, TowerRecommender):
+        if len(clips.mel_files) != len(clips):
+            raise ValueError("a fusion checkpoint with trained AST towers ranks the candidates by their log-mels: build a log-mel cache")
+        mels = (np.load(f, mmap_mode="r")[rows] for f, rows in zip(clips.mel_files, clips.music_rows, strict=True))  # (S, frames, bins) each
+        tracks = torch.stack([track_vector(model.encode_music(torch.as_tensor(np.asarray(m, dtype=np.float32), device=dev))) for m in mels])
+    else:
+        tracks = torch.stack([track_vector(model.encode_music(pooled=torch.as_tensor(m, dtype=torch.float32, device=dev))) for m in clips.musics])
     out = []
-    for i, v in enumerate(videos):
+    for i, v in enumerate(clips.videos):
         q = track_vector(model.encode_query(video=torch.as_tensor(v, dtype=torch.float32, device=dev)))  # (d,)
         pool = pools[i]
         scores = tracks[torch.as_tensor(pool, device=dev)] @ q
@@ -529,7 +540,7 @@ def build_from_videos(
     *,
     retriever: TwoTowerRetriever | None = None,
     retriever_path: Path | None = None,
-    model: MuseChatRecommender | None = None,
+    model: MuseChatRecommender | TowerRecommender | None = None,
     model_path: Path | None = None,
     random_candidates: bool = False,
     training: RetrieverTraining | None = None,
@@ -550,7 +561,9 @@ def build_from_videos(
       pretrained MVP retriever; or, with none given,
     - a retriever trained here on the folder's clips (`training`; the run under
       `writer.root / RETRIEVER_RUN`, reused by a rerun), the default;
-    - or the fusion `model` (video only), or a seeded random pool member with `random_candidates`.
+    - or the fusion `model` (video only; a `TowerRecommender`, a checkpoint with trained AST towers,
+      ranks by g_mt over the log-mels, so only in a log-mel build), or a seeded random pool member
+      with `random_candidates`.
     Which one is recorded in the cache's manifest (`"build": {"candidates": ...}`); a rerun into the
     same folder with another source is refused (the quartets would mix two kinds of candidates).
     Turn texts come from the tag differences (module docstring). Per-video analyses are cached
@@ -574,6 +587,8 @@ def build_from_videos(
             "a log-mel cache (trained AST towers) needs one; build pooled features instead"
         )
     say = say or (lambda line: log.info("%s", line))
+    if isinstance(model, TowerRecommender) and writer.spec.music_input != MUSIC_LOG_MELS:
+        raise ValueError("a fusion checkpoint with trained AST towers ranks the candidates with g_mt on their log-mels: build a log-mel cache")
     given = [name for name, on in (("retriever", retriever is not None), ("model", model is not None), ("random_candidates", random_candidates)) if on]
     if len(given) > 1:
         raise ValueError(f"candidates come from one source; got {' and '.join(given)}")
@@ -601,7 +616,7 @@ def build_from_videos(
         rng = np.random.default_rng(seed)
         cands = [int(rng.choice(p)) for p in pools]
     elif model is not None:
-        cands = _model_candidates(model, clips.videos, clips.musics, pools)
+        cands = _model_candidates(model, clips, pools)
     else:
         if retriever is None:
             from engine.checkpoint import CONFIG_FILE, load_retriever

@@ -92,7 +92,10 @@ def data_build(
         "candidate (default: train one on this folder's clips, kept in OUT/retriever/)."
     ),
     random_candidates: bool = typer.Option(False, "--random-candidates", help="Pick candidates at random from the pool instead (not the paper's way)."),
-    checkpoint: Path = typer.Option(None, help="A fusion checkpoint picks the candidates instead (its turn-1 query: video only)."),
+    checkpoint: Path = typer.Option(
+        None, help="A fusion checkpoint picks the candidates instead (its turn-1 query: video only); one with trained AST "
+        "towers ranks by its g_mt on the log-mels (log-mel builds only)."
+    ),
     retriever_epochs: int = typer.Option(10, min=1, help="Epochs of the retriever trained here when --retriever is not given."),
     profile: str = typer.Option(None, help="Model profile (default: MUSECHAT_PROFILE)."),
     seed: int = typer.Option(0, help="Seed of the candidate pools, the turn templates and the retriever trained here."),
@@ -108,7 +111,8 @@ def data_build(
     """Quartets from your own music videos, the paper's way: centre 120 s, own soundtrack as target,
     candidate = a two-tower retriever's turn-1 pick from the target's pool."""
     from bot.settings import get_settings
-    from engine.checkpoint import CheckpointError, load_checkpoint, load_retriever
+    from engine.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, load_retriever
+    from engine.music_towers import check_tower_inputs, has_towers, load_tower_checkpoint
     from engine.media import MediaLimits
     from engine.profiles import load_encoders
     from training.data import RetrieverTraining, build_from_videos
@@ -139,8 +143,18 @@ def data_build(
         )
     model = two_tower = None
     try:
-        if checkpoint is not None:
+        if checkpoint is not None and has_towers(checkpoint):  # trained AST towers: g_mt ranks the candidates' log-mels
+            if music_input != MUSIC_INPUT_LOG_MELS:
+                _fail(f"fusion checkpoint {checkpoint} has trained AST towers: its turn-1 pick ranks the candidates by g_mt "
+                      "on their log-mels; build with --music-input log-mels, or pick with --retriever")
+            model = load_tower_checkpoint(checkpoint, expect_profile=enc.profile.name, device=s.device)
+            check_tower_inputs(model, enc.music, checkpoint)
+        elif checkpoint is not None:  # the frozen encoder's pooled vectors through its music tower
             model = load_checkpoint(checkpoint, expect_profile=enc.profile.name, device=s.device)
+            found, want = (model.config.video_dim, model.config.target_music_dim), (spec.video_dim, int(enc.music.dim))
+            if found != want:
+                raise CheckpointMismatchError(f"fusion checkpoint {checkpoint} takes (video, target music) features of sizes {found}; "
+                                              f"the profile's encoders give {want}")
         if retriever is not None:
             two_tower = load_retriever(retriever, expect_profile=enc.profile.name, expect_dims=(spec.video_dim, int(enc.music.dim)), device=s.device)
     except CheckpointError as e:

@@ -267,6 +267,36 @@ def test_retriever_picks_the_argmax_of_its_scores(app: typer.Typer, six: tuple[P
         np.testing.assert_array_equal(ds.tensors["candidate"][row, 0].numpy(), mels[k].reshape(-1))
 
 
+def test_a_towers_checkpoint_ranks_candidates_with_its_g_mt(app: typer.Typer, six: tuple[Path, Path], tiny_towers: Path, tmp_path: Path) -> None:
+    """`--checkpoint` of a run with trained AST towers: each candidate is the pool member whose g_mt track vector
+    (its segments' cached log-mels through the fine-tuned g_mt) scores highest against the video's turn-1 query."""
+    from engine.fusion import track_vector
+    from engine.music_towers import load_tower_checkpoint
+
+    folder, random_out = six
+    out = tmp_path / "towers"
+    shutil.copytree(random_out / "media", out / "media")
+    r = CliRunner().invoke(app, ["data", "build", str(folder), "--out", str(out), "--pool-size", str(POOL), "--checkpoint", str(tiny_towers)])
+    assert r.exit_code == 0, r.output
+    assert f"retrieved by the fusion checkpoint {tiny_towers}, AST log-mels" in " ".join(r.output.split())
+    model = load_tower_checkpoint(tiny_towers)
+    quartets = [json.loads(line) for line in (out / "quartets.jsonl").read_text().splitlines()]
+    sha = [q["id"].removeprefix("video-") for q in quartets]
+    with torch.no_grad():
+        music = [track_vector(model.encode_music(torch.from_numpy(np.load(out / "media" / f"{h}.mels.npy")).float())) for h in sha]
+        video = [VideoFeatures.from_bytes((out / "media" / f"{h}.video.npz").read_bytes()).segment_vectors for h in sha]
+        query = [track_vector(model.encode_query(video=torch.as_tensor(v, dtype=torch.float32))) for v in video]
+    pools = _pools(6)
+    for i, q in enumerate(quartets):
+        others = [j for j in pools[i] if j != i]
+        scores = {j: float(query[i] @ music[j]) for j in others}
+        assert abs(scores[others[0]] - scores[others[1]]) > 1e-6, scores
+        assert Path(q["candidate"]).name == Path(quartets[max(scores, key=scores.__getitem__)]["target"]).name
+    # a features build cannot use the towers: refused before anything is analysed
+    feats = CliRunner().invoke(app, ["data", "build", str(folder), "--out", str(tmp_path / "f"), "--checkpoint", str(tiny_towers), "--music-input", "features"])
+    assert feats.exit_code == 2 and "has trained AST towers" in feats.output and not (tmp_path / "f").exists()
+
+
 def test_one_candidate_source_per_build(app: typer.Typer, six: tuple[Path, Path], built: tuple[Path, str]) -> None:
     folder, random_out = six
     ckpt = built[0] / "retriever" / "model"
