@@ -44,7 +44,16 @@ from engine.retriever import MODEL_KIND as RETRIEVER_KIND
 from engine.retriever import TwoTowerRetriever
 from engine.tracks import TrackAnalysis, decode_track, embed_track
 from engine.video import VideoFeatures, content_hash, video_features
-from training.features import MUSIC_FEATURES, MUSIC_LOG_MELS, FeatureDataset, FeatureItem, FeatureShardWriter, FeatureSpec, random_pools
+from training.features import (
+    MUSIC_FEATURES,
+    MUSIC_LOG_MELS,
+    FeatureCacheError,
+    FeatureDataset,
+    FeatureItem,
+    FeatureShardWriter,
+    FeatureSpec,
+    random_pools,
+)
 
 log = logging.getLogger(__name__)
 
@@ -429,13 +438,43 @@ def retriever_spec(spec: FeatureSpec, music_dim: int) -> FeatureSpec:
                                music_input=MUSIC_FEATURES, mel_frames=0, mel_bins=0)
 
 
-def clip_dataset(clips: Clips, spec: FeatureSpec) -> FeatureDataset:
-    """The clips' (video, own soundtrack) pairs as a FeatureDataset (float16, as a cache stores them): the retriever's training data."""
-    video, vlen = _padded(clips.videos, spec.max_segments)
-    target, tlen = _padded(clips.musics, spec.max_segments)
-    ids = [f"video-{a.content_hash}" for a in clips.analyses]
+def _pairs(spec: FeatureSpec, ids: list[str], videos: Sequence[np.ndarray], musics: Sequence[np.ndarray], root: Path | str = ".") -> FeatureDataset:
+    """(video, own soundtrack) pairs of pooled segment vectors as a FeatureDataset (float16, as a cache stores them)."""
+    video, vlen = _padded(videos, spec.max_segments)
+    target, tlen = _padded(musics, spec.max_segments)
     tensors = {"video": video.half(), "video_len": vlen, "target": target.half(), "target_len": tlen}
-    return FeatureDataset.from_tensors(spec, ids, tensors)
+    return FeatureDataset.from_tensors(spec, ids, tensors, root=root)
+
+
+def clip_dataset(clips: Clips, spec: FeatureSpec) -> FeatureDataset:
+    """The clips' (video, own soundtrack) pairs as a FeatureDataset: the retriever's training data."""
+    return _pairs(spec, [f"video-{a.content_hash}" for a in clips.analyses], clips.videos, clips.musics)
+
+
+def pooled_clips(data: FeatureDataset) -> FeatureDataset:
+    """What the two-tower retriever reads of a cache: `data` itself when it holds pooled features; for a
+    log-mel cache of `data build`, each quartet's (video, own soundtrack) as the frozen encoder's pooled
+    segment vectors, read from the build's per-video analyses (`media/` under the cache), the same
+    quartets in the same order (so a --holdout split and the eval pools are the same)."""
+    if data.spec.music_input != MUSIC_LOG_MELS:
+        return data
+    media = data.root / MEDIA_CACHE
+    videos, musics = [], []
+    for qid in data.ids:
+        sha = qid.removeprefix("video-")
+        vpath, mpath = media / f"{sha}.video.npz", media / f"{sha}.music.npz"
+        if not qid.startswith("video-") or not (vpath.is_file() and mpath.is_file()):
+            raise FeatureCacheError(
+                f"{data.root} is a log-mel cache and the two-tower retriever reads pooled music features, which a log-mel "
+                f"build keeps in its per-video analyses ({media}); {qid}'s are not there. Use the build's folder as it "
+                "was written, or a `data build --music-input features` cache"
+            )
+        vf, ta = VideoFeatures.from_bytes(vpath.read_bytes()), TrackAnalysis.from_bytes(mpath.read_bytes())
+        v_rows, m_rows = _common_rows(vf, ta)
+        videos.append(vf.segment_vectors[v_rows])
+        musics.append(ta.segment_vectors[m_rows])
+    spec = retriever_spec(data.spec, int(musics[0].shape[1]))
+    return _pairs(spec, list(data.ids), videos, musics, root=data.root)
 
 
 @torch.no_grad()

@@ -249,9 +249,12 @@ def evaluate_checkpoints(
     results = []
     for name, path in checkpoints:
         if read_checkpoint_info(path).kind == TWO_TOWER:  # the turn-1 retriever (a video -> music row)
-            retriever = load_retriever(path, expect_profile=data.spec.profile,
-                                       expect_dims=(data.spec.video_dim, data.spec.target_music_dim), device=device)
-            results.append(evaluate_model(retriever, data, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
+            from training.data import pooled_clips
+
+            clips = pooled_clips(data)  # a log-mel cache: its build's pooled vectors, the same quartets
+            retriever = load_retriever(path, expect_profile=clips.spec.profile,
+                                       expect_dims=(clips.spec.video_dim, clips.spec.target_music_dim), device=device)
+            results.append(evaluate_model(retriever, clips, name=name, pool_size=pool_size, pool_seed=pool_seed, device=device))
             continue
         if data.spec.music_input == MUSIC_LOG_MELS:  # a run that trained the AST towers
             towers = load_tower_checkpoint(path, expect_profile=data.spec.profile, device=device)

@@ -351,9 +351,12 @@ class FeatureDataset:
                 self.tensors[key] = torch.from_numpy(np.concatenate(arrays))
 
     @classmethod
-    def from_tensors(cls, spec: FeatureSpec, ids: list[str], tensors: dict[str, torch.Tensor | ShardedArray]) -> FeatureDataset:
+    def from_tensors(
+        cls, spec: FeatureSpec, ids: list[str], tensors: dict[str, torch.Tensor | ShardedArray], root: str | Path = "."
+    ) -> FeatureDataset:
+        """A dataset of these arrays; `root`: the cache folder they come from, if any."""
         ds = cls.__new__(cls)
-        ds.root, ds.spec, ds.ids, ds.tensors = Path("."), spec, ids, tensors
+        ds.root, ds.spec, ds.ids, ds.tensors = Path(root), spec, ids, tensors
         return ds
 
     def __len__(self) -> int:
@@ -363,7 +366,7 @@ class FeatureDataset:
         """The quartets `indices`; memory-mapped arrays stay on disk (`ShardedArray.select`)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         tensors = {k: v.select(idx) if isinstance(v, ShardedArray) else v[idx] for k, v in self.tensors.items()}
-        return FeatureDataset.from_tensors(self.spec, [self.ids[i] for i in idx.tolist()], tensors)
+        return FeatureDataset.from_tensors(self.spec, [self.ids[i] for i in idx.tolist()], tensors, root=self.root)
 
     def split(self, n_test: int, seed: int = 0) -> tuple[FeatureDataset, FeatureDataset]:
         """(train, test): a seeded random split with `n_test` quartets held out."""
@@ -433,7 +436,8 @@ class FeatureDataset:
         segments both the video and its own soundtrack have, the same mask on both sides.
         """
         if self.spec.music_input == MUSIC_LOG_MELS:
-            raise ValueError("the two-tower retriever reads cached music features; this is a log-mel cache")
+            raise ValueError("the two-tower retriever reads pooled music features; this is a log-mel cache "
+                             "(training.data.pooled_clips reads a log-mel build's pooled vectors)")
         t = self.tensors
         n = self.clip_lengths(idx)
         if (n == 0).any():

@@ -375,6 +375,37 @@ def test_data_build_then_train_fine_tunes_both_towers_then_eval(app: typer.Typer
     assert row["name"] == "towers" and row["n_pools"] == 1 and row["turn2"]["n_queries"] == 3
 
 
+def test_two_tower_trains_and_evaluates_on_a_log_mel_build_from_its_pooled_vectors(app: typer.Typer, built_mels: tuple[Path, str], tmp_path: Path) -> None:
+    """`train --variant two_tower` / `eval` on a log-mel cache read the build's pooled vectors (media/), the same quartets."""
+    from engine.profiles import load_encoders
+    from training.data import pooled_clips
+
+    out, _ = built_mels
+    ds = FeatureDataset(out)
+    clips = pooled_clips(ds)
+    music_dim = load_encoders("tiny").music.dim
+    assert clips.ids == ds.ids and (clips.spec.music_input, clips.spec.target_music_dim) == ("features", music_dim)
+    for row, qid in enumerate(ds.ids):
+        a = TrackAnalysis.from_bytes((out / "media" / f"{qid.removeprefix('video-')}.music.npz").read_bytes())
+        np.testing.assert_allclose(clips.tensors["target"][row, :2].float().numpy(), a.segment_vectors, rtol=2e-3, atol=2e-3)
+    assert pooled_clips(clips) is clips  # pooled features already: read as they are
+    run = tmp_path / "rt"
+    r = CliRunner().invoke(app, ["train", "--data", str(out), "--out", str(run), "--variant", "two_tower", "--max-steps", "2",
+                                 "--batch-size", "3", "--warmup-steps", "0", "--device", "cpu", "--fusion", '{"d_model": 16, "n_heads": 4, "n_layers": 1}'])
+    assert r.exit_code == 0, r.output
+    assert load_retriever(run / "model", expect_profile="tiny").config.music_dim == music_dim
+    report = tmp_path / "eval" / "rt"
+    e = CliRunner().invoke(app, ["eval", "--data", str(out), "--checkpoint", f"retriever={run / 'model'}", "--report", str(report), "--pool-size", "3"])
+    assert e.exit_code == 0, e.output
+    row = json.loads(report.with_suffix(".json").read_text())["results"][0]
+    assert row["name"] == "retriever" and row["turn1"]["n_queries"] == 3
+    # without the build's analyses there is nothing pooled to read: a message
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns("media", "retriever"))
+    no = CliRunner().invoke(app, ["train", "--data", str(bare), "--out", str(tmp_path / "rt2"), "--variant", "two_tower", "--batch-size", "3", "--device", "cpu"])
+    assert no.exit_code == 2 and "is a log-mel cache and the two-tower retriever reads pooled music features" in " ".join(no.output.split())
+
+
 def test_music_input_is_checked_and_log_mels_need_an_ast_profile(app: typer.Typer, videos: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["data", "build", str(videos), "--out", str(tmp_path / "x"), "--music-input", "spectrogram"])
     assert r.exit_code == 2 and "--music-input must be one of auto, log-mels, features" in r.output
