@@ -112,8 +112,8 @@ def data_build(
     candidate = a two-tower retriever's turn-1 pick from the target's pool."""
     from bot.settings import get_settings
     from engine.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, load_retriever
-    from engine.music_towers import check_tower_inputs, has_towers, load_tower_checkpoint
     from engine.media import MediaLimits
+    from engine.music_towers import check_tower_inputs, has_towers, load_tower_checkpoint
     from engine.profiles import load_encoders
     from training.data import RetrieverTraining, build_from_videos
     from training.features import FeatureCacheError, FeatureShardWriter, FeatureSpec
