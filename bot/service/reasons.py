@@ -154,7 +154,7 @@ class ReasonWriter:
         j = await justify_http(inp, cfg, timeout_s=timeout_s)
         pieces = [j.text] if j.text else []
         if j.text and self.config.reasoner_grounded:
-            text, verdicts = grounded_text(j.text, inp.facts())
+            text, verdicts = grounded_text(j.text, inp.facts)
             pieces = [v.sentence for v in verdicts if v.accepted]
             if not text:
                 j = dataclasses.replace(j, text=None, error=f"none of its {len(verdicts)} sentence(s) passed the fact check")
@@ -172,8 +172,8 @@ def reason_input(request: ReasonRequest) -> Any:
     """The reasoner's input (engine.reasoner.ReasonInput) from a model job's request."""
     from engine.reasoner import ReasonInput
 
-    return ReasonInput(
-        request.title, tags=tuple(request.tags), feedback=request.feedback, video=request.video_words,
+    return ReasonInput.of(
+        request.title, tags=tuple(request.tags), words=request.feedback, video=request.video_words,
         artist=request.artist, tempo_bpm=request.tempo_bpm, loudness_db=request.loudness_db,
         video_labels=tuple(request.video_labels), understood=request.understood, licence=request.licence,
         duration_s=request.duration_s,
