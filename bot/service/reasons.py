@@ -2,9 +2,10 @@
 
 Grounded (`ServiceConfig.reasoner_grounded`, the default): the reasoner is given the turn's facts
 (`ReasonRequest.facts`, engine/grounding.py `ReasonFacts`: title, artist, top tags, tempo, loudness,
-the video's labels, the user's words and what was understood, licence, duration) and every sentence it writes is checked against them before
-it is shown (engine/grounding.py); the callback gets whole accepted sentences. When none passes,
-the tag summary stands, saying the model's reason is unavailable and why.
+the video's labels, the user's words and what was understood, licence, duration) and every sentence
+it writes is checked against them before it is shown (engine/grounding.py); the callback gets whole
+accepted sentences. When none passes, the tag summary stands, saying the model's reason is
+unavailable and why.
 """
 
 from __future__ import annotations
