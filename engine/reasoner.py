@@ -509,7 +509,7 @@ class MusicReasoner(nn.Module):
             prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
             prefix_ids = self._ids(prefix_text)
             with torch.no_grad():
-                cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+                cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).cache
             self._prefix = (prefix_text, prefix_ids, cache)
         prefix_text, prefix_ids, cache = self._prefix
         full = self.tokenizer.apply_chat_template(grounded_messages(inp.facts), add_generation_prompt=True, tokenize=False)
