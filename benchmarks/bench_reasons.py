@@ -100,13 +100,14 @@ class Case:
 
     def request(self, fallback: str = "tag summary") -> Any:
         from bot.jobs.runner import ReasonRequest
+        from engine.grounding import ReasonFacts
 
-        return ReasonRequest(
-            self.title, self.sha, self.tags, feedback=self.words, video_words=", ".join(self.video_labels),
-            fallback=fallback, timeout_s=None, artist=self.artist, tempo_bpm=self.tempo_bpm,
-            loudness_db=self.loudness_db, video_labels=self.video_labels, understood=self.understood,
-            licence=self.licence, duration_s=self.duration_s,
+        facts = ReasonFacts(
+            self.title, artist=self.artist, tags=self.tags, tempo_bpm=self.tempo_bpm, loudness_db=self.loudness_db,
+            video_labels=self.video_labels, words=self.words, understood=self.understood, licence=self.licence,
+            duration_s=self.duration_s,
         )  # fmt: skip
+        return ReasonRequest(facts, self.sha, video_words=", ".join(self.video_labels), fallback=fallback, timeout_s=None)
 
 
 def build_cases(service: Any, n: int) -> list[Case]:

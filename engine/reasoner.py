@@ -104,29 +104,23 @@ class ReasonerConfig:
 
 @dataclass(frozen=True)
 class ReasonInput:
-    """What the reasoner knows about one recommendation."""
+    """What the reasoner knows about one recommendation: the facts a reason may use, the music vector
+    and the video's sentence.
 
-    title: str
+    `facts` (engine/grounding.py `ReasonFacts`) is the one place of the title, tags, the user's
+    words and the rest: the paper's prompt reads the title, tags and words ("User feedback") from
+    it, the grounded prompt all of it. `ReasonInput.of` builds one from keywords.
+    """
+
+    facts: ReasonFacts
     music_vector: np.ndarray | None = None  # (Dm,) the track's mean music embedding
-    tags: tuple[str, ...] = ()
-    feedback: str = ""  # the user's latest words
-    video: str = ""  # a short description of the video
-    # beyond the paper's prompt: the rest of what the bot knows (engine/grounding.py `ReasonFacts`)
-    artist: str = ""
-    tempo_bpm: float | None = None
-    loudness_db: float | None = None  # RMS dBFS
-    video_labels: tuple[str, ...] = ()  # the video's image labels, best first
-    understood: str = ""  # what the feedback parser understood from `feedback`
-    licence: str = ""
-    duration_s: float | None = None
+    video: str = ""  # a short description of the video, for the paper's prompt (grounded: `facts.video_labels`)
 
-    def facts(self) -> ReasonFacts:
-        """What a grounded reason may say (engine/grounding.py)."""
-        return ReasonFacts(
-            title=self.title, artist=self.artist, tags=self.tags, tempo_bpm=self.tempo_bpm, loudness_db=self.loudness_db,
-            video_labels=self.video_labels, words=self.feedback, understood=self.understood, licence=self.licence,
-            duration_s=self.duration_s,
-        )  # fmt: skip
+    @classmethod
+    def of(cls, title: str, *, music_vector: np.ndarray | None = None, video: str = "", **facts: Any) -> ReasonInput:
+        """`ReasonInput.of("Night Drive", tags=("synth",), words="more drums", video="a car")`: the
+        keywords other than `music_vector` and `video` are `ReasonFacts` fields."""
+        return cls(ReasonFacts(title, **facts), music_vector=music_vector, video=video)
 
 
 @dataclass(frozen=True)
@@ -150,13 +144,14 @@ class Justification:
 
 def build_prompt(inp: ReasonInput, cfg: ReasonerConfig, *, with_music: bool) -> str:
     """The paper's prompt (module docstring); `MUSIC_SLOT` marks the soft token when `with_music`."""
-    fields = [f"### Recommender: Music title: {inp.title.strip() or 'untitled'};"]
-    if cfg.use_tags and inp.tags:
-        fields.append(f" Music tags: {', '.join(inp.tags)};")
+    facts = inp.facts
+    fields = [f"### Recommender: Music title: {facts.title.strip() or 'untitled'};"]
+    if cfg.use_tags and facts.tags:
+        fields.append(f" Music tags: {', '.join(facts.tags)};")
     if cfg.use_video and inp.video.strip():
         fields.append(f" Video: {inp.video.strip()};")
-    if cfg.use_feedback and inp.feedback.strip():
-        fields.append(f" User feedback: {inp.feedback.strip()};")
+    if cfg.use_feedback and facts.words.strip():
+        fields.append(f" User feedback: {facts.words.strip()};")
     if with_music:
         fields.append(f" Music feature: {MUSIC_OPEN}{MUSIC_SLOT}{MUSIC_CLOSE};")
     fields.append(" Generate Recommendation: ")
@@ -414,10 +409,10 @@ class MusicReasoner(nn.Module):
         """
         if not self.cfg.prefill_title or self.trained or not getattr(self.tokenizer, "chat_template", None):
             return ""
-        quoted = f'"{inp.title.strip()}"'
+        quoted = f'"{inp.facts.title.strip()}"'
         if not grounded:
             return quoted
-        artist = inp.artist.strip()
+        artist = inp.facts.artist.strip()
         return f"{quoted} by {artist} is" if artist else f"{quoted} is"
 
     def uses_music(self, inp: ReasonInput) -> bool:
@@ -514,10 +509,10 @@ class MusicReasoner(nn.Module):
             prefix_text = self.tokenizer.apply_chat_template(grounded_messages(None), tokenize=False)
             prefix_ids = self._ids(prefix_text)
             with torch.no_grad():
-                cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+                cache = self.llm(torch.tensor([prefix_ids], device=self.device), use_cache=True).cache
             self._prefix = (prefix_text, prefix_ids, cache)
         prefix_text, prefix_ids, cache = self._prefix
-        full = self.tokenizer.apply_chat_template(grounded_messages(inp.facts()), add_generation_prompt=True, tokenize=False)
+        full = self.tokenizer.apply_chat_template(grounded_messages(inp.facts), add_generation_prompt=True, tokenize=False)
         full += self._prefill(inp, grounded=True)
         past = None
         if full.startswith(prefix_text):  # else a template that rewrites earlier turns: no reuse
@@ -531,11 +526,11 @@ class MusicReasoner(nn.Module):
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if past is not None:
             kwargs["cache"] = past
-        if self.cfg.ban_unsupported and (bad := self._banned_ids(inp.facts(), SHOT_TERMS)):
+        if self.cfg.ban_unsupported and (bad := self._banned_ids(inp.facts, SHOT_TERMS)):
             kwargs["bad_words_ids"] = bad
         return kwargs | self._sampling(max_new_tokens)
 
-    WARM_UP_INPUT = ReasonInput("Warm Up", tags=("piano", "slow"), tempo_bpm=70, video_labels=("lakeside",))
+    WARM_UP_INPUT = ReasonInput.of("Warm Up", tags=("piano", "slow"), tempo_bpm=70, video_labels=("lakeside",))
 
     def warm_up(self, *, grounded: bool | None = None) -> float:
         """Compute the few-shot prefix's KV cache and run the kernels once (a 2-token reason); returns seconds.
@@ -597,7 +592,7 @@ class MusicReasoner(nn.Module):
 
             thread = threading.Thread(target=work, name="musechat-reasoner", daemon=True)
             thread.start()
-            gate = SentenceGate(inp.facts(), SHOT_TERMS if chat_grounded else ()) if grounded else None
+            gate = SentenceGate(inp.facts, SHOT_TERMS if chat_grounded else ()) if grounded else None
             pieces: list[str] = []
             shown: list[str] = []
             first: float | None = None
@@ -784,12 +779,12 @@ async def justify(
     except TimeoutError:
         with gate_lock:
             stop.set()  # the worker ends at its next token; nothing more is handed on
-        log.warning("reasoner timed out after %.1f s on %r", timeout_s, inp.title)
+        log.warning("reasoner timed out after %.1f s on %r", timeout_s, inp.facts.title)
         error = f"timed out after {timeout_s:g} s"
         text = "".join(shown).strip() if grounded else ""
         return Justification(text or None, reasoner.source(inp), time.perf_counter() - t0, error=error)
     except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
-        log.warning("reasoner failed on %r", inp.title, exc_info=True)
+        log.warning("reasoner failed on %r", inp.facts.title, exc_info=True)
         return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
 
 

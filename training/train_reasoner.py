@@ -109,9 +109,9 @@ def read_examples(
             vec = music_for_audio(audio if audio.is_absolute() else path.parent / audio)
         if vec is None:
             raise ValueError(f"{path}:{n}: no music embedding for {d['title']!r} (music_vector, track_id or audio)")
-        inp = ReasonInput(
-            title=str(d["title"]), music_vector=vec, tags=tuple(d.get("tags") or ()),
-            feedback=str(d.get("feedback") or ""), video=str(d.get("video") or ""),
+        inp = ReasonInput.of(
+            str(d["title"]), music_vector=vec, tags=tuple(d.get("tags") or ()),
+            words=str(d.get("feedback") or ""), video=str(d.get("video") or ""),
         )  # fmt: skip
         out.append(ReasonExample(inp, str(d["target"])))
     return out
@@ -290,12 +290,12 @@ def evaluate(
             il.fisher_rao_distance if il else None, ppl, len(examples),
         )  # fmt: skip
 
-    title_only = [ReasonInput(e.inp.title) for e in examples]
+    title_only = [ReasonInput.of(e.inp.facts.title) for e in examples]
     torch.manual_seed(seed)
     texts = [base.generate(i, max_new_tokens=max_new_tokens).text or "" for i in title_only]
     rows = [row(VARIANT_BASE, texts, perplexity(base, [ReasonExample(i, e.target) for i, e in zip(title_only, examples)]))]
     if tuned is not None:
-        music_only = [ReasonInput(e.inp.title, music_vector=e.inp.music_vector) for e in examples]  # the title is not read
+        music_only = [ReasonInput.of(e.inp.facts.title, music_vector=e.inp.music_vector) for e in examples]  # the title is not read
         torch.manual_seed(seed)
         texts = [generate_from_training_prompt(tuned, i, max_new_tokens=max_new_tokens) for i in music_only]
         rows.append(row(VARIANT_MUSIC, texts, perplexity(tuned, [ReasonExample(i, e.target) for i, e in zip(music_only, examples)], training_prompt=True)))

@@ -169,7 +169,7 @@ def say(
 
     r = _reasoner(get_settings(), checkpoint)
     labels = tuple(v.strip() for v in video.split(",") if v.strip())
-    inp = ReasonInput(title, tags=tuple(tag or ()), video=video, feedback=feedback, video_labels=labels)
+    inp = ReasonInput.of(title, tags=tuple(tag or ()), video=video, words=feedback, video_labels=labels)
     shown = False
     for piece in r.stream(inp, max_new_tokens=max_new_tokens, grounded=grounded):
         typer.echo(piece, nl=False)

@@ -19,7 +19,7 @@ click never queues the same work twice (`job_key`):
 | `video_features` | video_sha                                     | VideoFeatures (stored bytes)  |
 | `excerpt`        | track_sha, source or convert_from key, fmt    | media key of the excerpt      |
 | `preview`        | video_sha, track_source, start_s, max_bytes   | media key, or why it is none  |
-| `reason`         | title, tags, words (ReasonRequest)            | (reason, source); tokens stream back |
+| `reason`         | the facts: title, tags, words, ... (ReasonRequest) | (reason, source); tokens stream back |
 | `query`          | video features key, words, previous/rejected tracks (QueryRequest) | the engine's Query: search vector, examples, what was understood |
 | `rerank`         | the same QueryRequest + its mode, the candidates (a Redis key) | the Ranking (order, scores, parts) |
 
@@ -39,9 +39,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from bot.jobs.wire import facts_from_json, facts_to_json
 from bot.service.errors import ConversationError
 from bot.service.pool import StatusCallback
 from engine.engine import CandidateRow, Query, Ranking, TrackContext
+from engine.grounding import ReasonFacts
 from engine.video import VideoFeatures
 
 VIDEO_FEATURES = "video_features"
@@ -77,28 +79,30 @@ class JobFailedError(ConversationError):
 class ReasonRequest:
     """What the reasoner needs for one track's reason (paper 4.2): small text, no tensors."""
 
-    title: str
-    track_sha: str
-    tags: tuple[str, ...]
-    feedback: str  # the user's words of this turn
+    facts: ReasonFacts  # what the reason may say (engine/grounding.py): title, tags, the user's words, ...
+    track_sha: str  # the track's content hash: its music vector for a trained reasoner (the feature cache)
     video_words: str  # the video's top labels as a sentence (or a text-only start's opening words)
     fallback: str  # the tag summary given when the LLM fails or runs out of time
     timeout_s: float | None = None  # None: the service's reasoner_timeout_s
-    # the rest of what the bot knows, for a reason grounded in facts (engine/grounding.py); defaults: unknown
-    artist: str = ""
-    tempo_bpm: float | None = None
-    loudness_db: float | None = None  # RMS dBFS
-    video_labels: tuple[str, ...] = ()  # the video's image labels, best first
-    understood: str = ""  # what the feedback parser understood from `feedback`
-    licence: str = ""
-    duration_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"tags": list(self.tags), "video_labels": list(self.video_labels)}
+        """The job's payload: the facts nested under "facts" (bot/jobs/wire.py `facts_to_json`)."""
+        return dataclasses.asdict(self) | {"facts": facts_to_json(self.facts)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReasonRequest:
-        return cls(**(d | {"tags": tuple(d.get("tags", ())), "video_labels": tuple(d.get("video_labels", ()))}))
+        """A request from `to_json`'s payload; ValueError naming the problem for one of another version."""
+        if "facts" not in d:
+            raise ValueError(
+                "a reason job without 'facts' (its facts at the top level): it was queued by a front-end of an older "
+                "version; run the same version of musechat on the front-ends and the workers"
+            )  # fmt: skip
+        if unknown := sorted(set(d) - REQUEST_KEYS):
+            raise ValueError(f"a reason job with unknown fields {unknown}: the front-end runs another version than this worker")
+        return cls(**(d | {"facts": facts_from_json(d["facts"])}))
+
+
+REQUEST_KEYS = frozenset(f.name for f in dataclasses.fields(ReasonRequest))
 
 
 @dataclass(frozen=True)

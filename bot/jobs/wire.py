@@ -1,4 +1,4 @@
-"""What the query and re-rank jobs carry between a front-end and a model worker, exactly.
+"""What the query, re-rank and reason jobs carry between a front-end and a model worker, exactly.
 
 A turn's model work on a worker (bot/jobs/runner.py, `query` and `rerank`) must answer what the
 in-process runner answers on the same inputs, bit for bit: arrays travel as their raw bytes with
@@ -12,11 +12,16 @@ the paper's AST, 2 KB for the tiny one, left out of the re-rank job, which does 
 candidates of a re-rank (200 rows of a text vector and tag probabilities, a few hundred KB) go in
 a Redis key of their own that the job names (`pack_rows` / `unpack_rows`, written by the SAQ
 runner), never in the job, which Redis keeps for `job_ttl_s` after it ends.
+
+A reason job carries its facts (engine/grounding.py `ReasonFacts`) as one nested object of their
+fields by name (`facts_to_json`); a field this version does not know is refused by name, not
+passed on (a front-end and a worker of different versions).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from collections.abc import Sequence
@@ -25,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.engine import CandidateRow, Ranking, TrackContext
+from engine.grounding import ReasonFacts
 from engine.steering import Preference, PreferenceTerm
 
 
@@ -110,6 +116,23 @@ def ranking_from_json(d: dict[str, Any], preference: Preference | None) -> Ranki
     return Ranking(array_from_json(d["order"]), array_from_json(d["scores"]), parts, d["mode"], preference)  # type: ignore[arg-type]
 
 
+FACT_FIELDS = frozenset(f.name for f in dataclasses.fields(ReasonFacts))
+
+
+def facts_to_json(f: ReasonFacts) -> dict[str, Any]:
+    """A reason's facts as JSON: every field by name, the tuples as lists."""
+    return dataclasses.asdict(f) | {"tags": list(f.tags), "video_labels": list(f.video_labels)}
+
+
+def facts_from_json(d: dict[str, Any]) -> ReasonFacts:
+    """`facts_to_json` read back; ValueError naming what is missing or unknown."""
+    if not isinstance(d, dict) or "title" not in d:
+        raise ValueError(f"a reason's facts must be an object with a title, not {str(d)[:80]!r}")
+    if unknown := sorted(set(d) - FACT_FIELDS):
+        raise ValueError(f"a reason's facts with unknown fields {unknown} (a front-end of another version?)")
+    return ReasonFacts(**(d | {"tags": tuple(d.get("tags", ())), "video_labels": tuple(d.get("video_labels", ()))}))
+
+
 def pack_rows(rows: Sequence[CandidateRow]) -> bytes:
     """Re-rank candidates as one npz (their text vectors stacked) with a JSON header; no pickle."""
     meta = {
@@ -142,6 +165,8 @@ __all__ = [
     "array_to_json",
     "context_from_json",
     "context_to_json",
+    "facts_from_json",
+    "facts_to_json",
     "pack_rows",
     "preference_from_json",
     "preference_to_json",

@@ -145,6 +145,7 @@ from bot.service.turns import Retriever, TurnPlan, check_fusion_vectors
 from bot.service.videos import VideoFeatureStore
 from engine.encoders.musicnn import top_tags
 from engine.engine import MODE_FUSION, TEXT_VECTOR, CandidateRow, Engine, Ranking
+from engine.grounding import ReasonFacts
 from engine.media import MediaLimits
 from engine.render import human_bytes
 from storage.catalog import CatalogFilter, MusicCatalog, SchemaError, TrackRecord
@@ -768,12 +769,14 @@ class ConversationService:
             best = cards[0]
             t_reason = time.perf_counter()
             payload = retrieved.records[picks[0]].payload
+            facts = ReasonFacts(
+                best.title, artist=best.artist, tags=tuple(dict.fromkeys(best.mtt_tags + best.msd_tags)) or tuple(best.tags),
+                tempo_bpm=best.tempo_bpm, loudness_db=payload.loudness_db, video_labels=plan_video_labels(plan),
+                words=plan.text or plan.anchor_text, understood=understood, licence=best.licence,
+                duration_s=best.duration_s or None,
+            )  # fmt: skip
             request = ReasonRequest(
-                best.title, best.track_id, tuple(dict.fromkeys(best.mtt_tags + best.msd_tags)) or tuple(best.tags),
-                feedback=plan.text or plan.anchor_text, video_words=plan_video_words(plan), fallback=best.reason,
-                timeout_s=options.reason_budget_s, artist=best.artist, tempo_bpm=best.tempo_bpm,
-                loudness_db=payload.loudness_db, video_labels=plan_video_labels(plan), understood=understood,
-                licence=best.licence, duration_s=best.duration_s or None,
+                facts, best.track_id, video_words=plan_video_words(plan), fallback=best.reason, timeout_s=options.reason_budget_s
             )  # fmt: skip
             reason, source = await self.runner.reason(request, job_key=f"reason:{conv.id}:{turn.index}", on_token=out.token)
             if reason != best.reason:

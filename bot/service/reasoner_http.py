@@ -117,13 +117,13 @@ async def justify_http(
             raise TimeoutError
         text, tokens = await asyncio.wait_for(_post(url, request_body(inp, cfg, prompt_cfg), headers, timeout_s), timeout_s)
     except TimeoutError:
-        log.warning("http reasoner at %s timed out after %.1f s on %r", url, timeout_s, inp.title)
+        log.warning("http reasoner at %s timed out after %.1f s on %r", url, timeout_s, inp.facts.title)
         return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"timed out after {timeout_s:g} s")
     except aiohttp.ClientError as e:
         log.warning("http reasoner at %s unreachable: %s", url, type(e).__name__)
         return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"server unreachable ({type(e).__name__}: {e})")
     except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
-        log.warning("http reasoner at %s failed on %r: %s", url, inp.title, e)
+        log.warning("http reasoner at %s failed on %r: %s", url, inp.facts.title, e)
         return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
     seconds = time.perf_counter() - t0
     if not text:

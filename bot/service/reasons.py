@@ -1,10 +1,11 @@
 """Reasons: the LLM's justification of a track (paper 4.2), streamed, or a plain summary of its tags.
 
 Grounded (`ServiceConfig.reasoner_grounded`, the default): the reasoner is given the turn's facts
-(`ReasonRequest`: title, artist, top tags, tempo, loudness, the video's labels, the user's words and
-what was understood, licence, duration) and every sentence it writes is checked against them before
-it is shown (engine/grounding.py); the callback gets whole accepted sentences. When none passes,
-the tag summary stands, saying the model's reason is unavailable and why.
+(`ReasonRequest.facts`, engine/grounding.py `ReasonFacts`: title, artist, top tags, tempo, loudness,
+the video's labels, the user's words and what was understood, licence, duration) and every sentence
+it writes is checked against them before it is shown (engine/grounding.py); the callback gets whole
+accepted sentences. When none passes, the tag summary stands, saying the model's reason is
+unavailable and why.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bot.jobs.runner import ReasonRequest
 from bot.service.assets import TrackAssets
 from bot.service.turns import TurnPlan
 from engine.engine import Engine
+from engine.grounding import ReasonFacts
 from engine.video import VideoFeatures
 from engine.zeroshot import video_sentence
 
@@ -84,10 +86,8 @@ class ReasonWriter:
         fact check) is handed to it (in order, on the event loop) as it comes; all of them arrive
         before this returns.
         """
-        request = ReasonRequest(
-            title, sha, tuple(tags), feedback=plan.text, video_words=plan_video_words(plan), fallback=fallback,
-            timeout_s=timeout_s, video_labels=plan_video_labels(plan),
-        )  # fmt: skip
+        facts = ReasonFacts(title, tags=tuple(tags), words=plan.text, video_labels=plan_video_labels(plan))
+        request = ReasonRequest(facts, sha, video_words=plan_video_words(plan), fallback=fallback, timeout_s=timeout_s)
         return await self.write_request(request, on_reason_token)
 
     async def write_request(self, request: ReasonRequest, on_reason_token: ReasonTokenCallback | None = None) -> tuple[str, str]:
@@ -132,7 +132,7 @@ class ReasonWriter:
             if relay is not None:
                 await relay.close()
         if j.dropped:
-            log.info("reason for %r: %d sentence(s) left out by the fact check: %s", request.title, len(j.dropped), "; ".join(j.dropped))
+            log.info("reason for %r: %d sentence(s) left out by the fact check: %s", request.facts.title, len(j.dropped), "; ".join(j.dropped))
         return reason_or_fallback(j, request.fallback, REASON_SOURCE_TAGS)
 
     async def _http_reason(
@@ -154,7 +154,7 @@ class ReasonWriter:
         j = await justify_http(inp, cfg, timeout_s=timeout_s)
         pieces = [j.text] if j.text else []
         if j.text and self.config.reasoner_grounded:
-            text, verdicts = grounded_text(j.text, inp.facts())
+            text, verdicts = grounded_text(j.text, inp.facts)
             pieces = [v.sentence for v in verdicts if v.accepted]
             if not text:
                 j = dataclasses.replace(j, text=None, error=f"none of its {len(verdicts)} sentence(s) passed the fact check")
@@ -172,12 +172,7 @@ def reason_input(request: ReasonRequest) -> Any:
     """The reasoner's input (engine.reasoner.ReasonInput) from a model job's request."""
     from engine.reasoner import ReasonInput
 
-    return ReasonInput(
-        request.title, tags=tuple(request.tags), feedback=request.feedback, video=request.video_words,
-        artist=request.artist, tempo_bpm=request.tempo_bpm, loudness_db=request.loudness_db,
-        video_labels=tuple(request.video_labels), understood=request.understood, licence=request.licence,
-        duration_s=request.duration_s,
-    )  # fmt: skip
+    return ReasonInput(request.facts, video=request.video_words)
 
 
 def video_labels(video: VideoFeatures) -> tuple[str, ...]:

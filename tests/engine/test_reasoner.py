@@ -49,20 +49,20 @@ PROMPT_CASES = [
     # (config, input, with_music, expected prompt)
     (
         ReasonerConfig(),
-        ReasonInput("Night Drive", tags=("synth", "dark"), feedback="more drums", video="a car at night"),
+        ReasonInput.of("Night Drive", tags=("synth", "dark"), words="more drums", video="a car at night"),
         True,
         "### Recommender: Music title: Night Drive; Music tags: synth, dark; Video: a car at night; "
         f"User feedback: more drums; Music feature: <Music>{MUSIC_SLOT} </Music >; Generate Recommendation: ",
     ),
     (
         ReasonerConfig(use_tags=False, use_video=False, use_feedback=False),
-        ReasonInput("Night Drive", tags=("synth",), feedback="more drums", video="a car"),
+        ReasonInput.of("Night Drive", tags=("synth",), words="more drums", video="a car"),
         True,
         f"### Recommender: Music title: Night Drive; Music feature: <Music>{MUSIC_SLOT} </Music >; Generate Recommendation: ",
     ),
     (
         ReasonerConfig(),
-        ReasonInput("Night Drive", tags=("synth",)),
+        ReasonInput.of("Night Drive", tags=("synth",)),
         False,
         "### Recommender: Music title: Night Drive; Music tags: synth; Generate Recommendation: ",
     ),
@@ -105,7 +105,7 @@ def test_paper_prompts_token_by_token(training, expected):
     if training:
         assert build_training_prompt() == f"{expected[0]}{MUSIC_SLOT}{expected[1]}"
     r = byte_level_reasoner()
-    inp = ReasonInput("Night Drive", music_vector=music(4), tags=("synth",), feedback="more", video="a car")
+    inp = ReasonInput.of("Night Drive", music_vector=music(4), tags=("synth",), words="more", video="a car")
     before, slot, after = r._prompt_text(inp, with_music=True, prefill=False, training=training).partition(MUSIC_SLOT)
     assert (before, slot, after) == (expected[0], MUSIC_SLOT, expected[1])
     # the ids the LLM reads: one per character, spaces included, then the soft token, then the rest
@@ -132,14 +132,14 @@ def test_paper_prompts_token_by_token(training, expected):
 def test_training_prompt_needs_the_music_token_and_lengths_are_128(tiny_parts):
     r = fresh(tiny_parts, trained=False)
     with pytest.raises(ValueError, match="training prompt needs the music token"):
-        r.loss([(ReasonInput("x", music_vector=music(1)), "calm")])
+        r.loss([(ReasonInput.of("x", music_vector=music(1)), "calm")])
     assert (ReasonerConfig().max_length, ReasonerConfig().max_new_tokens) == (128, 128)  # paper 4.2
 
 
 def test_untrained_reasoner_leaves_the_soft_token_out(tiny_parts):
     r = fresh(tiny_parts, trained=False)
-    a = ReasonInput("Night Drive", music_vector=music(1), tags=("synth",))
-    b = ReasonInput("Night Drive", music_vector=music(2), tags=("synth",))
+    a = ReasonInput.of("Night Drive", music_vector=music(1), tags=("synth",))
+    b = ReasonInput.of("Night Drive", music_vector=music(2), tags=("synth",))
     assert r.source(a) == REASON_SOURCE_TITLE_TAGS
     assert torch.equal(r.next_token_logits(a), r.next_token_logits(b))
     n_text = len(r._ids(r._prompt_text(a, with_music=False)))
@@ -148,8 +148,8 @@ def test_untrained_reasoner_leaves_the_soft_token_out(tiny_parts):
 
 def test_soft_token_changes_the_output_distribution(tiny_parts):
     r = fresh(tiny_parts, trained=True)
-    a = ReasonInput("Night Drive", music_vector=music(1))
-    b = ReasonInput("Night Drive", music_vector=music(2))
+    a = ReasonInput.of("Night Drive", music_vector=music(1))
+    b = ReasonInput.of("Night Drive", music_vector=music(2))
     assert r.source(a) == REASON_SOURCE_MUSIC
     la, lb = r.next_token_logits(a), r.next_token_logits(b)
     assert la.shape == (r.tokenizer.vocab_size,) or la.shape == (len(r.tokenizer),)
@@ -158,7 +158,7 @@ def test_soft_token_changes_the_output_distribution(tiny_parts):
     before, _, after = r._prompt_text(a, with_music=True).partition(MUSIC_SLOT)
     assert r.prompt_embeds(a).shape[1] == len(r._ids(before)) + 1 + len(r._ids(after))
     with pytest.raises(ValueError, match="music vector has 3 dims"):
-        r.prompt_embeds(ReasonInput("x", music_vector=np.zeros(3, np.float32)))
+        r.prompt_embeds(ReasonInput.of("x", music_vector=np.zeros(3, np.float32)))
 
 
 def test_lora_and_projector_round_trip_through_save_and_load(tiny_parts, tmp_path):
@@ -167,7 +167,7 @@ def test_lora_and_projector_round_trip_through_save_and_load(tiny_parts, tmp_pat
         for name, p in r.llm.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    inp = ReasonInput("Night Drive", music_vector=music(3), tags=("synth",))
+    inp = ReasonInput.of("Night Drive", music_vector=music(3), tags=("synth",))
     expected = r.next_token_logits(inp)
     r.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / R.PROJECTOR_FILE).is_file()
@@ -199,7 +199,7 @@ def test_only_lora_and_projector_train(tiny_parts):
 
 def test_loss_masks_the_prompt_and_backpropagates_into_f_l(tiny_parts):
     r = fresh(tiny_parts, trained=True)
-    batch = [(ReasonInput("a", music_vector=music(1)), "calm piano for a quiet scene"), (ReasonInput("b b b", music_vector=music(2)), "drums")]
+    batch = [(ReasonInput.of("a", music_vector=music(1)), "calm piano for a quiet scene"), (ReasonInput.of("b b b", music_vector=music(2)), "drums")]
     loss = r.loss(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
@@ -210,11 +210,11 @@ def test_loss_masks_the_prompt_and_backpropagates_into_f_l(tiny_parts):
 def test_generate_streams_pieces_that_make_the_text(tiny_parts):
     r = fresh(tiny_parts, trained=False)
     pieces: list[str] = []
-    j = r.generate(ReasonInput("Night Drive"), max_new_tokens=8, on_token=pieces.append, grounded=False)
+    j = r.generate(ReasonInput.of("Night Drive"), max_new_tokens=8, on_token=pieces.append, grounded=False)
     assert j.tokens == 8 and j.source == REASON_SOURCE_TITLE_TAGS and j.error == ""
     assert "".join(pieces).strip() == j.text
     assert j.first_token_s is not None and j.first_token_s <= j.seconds
-    streamed = list(r.stream(ReasonInput("Night Drive"), max_new_tokens=5, grounded=False))
+    streamed = list(r.stream(ReasonInput.of("Night Drive"), max_new_tokens=5, grounded=False))
     assert streamed and all(isinstance(p, str) for p in streamed)
 
 
@@ -222,7 +222,7 @@ def test_grounded_generation_shows_nothing_that_did_not_pass_the_check(tiny_part
     """The random tiny LLM writes word-pieces, never a checked sentence: nothing is streamed, and the text is None."""
     r = fresh(tiny_parts, trained=False)
     pieces: list[str] = []
-    j = r.generate(ReasonInput("Night Drive", tags=("synth",)), max_new_tokens=24, on_token=pieces.append)
+    j = r.generate(ReasonInput.of("Night Drive", tags=("synth",)), max_new_tokens=24, on_token=pieces.append)
     assert pieces == [] and j.text is None and j.first_token_s is None
     assert j.tokens == 24 and j.raw  # it wrote, and all of it was held back
     assert j.error in ("it wrote no sentence",) or j.error.startswith("none of its")
@@ -246,7 +246,7 @@ def chat_reasoner(seed: int = 0) -> MusicReasoner:
 
 def test_the_prefix_cache_is_cut_back_and_gives_what_a_fresh_prompt_gives():
     """Reasons reuse the few-shot prefix's KV cache, cut back to the prefix each time: the tokens equal a cold run's."""
-    inputs = [ReasonInput("Night Drive", tags=("synth",)), ReasonInput("Still Water", tags=("piano", "slow"), feedback="calmer")]
+    inputs = [ReasonInput.of("Night Drive", tags=("synth",)), ReasonInput.of("Still Water", tags=("piano", "slow"), words="calmer")]
     warm = chat_reasoner()
     assert warm.uses_grounded_prompt(True)
     raws = []
@@ -263,10 +263,10 @@ def test_the_prefix_cache_is_cut_back_and_gives_what_a_fresh_prompt_gives():
 
 
 def test_grounded_chat_prompt_holds_the_facts_after_the_examples():
-    facts = ReasonInput(
+    facts = ReasonInput.of(
         "Battle Epic", tags=("classical", "strings"), tempo_bpm=72.4, loudness_db=-30.0, video_labels=("alp",),
-        feedback="calmer", understood="more calm", licence="CC-BY-4.0", duration_s=154.0, artist="Wesnoth",
-    ).facts()  # fmt: skip
+        words="calmer", understood="more calm", licence="CC-BY-4.0", duration_s=154.0, artist="Wesnoth",
+    ).facts  # fmt: skip
     msgs = R.grounded_messages(facts)
     assert msgs[0] == {"role": "system", "content": R.GROUNDED_SYSTEM}
     assert len(msgs) == 2 + 2 * len(R.GROUNDED_SHOTS)
@@ -309,7 +309,7 @@ class _SlowTokenizerReasoner:
 async def test_justify_times_out_and_stops_the_worker():
     slow = _SlowTokenizerReasoner()
     t0 = time.perf_counter()
-    j = await justify(slow, ReasonInput("Night Drive"), timeout_s=0.2)  # type: ignore[arg-type]
+    j = await justify(slow, ReasonInput.of("Night Drive"), timeout_s=0.2)  # type: ignore[arg-type]
     assert j.text is None and j.error == "timed out after 0.2 s"
     assert time.perf_counter() - t0 < 1.0
     assert await asyncio.to_thread(slow.stopped.wait, 2.0)  # the worker was told to stop
@@ -318,7 +318,7 @@ async def test_justify_times_out_and_stops_the_worker():
 async def test_a_grounded_timeout_keeps_the_sentences_already_shown():
     slow = _SlowTokenizerReasoner(first='"Night Drive" is fast synth music.')
     pieces: list[str] = []
-    j = await justify(slow, ReasonInput("Night Drive"), timeout_s=0.3, on_token=pieces.append)  # type: ignore[arg-type]
+    j = await justify(slow, ReasonInput.of("Night Drive"), timeout_s=0.3, on_token=pieces.append)  # type: ignore[arg-type]
     assert j.text == '"Night Drive" is fast synth music.' and j.error == "timed out after 0.3 s"
     assert await asyncio.to_thread(slow.stopped.wait, 2.0)
     assert pieces == ['"Night Drive" is fast synth music.']  # the late piece never reached the caller
@@ -326,13 +326,13 @@ async def test_a_grounded_timeout_keeps_the_sentences_already_shown():
 
 async def test_justify_returns_the_text_within_the_limit(tiny_parts):
     r = fresh(tiny_parts, trained=False)
-    j = await justify(r, ReasonInput("Night Drive"), timeout_s=30, max_new_tokens=4, grounded=False)
+    j = await justify(r, ReasonInput.of("Night Drive"), timeout_s=30, max_new_tokens=4, grounded=False)
     assert j.text is not None and j.tokens == 4 and j.error == ""
 
 
 async def test_justify_reports_a_failure_instead_of_raising(tiny_parts):
     r = fresh(tiny_parts, trained=True)
-    j = await justify(r, ReasonInput("x", music_vector=np.zeros(3, np.float32)), timeout_s=5)
+    j = await justify(r, ReasonInput.of("x", music_vector=np.zeros(3, np.float32)), timeout_s=5)
     assert j.text is None and j.error.startswith("ValueError: music vector has 3 dims")
 
 
@@ -360,7 +360,7 @@ def test_lite_gguf_loads_offline_names_the_title_and_is_cached(tmp_path, monkeyp
     w2 = r2.llm.model.layers[5].self_attn.q_proj.weight_int8
     assert torch.equal(w1, w2) and torch.equal(r.llm.model.embed_tokens.weight, r2.llm.model.embed_tokens.weight)
     torch.manual_seed(0)
-    inp = ReasonInput("Moonlight Sonata", tags=("piano", "classical", "calm"), video_labels=("seashore",), tempo_bpm=66.0)
+    inp = ReasonInput.of("Moonlight Sonata", tags=("piano", "classical", "calm"), video_labels=("seashore",), tempo_bpm=66.0)
     pieces: list[str] = []
     j = r2.generate(inp, max_new_tokens=60, on_token=pieces.append)
     assert j.source == REASON_SOURCE_TITLE_TAGS
@@ -371,7 +371,7 @@ def test_lite_gguf_loads_offline_names_the_title_and_is_cached(tmp_path, monkeyp
 
     sentences, rest = split_sentences(j.text)
     assert rest == "" and 1 <= len(sentences) <= ReasonerConfig().max_sentences
-    assert all(unsupported_claims(s, FactIndex.of(inp.facts()), R.SHOT_TERMS) == [] for s in sentences)
+    assert all(unsupported_claims(s, FactIndex.of(inp.facts), R.SHOT_TERMS) == [] for s in sentences)
     R.clear_cache()
 
 

@@ -45,8 +45,8 @@ def tiny_reasoner() -> MusicReasoner:
 
 
 EXAMPLES = [
-    ReasonExample(ReasonInput("storm", music_vector=vec(1)), "loud drums for a storm"),
-    ReasonExample(ReasonInput("lake", music_vector=vec(2)), "soft piano for a quiet lake"),
+    ReasonExample(ReasonInput.of("storm", music_vector=vec(1)), "loud drums for a storm"),
+    ReasonExample(ReasonInput.of("lake", music_vector=vec(2)), "soft piano for a quiet lake"),
 ]
 
 
@@ -64,9 +64,9 @@ def test_read_examples_resolves_music_from_the_line_the_cache_or_the_audio(tmp_p
         music_for_track=lambda tid: np.full(MUSIC_DIM, 2.0, np.float32) if tid == "abc" else None,
         music_for_audio=lambda p: seen.append(p) or np.full(MUSIC_DIM, 3.0, np.float32),
     )
-    assert [e.inp.title for e in got] == ["a", "b", "c"]
+    assert [e.inp.facts.title for e in got] == ["a", "b", "c"]
     assert [float(e.inp.music_vector[0]) for e in got] == [1.0, 2.0, 3.0]
-    assert got[0].inp.tags == ("x",) and got[1].inp.feedback == "more drums" and got[2].inp.video == "a beach"
+    assert got[0].inp.facts.tags == ("x",) and got[1].inp.facts.words == "more drums" and got[2].inp.video == "a beach"
     assert seen == [tmp_path / "song.ogg"]
     path.write_text(json.dumps({"title": "d", "target": "t", "track_id": "missing"}) + "\n")
     with pytest.raises(ValueError, match="train.jsonl:1: no music embedding for 'd'"):
@@ -197,11 +197,11 @@ def test_evaluate_has_the_three_rows_of_table_3(monkeypatch):
     # the base model reads the title alone; the MuseChat row title + music, without tags, video or feedback
     base_inputs = [inp for is_tuned, inp in seen["generate"] if not is_tuned]
     tuned_inputs = [inp for is_tuned, inp in seen["generate"] if is_tuned]
-    assert [(i.title, i.music_vector) for i in base_inputs] == [("storm", None), ("lake", None)]
-    assert [i.title for i in tuned_inputs] == ["storm", "lake"] and all(i.music_vector is not None and not i.tags for i in tuned_inputs)
+    assert [(i.facts.title, i.music_vector) for i in base_inputs] == [("storm", None), ("lake", None)]
+    assert [i.facts.title for i in tuned_inputs] == ["storm", "lake"] and all(i.music_vector is not None and not i.facts.tags for i in tuned_inputs)
     assert set(seen["max_new_tokens"]) == {4}
     # "w/ Music" scores the references under the training prompt (no title), MuseChat under the inference prompt
-    music_only = [ReasonExample(ReasonInput(e.inp.title, music_vector=e.inp.music_vector), e.target) for e in EXAMPLES]
+    music_only = [ReasonExample(ReasonInput.of(e.inp.facts.title, music_vector=e.inp.music_vector), e.target) for e in EXAMPLES]
     assert rows[1].perplexity == pytest.approx(perplexity(tuned, music_only, training_prompt=True), rel=1e-6)
     assert rows[2].perplexity == pytest.approx(perplexity(tuned, music_only), rel=1e-6)
     assert rows[1].perplexity != pytest.approx(rows[2].perplexity, rel=1e-6)

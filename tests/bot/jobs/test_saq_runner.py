@@ -30,6 +30,7 @@ from bot.jobs.saq_runner import SaqRunner, stream_key
 from bot.jobs.worker import serve_jobs
 from bot.service.contract import StatusEvent
 from bot.service.conversation import ReplyKind, ServiceConfig
+from engine.grounding import ReasonFacts
 from engine.media import MediaError
 from engine.profiles import Encoders
 from engine.video import content_hash
@@ -310,10 +311,29 @@ async def test_a_reason_job_that_fails_leaves_the_labelled_tag_summary(data_copy
     settings = job_settings(data_copy, queues, job_timeout_s=1, job_retries=1, job_heartbeat_s=1)
     async with front_end(settings, tiny, LOCAL_REASONS) as app:  # no worker: the reason job times out
         runner = (await app.service()).runner
-        request = ReasonRequest("Battle", "0" * 64, ("epic",), feedback="", video_words="", fallback="Battle: epic.", timeout_s=0.5)
+        request = ReasonRequest(ReasonFacts("Battle", tags=("epic",)), "0" * 64, video_words="", fallback="Battle: epic.", timeout_s=0.5)
         text, source = await runner.reason(request, job_key="reason:x:1", on_token=lambda p: None)
     assert source == "tag summary"
     assert text == "Battle: epic. (The model's reason is unavailable: That took too long on my side (no model worker answered); please try again.)"
+
+
+async def test_a_reason_job_in_the_old_format_fails_on_the_worker_saying_why(data_copy: Path, tiny: Encoders, queues: Queues) -> None:  # noqa: F811
+    """A job queued by a front-end of an older version (the facts at the top level) fails with a sentence that names it."""
+    from saq import Queue
+    from saq.job import Status
+
+    settings = job_settings(data_copy, queues)
+    old = {"title": "Battle", "track_sha": "0" * 64, "tags": ["epic"], "feedback": "", "video_words": "", "fallback": "Battle: epic."}
+    queue = Queue.from_url(REDIS_URL, name=queues.interactive)
+    try:
+        async with inproc_worker(settings, tiny, LOCAL_REASONS):
+            job = await queue.enqueue("reason", request=old, stream="musechat:test:old-reason", retries=1, timeout=30)
+            assert job is not None
+            await job.refresh(until_complete=30)
+    finally:
+        await queue.disconnect()
+    assert job.status == Status.FAILED
+    assert "ValueError: a reason job without 'facts'" in job.error and "older version" in job.error
 
 
 async def test_a_catalog_refresh_runs_on_the_catalog_queue_beside_users_jobs(

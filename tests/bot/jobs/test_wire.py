@@ -1,4 +1,5 @@
-"""bot/jobs/wire.py: a turn's query and re-rank cross the queue exactly (bit for bit), and nothing is unpickled."""
+"""bot/jobs/wire.py: a turn's query and re-rank cross the queue exactly (bit for bit), and nothing is unpickled;
+a reason job carries every fact, and one of another version is refused by name."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 import numpy as np
 import pytest
 
+from bot.jobs.runner import ReasonRequest
 from bot.jobs.wire import (
     array_from_json,
     array_to_json,
     context_from_json,
     context_to_json,
+    facts_from_json,
+    facts_to_json,
     pack_rows,
     preference_from_json,
     preference_to_json,
@@ -20,6 +24,7 @@ from bot.jobs.wire import (
     unpack_rows,
 )
 from engine.engine import CandidateRow, Engine, EngineConfig, TrackContext
+from engine.grounding import ReasonFacts
 from engine.profiles import load_encoders
 
 ARRAYS = [
@@ -99,3 +104,42 @@ def test_every_field_of_a_preference_term_crosses() -> None:
     back = preference_from_json(json.loads(json.dumps(preference_to_json(pref))))
     assert back.terms == [term]
     assert back.describe() == "no rainy afternoon \u2192 calm, soft"
+
+
+FACTS = ReasonFacts(
+    "Battle Epic", artist="Wesnoth", tags=("classical", "strings"), tempo_bpm=72.4, loudness_db=-30.0,
+    video_labels=("alp", "valley"), words="calmer", understood="more calm", licence="CC-BY-4.0", duration_s=154.0,
+)  # fmt: skip
+
+
+def test_a_reason_request_crosses_with_its_facts_nested() -> None:
+    """Every fact reaches the worker (a field the wire forgot would be a fact the reason cannot use)."""
+    from dataclasses import fields
+
+    assert all(getattr(FACTS, f.name) != f.default for f in fields(FACTS))  # every field set away from its default
+    request = ReasonRequest(FACTS, "0" * 64, video_words="alp and valley", fallback="Battle Epic: classical.", timeout_s=2.5)
+    payload = json.loads(json.dumps(request.to_json()))
+    assert payload["facts"]["title"] == "Battle Epic" and payload["facts"]["tags"] == ["classical", "strings"]
+    assert sorted(payload) == ["facts", "fallback", "timeout_s", "track_sha", "video_words"]
+    assert ReasonRequest.from_json(payload) == request
+    assert facts_from_json(json.loads(json.dumps(facts_to_json(FACTS)))) == FACTS
+
+
+OLD_OR_FOREIGN = [
+    ("old format: the facts at the top level",
+     {"title": "Battle", "track_sha": "0", "tags": ["epic"], "feedback": "", "video_words": "", "fallback": "x"},
+     "without 'facts'.*older version"),
+    ("an unknown top-level field",
+     {"facts": {"title": "Battle"}, "track_sha": "0", "video_words": "", "fallback": "x", "priority": 1},
+     r"unknown fields \['priority'\]"),
+    ("an unknown fact", {"facts": {"title": "Battle", "mood": "epic"}, "track_sha": "0", "video_words": "", "fallback": "x"},
+     r"unknown fields \['mood'\]"),
+    ("facts without a title", {"facts": {"tags": ["epic"]}, "track_sha": "0", "video_words": "", "fallback": "x"},
+     "must be an object with a title"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "payload", "error"), OLD_OR_FOREIGN, ids=[n for n, _, _ in OLD_OR_FOREIGN])
+def test_a_reason_job_of_another_version_is_refused_by_name(name: str, payload: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        ReasonRequest.from_json(payload)

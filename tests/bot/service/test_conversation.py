@@ -574,16 +574,16 @@ async def test_a_grounded_reason_is_written_from_the_turns_facts(data_dir: Path,
         r1 = await e.service.start(text="happy tune", channel_id="facts", user_id="u", on_reason_token=pieces.append)
         r2 = await e.service.feedback(r1.conversation_id, "much calmer, no drums", on_reason_token=pieces.append)
     for r, req in zip((r1, r2), requests, strict=True):
-        card = r.track
-        assert (req.title, req.artist, req.licence, req.tempo_bpm, req.duration_s) == (
+        card, facts = r.track, req.facts
+        assert (facts.title, facts.artist, facts.licence, facts.tempo_bpm, facts.duration_s) == (
             card.title, card.artist, card.licence, card.tempo_bpm, card.duration_s,
         )  # fmt: skip
-        assert req.tags == tuple(dict.fromkeys(card.mtt_tags + card.msd_tags)) and req.loudness_db is not None
-        assert req.video_labels == ()  # a text-only conversation: no video
+        assert facts.tags == tuple(dict.fromkeys(card.mtt_tags + card.msd_tags)) and facts.loudness_db is not None
+        assert facts.video_labels == ()  # a text-only conversation: no video
         # the random tiny LM never writes a sentence that passes the check: the tag summary stands, labelled, nothing streamed
         assert card.reason_source == "tag summary" and "The model's reason is unavailable: " in card.reason
-    assert requests[0].feedback == "happy tune"
-    assert requests[1].feedback == "much calmer, no drums" and requests[1].understood == r2.understood != ""
+    assert requests[0].facts.words == "happy tune"
+    assert requests[1].facts.words == "much calmer, no drums" and requests[1].facts.understood == r2.understood != ""
     assert pieces == []
     assert ReasonRequest.from_json(requests[1].to_json()) == requests[1]  # what a worker receives
 

@@ -21,7 +21,7 @@ from engine.reasoner import INSTRUCTION, SYSTEM, ReasonInput
 from tests.helpers.service import built, data_dir, open_service, tiny  # noqa: F401 - fixtures
 
 ANSWER = "The bright brass matches the sunny bike ride."
-INP = ReasonInput("Sunny Brass March", tags=("brass", "happy"), feedback="more upbeat", video="people riding bikes")
+INP = ReasonInput.of("Sunny Brass March", tags=("brass", "happy"), words="more upbeat", video="people riding bikes")
 SECRET = "sk-test-0123456789"
 
 
