@@ -16,14 +16,21 @@ statements with BERTScore F1 and three InfoLM measures, computed as published:
   measures compare the candidate's and the reference's distributions: AB divergence (alpha =
   beta = 1 here, our choice: the paper gives none), L2 distance and Fisher-Rao distance. InfoLM's
   default masked LM is bert-base-uncased (`INFOLM_DEFAULT`): give a local copy, or any local
-  masked-LM folder, labelled as given; with none, InfoLM is not computed and the report says so.
+  masked-LM folder, labelled as given. With none, a causal LM stands in (`infolm_scores_causal`,
+  the profile's reasoner LLM): each position's distribution is the LM's prediction of that token
+  from the tokens before it (not from both sides, as a masked LM's), with the same temperature,
+  idf weighting and measures; the report labels it SUBSTITUTE, and its numbers are not comparable
+  with the paper's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,4 +189,67 @@ def infolm_scores(
         a, b = (alpha, beta) if measure == "ab_divergence" else (None, None)
         values[measure] = float(tm._InformationMeasure(measure, a, b)(p_dist, t_dist).mean())
     label = f"InfoLM: {path.name} (local masked LM; the paper's default is {INFOLM_DEFAULT}), temperature {temperature:g}, AB alpha {alpha:g} beta {beta:g}"
+    return InfoLMScore(values["ab_divergence"], values["l2_distance"], values["fisher_rao_distance"], label)
+
+
+def _idf(id_lists: list[list[int]]) -> dict[int, float]:
+    """Inverse document frequencies over `id_lists`, as torchmetrics' TextDataset computes them for InfoLM."""
+    n = len(id_lists)
+    df = Counter(t for ids in id_lists for t in set(ids))
+    return {t: math.log((n + 1) / (c + 1)) for t, c in df.items()}
+
+
+@torch.no_grad()
+def causal_distributions(texts: list[str], model: Any, tokenizer: Any, *, temperature: float = INFOLM_TEMPERATURE) -> torch.Tensor:
+    """InfoLM's per-text vocabulary distribution from a causal LM: (N, V), rows sum to 1.
+
+    Position i's distribution is softmax(logits of the tokens before i / temperature), the LM's
+    prediction of token i; a text's distribution is their idf-weighted mean (idf over `texts`, as
+    InfoLM; equal weights when every token is in every text). The first token is predicted from
+    the tokenizer's BOS (else EOS) token; an empty text gets that first prediction alone.
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids_of = [list(tokenizer(t, add_special_tokens=False)["input_ids"])[: MAX_TOKENS - 1] for t in texts]
+    idf = _idf(ids_of)
+    device = next(model.parameters()).device
+    rows = []
+    for ids in ids_of:
+        context = torch.tensor([[start, *ids[:-1]]], device=device)  # (1, T): predicts ids[0..T-1]
+        probs = F.softmax(model(context).logits[0].float() / temperature, dim=-1)  # (T, V)
+        if not ids:  # an empty text (a model that wrote nothing): what the LM expects with no text at all
+            rows.append(probs[0])
+            continue
+        w = torch.tensor([idf[t] for t in ids], dtype=probs.dtype, device=device)  # (T,)
+        if float(w.sum()) <= 0:
+            w = torch.ones_like(w)
+        rows.append((w[:, None] * probs).sum(0) / w.sum())  # (V,)
+    return torch.stack(rows).cpu()
+
+
+def infolm_scores_causal(
+    preds: list[str],
+    refs: list[str],
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    *,
+    temperature: float = INFOLM_TEMPERATURE,
+    alpha: float = AB_ALPHA,
+    beta: float = AB_BETA,
+) -> InfoLMScore:
+    """InfoLM's three measures with a causal LM standing in for the masked LM (module docstring), labelled SUBSTITUTE."""
+    import importlib
+
+    tm = importlib.import_module("torchmetrics.functional.text.infolm")
+    _check(preds, refs)
+    p_dist = causal_distributions(list(preds), model, tokenizer, temperature=temperature)
+    t_dist = causal_distributions(list(refs), model, tokenizer, temperature=temperature)
+    values = {}
+    for measure in INFOLM_MEASURES:
+        a, b = (alpha, beta) if measure == "ab_divergence" else (None, None)
+        values[measure] = float(tm._InformationMeasure(measure, a, b)(p_dist, t_dist).mean())
+    label = (
+        f"InfoLM: SUBSTITUTE {name} (a causal LM's left-context predictions, not the masked LM {INFOLM_DEFAULT}; "
+        f"not comparable with the paper), temperature {temperature:g}, AB alpha {alpha:g} beta {beta:g}"
+    )
     return InfoLMScore(values["ab_divergence"], values["l2_distance"], values["fisher_rao_distance"], label)

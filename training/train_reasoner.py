@@ -47,7 +47,15 @@ import numpy as np
 import torch
 
 from engine.reasoner import MusicReasoner, ReasonInput
-from training.text_metrics import INFOLM_DEFAULT, BertScore, BertScoreConfig, InfoLMScore, bertscore, infolm_scores
+from training.text_metrics import (
+    INFOLM_DEFAULT,
+    BertScore,
+    BertScoreConfig,
+    InfoLMScore,
+    bertscore,
+    infolm_scores,
+    infolm_scores_causal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +244,17 @@ class TextScorer:
     encoder: Any = None  # the profile's TextEncoder: BERTScore's substitute when bertscore.model_dir is None
     encoder_name: str = ""
     infolm_dir: str | Path | None = None  # a local masked LM (InfoLM's default: bert-base-uncased)
+    infolm_substitute: tuple[Any, Any, str] | None = None  # (causal LM, tokenizer, name): InfoLM without a masked LM
 
     def score(self, preds: list[str], refs: list[str]) -> tuple[BertScore, InfoLMScore | None]:
         bs = bertscore(preds, refs, config=self.bertscore if self.bertscore.model_dir is not None else None,
                        encoder=self.encoder, encoder_name=self.encoder_name)
-        il = infolm_scores(preds, refs, self.infolm_dir) if self.infolm_dir is not None else None
+        if self.infolm_dir is not None:
+            il = infolm_scores(preds, refs, self.infolm_dir)
+        elif self.infolm_substitute is not None:
+            il = infolm_scores_causal(preds, refs, *self.infolm_substitute)
+        else:
+            il = None
         return bs, il
 
     def labels(self, bs: BertScore, il: InfoLMScore | None) -> list[str]:

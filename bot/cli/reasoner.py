@@ -130,7 +130,8 @@ def eval_cmd(
     ] = None,
     bertscore_layer: Annotated[int, typer.Option(help="hidden-state layer of --bertscore-model (roberta-large: 17)")] = 17,
     infolm_model: Annotated[
-        Path | None, typer.Option(help="local masked LM for InfoLM (its default: a copy of bert-base-uncased); else not computed")
+        Path | None,
+        typer.Option(help="local masked LM for InfoLM (its default: a copy of bert-base-uncased); else the profile's LLM stands in, labelled SUBSTITUTE"),
     ] = None,
     towers: Annotated[Path | None, typer.Option(help="as `train --towers`: audio lines use the fine-tuned g_mt")] = None,
 ) -> None:
@@ -146,9 +147,16 @@ def eval_cmd(
     tuned = _reasoner(settings, checkpoint) if checkpoint else None
     profile = _profile(settings)
     encoder = None if bertscore_model else load_encoders(profile, device=settings.device).text
+    substitute = None
+    if infolm_model is None:  # the profile's LLM in float32 (the reasoner's may decode with int8 weights)
+        from engine.reasoner import load_llm
+
+        llm, tok = load_llm(profile.reasoner, device=settings.device)
+        substitute = (llm, tok, f"{profile.name}: {profile.reasoner}")
     scorer = TextScorer(
         bertscore=BertScoreConfig(model_dir=bertscore_model, num_layers=bertscore_layer),
         encoder=encoder, encoder_name=f"{profile.name}: {profile.text_backbone}", infolm_dir=infolm_model,
+        infolm_substitute=substitute,
     )  # fmt: skip
     rows, labels = evaluate(base, tuned, examples, scorer, max_new_tokens=max_new_tokens)
     typer.echo(format_table(rows, labels))

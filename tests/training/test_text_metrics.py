@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.encoders.base import TextEncoder, TextTokens
-from training.text_metrics import BertScoreConfig, bertscore, greedy_match, infolm_scores
+from training.text_metrics import BertScoreConfig, bertscore, causal_distributions, greedy_match, infolm_scores, infolm_scores_causal
 
 # hand-set contextual vectors (not normalised: BERTScore normalises them)
 VECTORS = {
@@ -141,3 +141,44 @@ def test_infolm_measures(tiny_mlm: Path) -> None:
         (fwd.ab_divergence, fwd.l2_distance, fwd.fisher_rao_distance), rel=1e-5)
     with pytest.raises(FileNotFoundError):
         infolm_scores(refs, refs, tiny_mlm.parent / "missing")
+
+
+@pytest.fixture(scope="module")
+def tiny_causal():
+    from engine.reasoner import tiny_llm
+
+    model, tok = tiny_llm(seed=0)
+    return model.eval(), tok
+
+
+def test_causal_infolm_distribution_by_hand(tiny_causal) -> None:
+    """One text's distribution: the idf-weighted mean of softmax(logits / T) predicting each token from those before it."""
+    import math
+
+    model, tok = tiny_causal
+    texts = ["calm piano music", "calm drums"]
+    got = causal_distributions(texts, model, tok, temperature=0.25)
+    assert got.shape == (2, model.config.vocab_size)
+    assert torch.allclose(got.sum(1), torch.ones(2), atol=1e-5)
+    ids = tok("calm piano music", add_special_tokens=False)["input_ids"]
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        logits = model(torch.tensor([[start, *ids[:-1]]])).logits[0]
+    other = set(tok("calm drums", add_special_tokens=False)["input_ids"])
+    idf = [math.log(3 / (1 + 1 + (t in other))) for t in ids]  # 2 texts; "calm" is in both
+    want = sum(w * torch.softmax(logits[i] / 0.25, -1) for i, w in enumerate(idf)) / sum(idf)
+    assert torch.allclose(got[0], want, atol=1e-6)
+
+
+def test_causal_infolm_measures_and_label(tiny_causal) -> None:
+    model, tok = tiny_causal
+    refs = ["calm piano music for a lake", "drums and bass for a storm"]
+    same = infolm_scores_causal(refs, refs, model, tok, "tiny: random:tiny")
+    assert (same.ab_divergence, same.l2_distance, same.fisher_rao_distance) == pytest.approx((0.0, 0.0, 0.0), abs=1e-5)
+    other = infolm_scores_causal(["loud drums", "soft piano"], refs, model, tok, "tiny: random:tiny")
+    assert other.l2_distance > 1e-6 and other.fisher_rao_distance > 1e-6
+    back = infolm_scores_causal(refs, ["loud drums", "soft piano"], model, tok, "tiny: random:tiny")
+    assert back.l2_distance == pytest.approx(other.l2_distance, rel=1e-4)
+    assert other.label.startswith("InfoLM: SUBSTITUTE tiny: random:tiny") and "not comparable" in other.label
+    empty = causal_distributions([""], model, tok)  # a model that wrote nothing still has a distribution
+    assert torch.isfinite(empty).all() and float(empty.sum()) == pytest.approx(1.0, abs=1e-5)

@@ -213,6 +213,14 @@ def test_evaluate_has_the_three_rows_of_table_3(monkeypatch):
     assert EVAL_MAX_NEW_TOKENS == 128
 
 
+def test_evaluate_without_a_masked_lm_uses_a_labelled_causal_substitute_for_infolm():
+    base = MusicReasoner(*R.tiny_llm(seed=0), ReasonerConfig(), MUSIC_DIM)
+    scorer = TextScorer(encoder=LetterEncoder(), encoder_name="letters", infolm_substitute=(*R.tiny_llm(seed=0), "tiny LLM"))
+    rows, labels = evaluate(base, tiny_reasoner(), EXAMPLES, scorer, max_new_tokens=4)
+    assert all(r.l2_distance is not None and r.l2_distance >= 0 and r.fisher_rao_distance is not None for r in rows)
+    assert labels[1].startswith("InfoLM: SUBSTITUTE tiny LLM")
+
+
 def test_cli_trains_saves_and_says(tmp_path, monkeypatch):
     """`musechat reasoner train` then `say`, on the tiny profile (its music_dim is 32)."""
     import typer
