@@ -136,18 +136,31 @@ async def test_a_worker_killed_mid_job_leaves_the_job_to_the_other_and_the_turn_
                 victim = next(w for w in workers if w.proc.pid == pids[job.worker_id])
                 victim.kill()  # SIGKILL in the middle of the decode
                 reply = await asyncio.wait_for(turn, 120)
-                done = await queue.job(job.key)
+                done = await _finished_job(queue, job.key)
             finally:
                 await queue.disconnect()
             state = await svc.state(reply.conversation_id)
         assert reply.kind is ReplyKind.RECOMMENDATION and reply.turn_index == 1
-        # retried after the kill (a heartbeat missed on a starved 2-core machine may add one more attempt),
-        # finished by the surviving worker, and answered once
-        assert done.status is Status.COMPLETE and 2 <= done.attempts <= 3 and done.worker_id != job.worker_id
+        # retried after the kill and finished by the surviving worker (a heartbeat missed on a starved 2-core
+        # machine may sweep it once more and run it again: the job is idempotent), and the turn answered once
+        assert done.status is Status.COMPLETE and 2 <= done.attempts <= 4 and done.worker_id != job.worker_id
         assert len(state.turns) == 1 and len(state.turns[0].recommendations) == 1  # persisted once
     finally:
         for w in workers:
             w.stop()
+
+
+async def _finished_job(queue: Queue, key: str, timeout_s: float = 90.0):
+    """The job once it is complete or failed (a sweep after the answer may have queued it once more)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        job = await queue.job(key)
+        if job is not None and job.status in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+            return job
+        if loop.time() > deadline:
+            raise AssertionError(f"job {key} did not finish: {job}")
+        await asyncio.sleep(0.1)
 
 
 async def _active_job(queue: Queue, timeout_s: float = 60.0):
