@@ -40,6 +40,7 @@ from engine.retriever import MODEL_KIND as TWO_TOWER
 from engine.retriever import TwoTowerRetriever
 from training.features import MUSIC_LOG_MELS, FeatureDataset, random_pools
 from training.metrics import PAPER_POOL_SIZE, RetrievalMetrics, average_metrics, chance_metrics, target_ranks, turn_metrics
+from training.pooled import MEDIA_CACHE, pooled_clips
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,6 @@ def evaluate_checkpoints(
     results = []
     for name, path in checkpoints:
         if read_checkpoint_info(path).kind == TWO_TOWER:  # the turn-1 retriever (a video -> music row)
-            from training.data import pooled_clips
-
             clips = pooled_clips(data)  # a log-mel cache: its build's pooled vectors, the same quartets
             retriever = load_retriever(path, expect_profile=clips.spec.profile,
                                        expect_dims=(clips.spec.video_dim, clips.spec.target_music_dim), device=device)
@@ -342,7 +341,7 @@ def evaluate_zero_shot(
     from engine.tracks import TrackAnalysis
     from engine.video import VideoFeatures
     from engine.zeroshot import Candidates, TrackFeatures, ZeroShotScorer
-    from training.data import MEDIA_CACHE, read_quartets
+    from training.data import read_quartets
     from training.features import read_manifest
 
     root = Path(feature_dir)

@@ -437,7 +437,7 @@ class FeatureDataset:
         """
         if self.spec.music_input == MUSIC_LOG_MELS:
             raise ValueError("the two-tower retriever reads pooled music features; this is a log-mel cache "
-                             "(training.data.pooled_clips reads a log-mel build's pooled vectors)")
+                             "(training.pooled.pooled_clips reads a log-mel build's pooled vectors)")
         t = self.tensors
         n = self.clip_lengths(idx)
         if (n == 0).any():

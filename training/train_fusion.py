@@ -34,7 +34,7 @@ initialised at 0.1, AdamW lr 4e-5, weight decay 5e-4, batch 34 per GPU (16 x V10
 - Two-tower runs: each step takes whole clips (`FeatureDataset.clip_batch`: every segment the video
   and its soundtrack share) instead of one segment per quartet; the quartets' candidate and prompt
   are not used; gathered negatives contrast both directions with every rank's batch. On a log-mel
-  cache the retriever reads its build's pooled vectors (`training.data.pooled_clips`, `media/`).
+  cache the retriever reads its build's pooled vectors (`training.pooled.pooled_clips`, `media/`).
 - Log: `RUN/metrics.jsonl`, one JSON object per `log_every` steps (step, epoch, loss, lr,
   temperature, samples/s); a tqdm bar on rank 0.
 """
@@ -65,6 +65,7 @@ from engine.music_towers import TowerRecommender, load_towers, save_towers
 from engine.retriever import MODEL_KIND as TWO_TOWER
 from engine.retriever import RetrieverConfig, TwoTowerRetriever
 from training.features import MUSIC_LOG_MELS, FeatureDataset, FeatureSpec
+from training.pooled import pooled_clips
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +266,7 @@ def _train(cfg: TrainConfig, dataset: FeatureDataset | None, rank: int, world: i
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     data = dataset if dataset is not None else FeatureDataset(cfg.data)
-    if is_two_tower(cfg) and data.spec.music_input == MUSIC_LOG_MELS:  # the retriever reads pooled features
-        from training.data import pooled_clips
-
+    if is_two_tower(cfg):  # the retriever reads pooled features (a log-mel cache: its build's, `pooled_clips`)
         data = pooled_clips(data)
     if cfg.holdout:
         data, _ = data.split(cfg.holdout, seed=cfg.seed)

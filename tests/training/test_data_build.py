@@ -378,7 +378,7 @@ def test_data_build_then_train_fine_tunes_both_towers_then_eval(app: typer.Typer
 def test_two_tower_trains_and_evaluates_on_a_log_mel_build_from_its_pooled_vectors(app: typer.Typer, built_mels: tuple[Path, str], tmp_path: Path) -> None:
     """`train --variant two_tower` / `eval` on a log-mel cache read the build's pooled vectors (media/), the same quartets."""
     from engine.profiles import load_encoders
-    from training.data import pooled_clips
+    from training.pooled import pooled_clips
 
     out, _ = built_mels
     ds = FeatureDataset(out)
