@@ -10,7 +10,10 @@ cycle with coprime periods, so the pairs vary.
 Each reason is written by the service's own `ReasonWriter.write_request` (bot/service/reasons.py),
 the call a turn makes right after the card is sent, so "first token" and "last token" are measured
 after the card. Variants (`--variants`):
-  grounded    the lite LLM with the facts-only few-shot prompt, sentences checked before shown;
+  grounded    the lite LLM with the facts-only few-shot prompt, sentences checked before shown, in its
+              own process (engine/reasoner_process.py, the service's default);
+  grounded_in_process  the same, the reasoner in the benchmark's process, on a thread of its own next to
+              the encoders' (MUSECHAT_REASONER_PROCESS=false), as before the reasoner process;
   ungrounded  the same LLM with the paper-style prompt (title, tags, video, words), unchecked;
   trained     a reasoner checkpoint (`--checkpoint`, from `musechat reasoner train` on targets built
               from facts), music soft token, grounded check on.
@@ -29,8 +32,8 @@ Measures per variant:
   - fluency: perplexity of each shown reason under the base LLM (SmolLM2-135M) on its own text;
     no second small LM is installed here;
   - length: words and sentences of each shown reason;
-  - latency after the card: first piece shown, last piece shown (p50, p90), and the process CPU
-    seconds per reason (a load-independent figure: on an idle 2-core machine the wall time lies
+  - latency after the card: first piece shown, last piece shown (p50, p90), and the CPU seconds
+    per reason of this process and the reasoner's own (a load-independent figure: on an idle 2-core machine the wall time lies
     between CPU/2 and CPU).
 
 Usage: .venv/bin/python benchmarks/bench_reasons.py [--cases 100] [--variants grounded,ungrounded]
@@ -303,6 +306,17 @@ def sentences_of(text: str) -> list[str]:
     return done + ([rest.strip()] if rest.strip() else [])
 
 
+def cpu_seconds(writer: Any) -> float:
+    """CPU seconds used so far by this process and, in process mode, by the writer's reasoner process (/proc)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    pid = getattr(writer._reasoner, "pid", None)
+    if pid:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 async def run_variant(writer: Any, cases: Sequence[Case]) -> list[Row]:
     rows = []
     for i, case in enumerate(cases):
@@ -313,15 +327,15 @@ async def run_variant(writer: Any, cases: Sequence[Case]) -> list[Row]:
             stamps.append(time.perf_counter())
             pieces.append(piece)
 
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = cpu_seconds(writer)
         t0 = time.perf_counter()
         text, source = await writer.write_request(case.request(), on_token)
         wall = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu1 = cpu_seconds(writer)
         llm = source != "tag summary"
         rows.append(Row(
             i, text if llm else "", source, stamps[0] - t0 if stamps else None, stamps[-1] - t0 if stamps else None, wall,
-            (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), len(pieces), llm,
+            cpu1 - cpu0, len(pieces), llm,
         ))  # fmt: skip
         if i % 10 == 0:
             print(f"  case {i}: {wall:.1f} s, {'llm' if llm else 'tag summary'}: {text[:100]!r}", flush=True)
@@ -389,9 +403,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         from engine.reasoner import load_llm
 
         llm, tok = load_llm(base_reasoner.cfg.llm)
-        results["int8_decoding"] = any(type(m).__name__ == "Int8DecodeLinear" for m in base_reasoner.llm.modules())
+        if hasattr(base_reasoner, "info"):  # in its own process (engine/reasoner_process.py, the default)
+            results["int8_decoding"] = base_reasoner.info["int8_decoding"]
+        else:
+            results["int8_decoding"] = any(type(m).__name__ == "Int8DecodeLinear" for m in base_reasoner.llm.modules())
+        results["reasoner_process"] = base.reasoner_process
         writers = {
             "grounded": ReasonWriter(config=dataclasses.replace(base, reasoner_grounded=True), engine=svc.engine, assets=svc.assets),
+            "grounded_in_process": ReasonWriter(
+                config=dataclasses.replace(base, reasoner_grounded=True, reasoner_process=False), engine=svc.engine, assets=svc.assets
+            ),
             "ungrounded": ReasonWriter(config=dataclasses.replace(base, reasoner_grounded=False), engine=svc.engine, assets=svc.assets),
         }
         if args.checkpoint:
@@ -407,7 +428,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{name}: {results[name]['error']}", flush=True)
                 continue
             await writer.write_request(cases[0].request())  # and one reason written (the prefix cache, the lazy imports)
-            mine = cases if name == "grounded" or not args.subset else cases[: args.subset]
+            mine = cases if name.startswith("grounded") or not args.subset else cases[: args.subset]
             print(f"{name}: {len(mine)} cases", flush=True)
             torch.manual_seed(0)
             rows = await run_variant(writer, mine)
@@ -436,7 +457,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=100)
-    ap.add_argument("--variants", default="grounded,ungrounded", help="comma-separated: grounded, ungrounded, trained")
+    ap.add_argument("--variants", default="grounded,ungrounded", help="comma-separated: grounded, grounded_in_process, ungrounded, trained")
     ap.add_argument("--checkpoint", type=Path, help="a reasoner checkpoint (musechat reasoner train) for the 'trained' variant")
     ap.add_argument("--tokens", type=int, default=48, help="max new tokens of a reason (MUSECHAT_REASONER_MAX_NEW_TOKENS)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds a reason may take (generous: measuring, not serving)")

@@ -81,7 +81,7 @@ class App:
         self._service_lock = asyncio.Lock()
         self._admin: CatalogAdmin | None = None
         self._runner: Any = None  # bot/jobs/saq_runner.py SaqRunner when the service sends its model jobs to workers
-        self._closers: list[Callable[[], None]] = []  # closed with the app (a worker's batchers)
+        self._closers: list[Callable[[], None]] = []  # closed with the app (a worker's batchers and reasoner)
         self._closed = False
 
     @classmethod
@@ -233,6 +233,7 @@ class App:
             mix_original_sound=self.config.mix_original_sound,
         )  # fmt: skip
         reasons = ReasonWriter(config=self.config, engine=engine, assets=assets)
+        self._closers.append(reasons.close)  # its process, in process mode
         if self.config.reasoner == REASONER_LOCAL:
             say("loading the reasoner")
             await asyncio.to_thread(reasons.get_reasoner)

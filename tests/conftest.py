@@ -10,6 +10,11 @@ import pytest
 
 from engine.media import ffmpeg_binary
 
+# The product's default reasoner is `local` (an LLM process per service or worker); a test that opens the
+# app for something else does not pay for one. Tests of reasons set MUSECHAT_REASONER (or the ServiceConfig)
+# themselves; tests/bot/test_app.py checks the default with this variable removed.
+os.environ.setdefault("MUSECHAT_REASONER", "off")
+
 MUSIC_DIR = Path(os.environ.get("MUSECHAT_MUSIC_DIR", Path.home() / ".cache" / "musechat" / "music"))
 
 

@@ -7,6 +7,7 @@ so a job runs the same code whether a front-end or a worker runs it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -105,7 +106,9 @@ class InProcessRunner:
         return {"worker": "in-process", "pid": os.getpid()}
 
     async def close(self) -> None:
-        """Nothing of its own: the pool belongs to the application (bot/app.py) or the service."""
+        """The reasoner's process, if one runs (`ReasonWriter.close`, idempotent); the pool belongs to the application
+        (bot/app.py) or the service."""
+        await asyncio.to_thread(self.reasons.close)
 
 
 __all__ = ["InProcessRunner"]

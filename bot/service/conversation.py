@@ -260,6 +260,7 @@ class ServiceConfig:
     reasoner_grounded: bool = True  # facts-only prompt, every sentence checked before it is shown (engine/grounding.py)
     reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token
     reasoner_int8: bool = True  # local, untrained, CPU with native bfloat16: int8 weights for decoding (engine/quantize.py)
+    reasoner_process: bool = True  # local: the reasoner runs in a child process of its own (engine/reasoner_process.py)
     reasoner_max_new_tokens: int = REASONER_MAX_NEW_TOKENS
     reasoner_url: str | None = None  # reasoner="http": the server's base URL (/v1/chat/completions is added)
     reasoner_model: str | None = None  # reasoner="http": the server's model name

@@ -57,17 +57,41 @@ class ReasonWriter:
         self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
 
     def close(self) -> None:
+        """Stop the reasoner's thread and, in process mode, its process (idempotent)."""
         if self._reasoner_executor is not None:
             self._reasoner_executor.shutdown(wait=False, cancel_futures=True)
+        with self._reasoner_lock:
+            reasoner, self._reasoner = self._reasoner, None
+        if reasoner is not None and hasattr(reasoner, "close"):
+            reasoner.close()
 
     def get_reasoner(self) -> Any:
-        """The profile's reasoner (engine/reasoner.py), loaded once (worker thread)."""
+        """The profile's reasoner, loaded and warmed up once (worker thread); again if its process ended.
+
+        `reasoner_process` (the default): an `engine.reasoner_process.ReasonerProcess`, the reasoner
+        in a child process where it is the only thread running PyTorch (that module says why);
+        else an `engine.reasoner.MusicReasoner` in this process.
+        """
         with self._reasoner_lock:
+            if self._reasoner is not None and not getattr(self._reasoner, "alive", True):
+                log.warning("the reasoner process ended (exit code %s); starting a new one", self._reasoner._process.exitcode)
+                self._reasoner.close()
+                self._reasoner = None
             if self._reasoner is None:
                 from engine.reasoner import ReasonerConfig, load_reasoner
 
                 profile = self.engine.encoders.profile
                 cfg = ReasonerConfig(llm=profile.reasoner, cpu_int8=self.config.reasoner_int8)
+                if self.config.reasoner_process:
+                    from engine.reasoner_process import ReasonerProcess, ReasonerSpec
+
+                    spec = ReasonerSpec(
+                        profile.reasoner, profile.music_dim, cfg, checkpoint=self.config.reasoner_checkpoint,
+                        device=str(self.engine.config.device), grounded=self.config.reasoner_grounded,
+                        log_level=logging.getLogger().getEffectiveLevel(),
+                    )  # fmt: skip
+                    self._reasoner = ReasonerProcess(spec).start()  # loaded and warmed up in the child
+                    return self._reasoner
                 reasoner = load_reasoner(
                     profile.reasoner, music_dim=profile.music_dim, checkpoint=self.config.reasoner_checkpoint,
                     device=self.engine.config.device, config=cfg,
@@ -107,7 +131,8 @@ class ReasonWriter:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         reasoner = self._reasoner
-        if reasoner is None:  # not loaded at start-up (it failed then): load it, but never wait past the limit for it
+        if reasoner is None or not getattr(reasoner, "alive", True):  # not loaded at start-up (it failed then), or its
+            # process ended: load it, but never wait past the limit for it
             loading = loop.run_in_executor(self._reasoner_executor, self.get_reasoner)
             try:
                 reasoner = await asyncio.wait_for(asyncio.shield(loading), budget)

@@ -58,3 +58,28 @@ async def test_an_unknown_profile_fails_before_anything_is_opened(tmp_path: Path
     with pytest.raises(UnknownProfileError):
         await App.open(Settings(_env_file=None, data_dir=tmp_path / "data", profile="huge"))
     assert not (tmp_path / "data").exists()
+
+
+async def test_by_default_the_service_and_a_worker_write_reasons_in_a_reasoner_process_closed_with_the_app(
+    built: Path, tmp_path: Path, tiny: Encoders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MUSECHAT_REASONER unset: `local`, in a child process started (and warmed up) with the app, ended by its close."""
+    monkeypatch.delenv("MUSECHAT_REASONER", raising=False)  # tests/conftest.py sets it off for the other tests
+    data = tmp_path / "data"
+    shutil.copytree(built / "data", data)
+    settings = Settings(data_dir=data, profile="tiny", allow_random_weights=True)  # type: ignore[arg-type]
+    assert settings.reasoner == "local" and settings.reasoner_process
+    app = await App.open(settings, encoders=tiny)
+    try:
+        svc = await app.service()
+        service_reasoner = svc.reasons._reasoner
+        assert service_reasoner.alive and service_reasoner.info["warm_up_s"] > 0  # before the first turn
+        worker = await app.worker_runner()
+        worker_reasoner = worker.reasons._reasoner
+        assert worker_reasoner.alive and worker_reasoner.pid != service_reasoner.pid
+        r = await svc.start(text="happy tune", channel_id="default", user_id="u")
+        # the random tiny LM never writes a sentence that passes the fact check: the tag summary, saying so
+        assert r.track.reason_source == "tag summary" and "passed the fact check" in r.track.reason
+    finally:
+        await app.close()
+    assert not service_reasoner.alive and not worker_reasoner.alive

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -547,7 +549,8 @@ async def test_the_reasoner_is_loaded_when_the_service_starts_not_on_the_first_t
             loads.append((t0, time.perf_counter()))
 
     monkeypatch.setattr(R, "load_llm", timed)
-    async with open_service(data_dir, tiny, config=ServiceConfig(reasoner="local", reasoner_timeout_s=60, reasoner_grounded=False)) as e:
+    config = ServiceConfig(reasoner="local", reasoner_timeout_s=60, reasoner_grounded=False, reasoner_process=False)  # in this process
+    async with open_service(data_dir, tiny, config=config) as e:
         opened = time.perf_counter()
         assert len(loads) == 1 and loads[0][1] <= opened  # loaded while the service started
         assert e.service.reasons._reasoner is not None
@@ -555,6 +558,28 @@ async def test_the_reasoner_is_loaded_when_the_service_starts_not_on_the_first_t
     assert len(loads) == 1  # the first turn paid no load
     assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS and "unavailable" not in r.track.reason
     R.clear_cache()
+
+
+async def test_the_reasoner_process_starts_with_the_service_and_a_dead_one_is_replaced(data_dir: Path, tiny: Encoders) -> None:
+    """The default: the reasoner in a child process (engine/reasoner_process.py), started and warmed up with the
+    service; killed, the next turn starts a new one and still gets the LLM's reason."""
+    from engine.reasoner import REASON_SOURCE_TITLE_TAGS
+
+    config = ServiceConfig(reasoner="local", reasoner_timeout_s=60, reasoner_grounded=False)
+    assert config.reasoner_process
+    async with open_service(data_dir, tiny, config=config) as e:
+        first = e.service.reasons._reasoner
+        assert first.alive and first.pid != os.getpid() and first.info["warm_up_s"] > 0  # before any turn
+        r1 = await e.service.start(text="happy tune", channel_id="proc", user_id="u")
+        assert e.service.reasons._reasoner is first  # the turn used it, started none
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.to_thread(first._process.join, 10)
+        r2 = await e.service.feedback(r1.conversation_id, "calmer")
+        second = e.service.reasons._reasoner
+        assert second is not first and second.alive and second.pid != first.pid
+    for r in (r1, r2):
+        assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS and "unavailable" not in r.track.reason
+    assert not second.alive  # closed with the service
 
 
 async def test_a_grounded_reason_is_written_from_the_turns_facts(data_dir: Path, tiny: Encoders) -> None:
