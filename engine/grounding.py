@@ -16,7 +16,9 @@ sentence goes through `check_sentence` before it is shown:
 A sentence with any unsupported claim is dropped whole (never edited: a half-sentence reads as
 something else); a sentence that repeats an earlier one, or has fewer than `MIN_WORDS` words, is
 dropped too; so is one that names none of the facts at all ("unanchored": "It's a song about a
-bridge that connects two buildings" for a track titled "Brick"), and the unfinished tail when
+bridge that connects two buildings" for a track titled "Brick"); so is one that makes the video's
+subject the music's ("misattributed": '"Fruit" is a song about a sea lion' when the sea lion is in
+the video, not in the track's title, tags or the user's words); and so is the unfinished tail when
 generation stops mid-sentence. `SentenceGate` applies
 this to a stream of text pieces and hands on accepted sentences one by one (a sentence can only
 be shown once it is complete and checked).
@@ -26,8 +28,12 @@ reasoner's decoder is told never to produce (`bad_words_ids`), so that fewer sen
 The benchmark (benchmarks/bench_reasons.py) judges what is shown with a different checker (the
 models' own tag and image-label vocabularies, another word folding): this module never grades itself.
 
-Known limits: a claim in words outside the lexicon ("a cosy evening") passes; so does a fact put
-the wrong way round ("sad" when the user asked for "less sad").
+A claim word the user only asked against ("a sad piano piece" after "less sad", "with vocals"
+after "no vocals") is "contradicted" unless another fact (a tag, the title) says it or the sentence
+negates it too ("no vocals, as you asked").
+
+Known limits: a claim in words outside the lexicon ("a cosy evening") passes; so does a negation
+further than `NEGATION_REACH` words from its word.
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ NAME_WORDS = frozenset({"i", "bpm", "db", "cc", "by", "sa", "nc", "nd", "the", "
 DECADE = re.compile(r"\b(?:1[0-9]|20)?[0-9]0'?s\b|\b'[0-9]0s\b", re.IGNORECASE)
 NUMBER = re.compile(r"\b\d+(?:[.,:]\d+)?\b")
 WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*[A-Za-z]|[A-Za-z]")
+NEGATIONS = frozenset({"no", "not", "less", "without", "never", "fewer", "non", "nothing", "don't", "isn't", "avoid"})
+NEGATION_REACH = 3  # words after a negation that it applies to ("no loud drums", "less of the sad")
+ABOUT = re.compile(r"\b(?:about|tribute to|inspired by|dedicated to|(?:tells|telling) the story of|story of)\b", re.IGNORECASE)
+VIDEO_SUBJECTS = frozenset({"video", "clip", "footage", "scene", "film", "shot", "show", "picture", "image"})  # folded
 USER_REFERENCE = re.compile(r"\byou(?:'ve| have)? (?:asked|wanted|want|requested|said|mentioned|wished)\b|\byour (?:request|words|wish)\b", re.IGNORECASE)
 SENTENCE_END = re.compile(r'(?<=[.!?])["\u201d\')]?(?=\s|$)')
 
@@ -177,6 +187,8 @@ class FactIndex:
     numbers: frozenset[str]
     user_spoke: bool = False  # the user's words are among the facts
     anchors: frozenset[str] = frozenset()  # the facts' own content words (not the field names): what a sentence must touch
+    video_only: frozenset[str] = frozenset()  # words of the video's labels that nothing about the track or the user says
+    negated: frozenset[str] = frozenset()  # folded claim words the user only asked against ("less sad", "no vocals")
 
     @classmethod
     def of(cls, facts: ReasonFacts) -> FactIndex:
@@ -196,15 +208,43 @@ class FactIndex:
         ))  # fmt: skip
         anchors = {fold(w) for w in words(values.replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
         anchors |= {"bpm", "tempo", "beat", "pace"} if facts.tempo_bpm else set()  # "at 128 BPM", "a steady pace"
+        track = " ".join((facts.title, facts.artist, " ".join(facts.tags), facts.words, facts.understood))
+        video = {fold(w) for w in words(" ".join(facts.video_labels).replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
+        own = " ".join((
+            facts.title, facts.artist, " ".join(facts.tags), " ".join(facts.video_labels), tempo_word(facts.tempo_bpm),
+            loudness_word(facts.loudness_db),
+        ))  # fmt: skip
+        user = f"{facts.words}. {facts.understood}".replace("-", " ")
+        negated = {fold(w) for w in _negated_words(user)} - {fold(w) for w in words(own.replace("-", " "))}
         return cls(
             frozenset(folded), phrases, frozenset(numbers), user_spoke=bool(facts.words.strip() or facts.understood.strip()),
-            anchors=frozenset(anchors | numbers),
+            anchors=frozenset(anchors | numbers), video_only=frozenset(video - {fold(w) for w in words(track.replace("-", " "))}),
+            negated=frozenset(negated),
         )  # fmt: skip
+
+    def contradicted(self, sentence: str) -> list[str]:
+        """Claim words the sentence affirms that the user asked against and no other fact says
+        ("a sad piano piece" after "less sad"); a word the sentence itself negates ("no vocals") is fine."""
+        if not self.negated:
+            return []
+        return [w for w in _affirmed_words(sentence) if fold(w) in self.negated and _lexicon_term(fold(w))]
 
     def anchored(self, sentence: str) -> bool:
         """Whether the sentence names at least one of the facts (a word of them, or one of their numbers)."""
         found = {fold(w) for w in words(sentence.replace("-", " "))} | set(NUMBER.findall(sentence))
         return bool(found & self.anchors)
+
+    def misattributed(self, sentence: str) -> list[str]:
+        """The video's words a sentence makes the music's subject ("a song about a sea lion"); [] if none.
+
+        Only what follows "about", "tribute to", "inspired by", ... counts, and only when the words
+        before it are not about the video ("The video is about a sea lion" says what it shows)."""
+        if not self.video_only or (m := ABOUT.search(sentence)) is None:
+            return []
+        if {fold(w) for w in words(sentence[: m.start()])} & VIDEO_SUBJECTS:
+            return []
+        tail = [w for w in words(sentence[m.end() :].replace("-", " ")) if fold(w) in self.video_only]
+        return list(dict.fromkeys(tail))
 
     def has(self, term: str) -> bool:
         parts = [fold(w) for w in term.replace("-", " ").split()]
@@ -216,6 +256,26 @@ class FactIndex:
 # =================================================================================================
 # the check
 # =================================================================================================
+
+
+def _negated_words(text: str) -> list[str]:
+    """The words within `NEGATION_REACH` after a negation ("less sad", "no loud drums"), clause by clause."""
+    out: list[str] = []
+    for clause in re.split(r"[,;.!?]| but | and then ", text.lower()):
+        reach = 0
+        for w in re.findall(r"[a-z][a-z']*", clause):
+            if w in NEGATIONS:
+                reach = NEGATION_REACH
+            elif reach:
+                out.append(w)
+                reach -= 1
+    return out
+
+
+def _affirmed_words(sentence: str) -> list[str]:
+    """The sentence's words that no negation before them (within `NEGATION_REACH`, same clause) takes back."""
+    negated = set(_negated_words(sentence.replace("-", " ")))
+    return [w for w in words(sentence.replace("-", " ").lower()) if w not in negated]
 
 
 def _folded_phrase(text: str) -> str:
@@ -311,7 +371,7 @@ def split_sentences(text: str) -> tuple[list[str], str]:
 class Verdict:
     sentence: str
     unsupported: list[str]
-    why: str = ""  # "unsupported", "unanchored", "repeat", "fragment", "unfinished"; "" when accepted
+    why: str = ""  # "unsupported", "unanchored", "contradicted", "misattributed", "repeat", "fragment", "unfinished"; "" when accepted
 
     @property
     def accepted(self) -> bool:
@@ -357,6 +417,12 @@ class SentenceGate:
         bad = unsupported_claims(sentence, self.index, self.foreign)
         if not bad and not self.index.anchored(sentence):
             self.verdicts.append(Verdict(sentence, [], "unanchored"))  # about none of the facts: invented
+            return False
+        if not bad and (against := self.index.contradicted(sentence)):
+            self.verdicts.append(Verdict(sentence, against, "contradicted"))  # what the user asked against, said of the track
+            return False
+        if not bad and (video := self.index.misattributed(sentence)):
+            self.verdicts.append(Verdict(sentence, video, "misattributed"))  # the video's subject given as the music's
             return False
         self.verdicts.append(Verdict(sentence, bad, "unsupported" if bad else ""))
         return not bad

@@ -255,7 +255,8 @@ class ServiceConfig:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # seconds a turn waits for its conversation's previous turn
     mix_original_sound: bool = False  # previews keep the video's own sound under the track
     max_upload_bytes: int | None = None  # None: the media store's limit
-    reasoner: str = REASONER_OFF  # "off" | "local" | "http": who writes the best track's reason (paper 4.2)
+    reasoner: str = REASONER_OFF  # "off" | "local" | "http": who writes the best track's reason (paper 4.2); the app's
+    # default is "local" (bot/settings.py, MUSECHAT_REASONER); a bare ServiceConfig starts no LLM
     reasoner_timeout_s: float = REASONER_TIMEOUT_S  # after this, the reply falls back to the tag summary
     reasoner_grounded: bool = True  # facts-only prompt, every sentence checked before it is shown (engine/grounding.py)
     reasoner_checkpoint: Path | None = None  # trained LoRA + f_l; None: title + tags, no soft token

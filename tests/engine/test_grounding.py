@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from engine.grounding import (
@@ -89,6 +91,44 @@ UNANCHORED_CASES = [
     ("It has what you asked for: more drums.", ""),  # the user's words
     ("Battle Epic sounds right for a slow ride.", ""),  # the title; "slow" is the tempo's word
 ]
+
+
+MISATTRIBUTED_CASES = [
+    # (sentence, why, the video's words it gave the music)
+    ("Battle Epic is a song about a mountain bike.", "misattributed", ["mountain", "bike"]),
+    ("It's a tribute to the alp.", "misattributed", ["alp"]),
+    ("The strings are inspired by the mountain bike ride.", "misattributed", ["mountain", "bike"]),
+    ("The video is about a mountain bike on the alp.", "", []),  # says what the video shows
+    ("The video shows a mountain bike, and the strings suit it.", "", []),
+    ("It is about more drums.", "", []),  # the user's words, not the video's
+    ("Battle Epic is about a battle.", "", []),  # the title's own word
+]
+
+
+CONTRADICTED_CASES = [
+    # (facts, sentence, why, the words it affirms against the user's request)
+    (FACTS, "Battle Epic is a sad piece with strings.", "contradicted", ["sad"]),  # "less sad"
+    (FACTS, "It is less sad, with more drums.", "", []),  # the sentence says it the user's way
+    (FACTS, "Its slow strings are not sad at all.", "", []),
+    (dataclasses.replace(FACTS, words="no vocals", understood="no vocals"), "Battle Epic has strings and vocals.", "contradicted", ["vocals"]),
+    (dataclasses.replace(FACTS, words="no vocals", understood="no vocals"), "Battle Epic has strings and no vocals.", "", []),
+    (dataclasses.replace(FACTS, tags=("strings", "vocals"), words="no vocals", understood="no vocals"), "It has strings and vocals.", "", []),  # a tag says it
+    (dataclasses.replace(FACTS, words="not so slow please", understood="faster"), "Battle Epic is slow classical music.", "", []),  # the tempo says slow
+]
+
+
+@pytest.mark.parametrize(("facts", "sentence", "why", "words"), CONTRADICTED_CASES)
+def test_what_the_user_asked_against_is_not_said_of_the_track(facts, sentence, why, words):
+    text, verdicts = grounded_text(sentence, facts)
+    assert [(v.why, v.unsupported) for v in verdicts] == [(why, words)]
+    assert text == ("" if why else sentence)
+
+
+@pytest.mark.parametrize(("sentence", "why", "words"), MISATTRIBUTED_CASES)
+def test_the_videos_subject_is_not_given_as_the_musics(sentence, why, words):
+    text, verdicts = grounded_text(sentence, FACTS)
+    assert [(v.why, v.unsupported) for v in verdicts] == [(why, words)]
+    assert text == ("" if why else sentence)
 
 
 @pytest.mark.parametrize(("sentence", "why"), UNANCHORED_CASES)
