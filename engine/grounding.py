@@ -72,7 +72,7 @@ LEXICON_TEXT = {  # comma-separated; multi-word terms are matched as phrases
         funny, quirky, spooky, ominous, majestic, somber, sombre, bright, lively, festive, sentimental, soft,
         loud, quiet, fast, slow, sexy, catchy, beautiful, haunting, heartfelt, exciting, thrilling,
         adventurous, adventure, mystical, magical, ethereal, atmospheric, groovy, funky, jazzy, bouncy, heavy,
-        smooth, gentle, warm, hard, driving, beat, groove, rhythmic""",
+        smooth, gentle, warm, hard, driving, beat, groove, rhythmic, light, lighthearted, airy""",
     "place": """city, cityscape, urban, street, downtown, beach, seaside, sea, ocean, forest, jungle, woods,
         mountain, alps, desert, space, outer space, galaxy, planet, island, countryside, village, castle,
         arctic, cave, underwater, sky, river, lake, park, nightclub, club, stadium, cafe, tropical, japan,
