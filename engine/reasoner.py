@@ -21,7 +21,8 @@ samples at temperature 0.1 with at most 128 new tokens; training sequences are c
 
 Until f_l and the LoRA are trained (no checkpoint given), the soft token is LEFT OUT and the prompt
 carries the title and the tags: the paper's title-only baseline (Table 3, "Vicuna"), labelled
-`REASON_SOURCE_TITLE_TAGS` so a reply never claims to have listened to the music.
+`REASON_SOURCE_TITLE_TAGS` so a reply never claims to have listened to the music; with the grounded
+few-shot prompt (the default for an untrained chat LLM) it is labelled `REASON_SOURCE_FACTS`.
 
 LLMs (`load_llm`), one per profile (`ProfileConfig.reasoner`):
 - `paper`: Vicuna-7B v1.5, a hub id or local folder (`from_pretrained`, bf16 on GPU);
@@ -77,6 +78,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/musechat/reasoner")
 
 REASON_SOURCE_TITLE_TAGS = "llm (title + tags, untrained soft token left out)"
 REASON_SOURCE_MUSIC = "llm + music token"
+REASON_SOURCE_FACTS = "llm, from the facts, each sentence checked"  # untrained, grounded few-shot prompt (grounded_messages)
 
 
 @dataclass(frozen=True)
@@ -430,8 +432,11 @@ class MusicReasoner(nn.Module):
     def uses_music(self, inp: ReasonInput) -> bool:
         return self.trained and self.projector is not None and inp.music_vector is not None
 
-    def source(self, inp: ReasonInput) -> str:
-        return REASON_SOURCE_MUSIC if self.uses_music(inp) else REASON_SOURCE_TITLE_TAGS
+    def source(self, inp: ReasonInput, *, grounded: bool = False) -> str:
+        """What the reason was written from, for its label: the music token, the facts (grounded prompt), or title + tags."""
+        if self.uses_music(inp):
+            return REASON_SOURCE_MUSIC
+        return REASON_SOURCE_FACTS if self.uses_grounded_prompt(grounded) else REASON_SOURCE_TITLE_TAGS
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -632,14 +637,14 @@ class MusicReasoner(nn.Module):
         error = "stopped" if stopper.event.is_set() else ""
         if gate is None:
             return Justification(
-                text=raw, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=new_tokens,
+                text=raw, source=self.source(inp, grounded=grounded), seconds=time.perf_counter() - t0, tokens=new_tokens,
                 first_token_s=first, error=error,
             )  # fmt: skip
         gate.finish()
         if not shown and not error:
             error = f"none of its {len(gate.verdicts)} sentence(s) passed the fact check" if gate.verdicts else "it wrote no sentence"
         return Justification(
-            text=" ".join(shown) or None, source=self.source(inp), seconds=time.perf_counter() - t0, tokens=new_tokens,
+            text=" ".join(shown) or None, source=self.source(inp, grounded=grounded), seconds=time.perf_counter() - t0, tokens=new_tokens,
             first_token_s=first, error=error, raw=raw,
             dropped=tuple(f"{v.sentence} [{v.why}{': ' + ', '.join(v.unsupported) if v.unsupported else ''}]" for v in gate.dropped),
         )  # fmt: skip
@@ -785,16 +790,17 @@ async def justify(
         log.warning("reasoner timed out after %.1f s on %r", timeout_s, inp.facts.title)
         error = f"timed out after {timeout_s:g} s"
         text = "".join(shown).strip() if grounded else ""
-        return Justification(text or None, reasoner.source(inp), time.perf_counter() - t0, error=error)
+        return Justification(text or None, reasoner.source(inp, grounded=grounded), time.perf_counter() - t0, error=error)
     except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
         log.warning("reasoner failed on %r", inp.facts.title, exc_info=True)
-        return Justification(None, reasoner.source(inp), time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+        return Justification(None, reasoner.source(inp, grounded=grounded), time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
 
 
 __all__ = [
     "Justification",
     "MusicProjector",
     "MusicReasoner",
+    "REASON_SOURCE_FACTS",
     "REASON_SOURCE_MUSIC",
     "REASON_SOURCE_TITLE_TAGS",
     "ReasonInput",

@@ -78,7 +78,7 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
         info = {
             "pid": os.getpid(), "trained": reasoner.trained, "load_s": loaded, "warm_up_s": warm,
             "int8_decoding": any(type(m).__name__ == "Int8DecodeLinear" for m in reasoner.llm.modules()),
-            "music": reasoner.projector is not None,
+            "music": reasoner.projector is not None, "grounded_prompt": reasoner.uses_grounded_prompt(True),
         }  # fmt: skip
     except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
         conn.send(("failed", f"{type(e).__name__}: {e}"))
@@ -187,10 +187,13 @@ class ReasonerProcess:
     def uses_music(self, inp: ReasonInput) -> bool:
         return bool(self.info.get("trained") and self.info.get("music")) and inp.music_vector is not None
 
-    def source(self, inp: ReasonInput) -> str:
-        from engine.reasoner import REASON_SOURCE_MUSIC, REASON_SOURCE_TITLE_TAGS
+    def source(self, inp: ReasonInput, *, grounded: bool = False) -> str:
+        """`MusicReasoner.source`, from what the child said it loaded."""
+        from engine.reasoner import REASON_SOURCE_FACTS, REASON_SOURCE_MUSIC, REASON_SOURCE_TITLE_TAGS
 
-        return REASON_SOURCE_MUSIC if self.uses_music(inp) else REASON_SOURCE_TITLE_TAGS
+        if self.uses_music(inp):
+            return REASON_SOURCE_MUSIC
+        return REASON_SOURCE_FACTS if grounded and self.info.get("grounded_prompt") else REASON_SOURCE_TITLE_TAGS
 
     def generate(
         self,

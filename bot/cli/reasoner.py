@@ -173,7 +173,7 @@ def say(
     grounded: Annotated[bool, typer.Option(help="facts-only prompt, each sentence checked before it is shown")] = True,
 ) -> None:
     """Stream one justification for a title (and tags) to the terminal; --video is the video's labels, comma-separated."""
-    from engine.reasoner import ReasonInput
+    from engine.reasoner import REASON_SOURCE_FACTS, ReasonInput
 
     r = _reasoner(get_settings(), checkpoint)
     labels = tuple(v.strip() for v in video.split(",") if v.strip())
@@ -184,7 +184,8 @@ def say(
         shown = True
     if grounded and not shown:
         typer.echo("(no sentence passed the fact check)", nl=False)
-    typer.echo(f"\n[{r.source(inp)}{', grounded' if grounded else ''}]")
+    source = r.source(inp, grounded=grounded)
+    typer.echo(f"\n[{source}{', grounded' if grounded and source != REASON_SOURCE_FACTS else ''}]")
 
 
 def register_reasoner_commands(app: typer.Typer) -> None:

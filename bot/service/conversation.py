@@ -58,9 +58,11 @@ in process, the whole retrieval runs on this process's pool as one step. While `
 runs (shutdown), new requests are refused with `ShuttingDownError` and those in flight finish.
 
 A reply's reason is a plain summary of the track's tags and the score breakdown, labelled
-`reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"`: then the best track's
-reason is written by the reasoner (engine/reasoner.py, paper 4.2) on its own thread within the
-platform's `ReplyOptions.reason_budget_s` (default `reasoner_timeout_s`), after the card, labelled by what its prompt held ("llm (title + tags, untrained soft token
+`reason_source = "tag summary"`, unless `ServiceConfig.reasoner = "local"` (the app's default): then
+the best track's reason is written by the reasoner (engine/reasoner.py, paper 4.2; in a process of its
+own with `reasoner_process`, engine/reasoner_process.py) within the platform's
+`ReplyOptions.reason_budget_s` (default `reasoner_timeout_s`), after the card, labelled by what its
+prompt held ("llm, from the facts, each sentence checked", "llm (title + tags, untrained soft token
 left out)" or "llm + music token"). `ServiceConfig.reasoner = "http"` asks an OpenAI-compatible
 server instead (bot/service/reasoner_http.py: `reasoner_url`, `reasoner_model`, optional `reasoner_api_key`),
 text only, labelled "llm via http (title + tags)". When either fails or times out, the tag summary is

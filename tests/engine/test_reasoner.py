@@ -292,7 +292,7 @@ class _SlowTokenizerReasoner:
         self.stopped = threading.Event()
         self.first = first  # a sentence let through before it blocks
 
-    def source(self, inp: ReasonInput) -> str:
+    def source(self, inp: ReasonInput, *, grounded: bool = False) -> str:
         return REASON_SOURCE_TITLE_TAGS
 
     def generate(self, inp, *, max_new_tokens=None, on_token=None, stop=None, grounded=None):
@@ -363,7 +363,7 @@ def test_lite_gguf_loads_offline_names_the_title_and_is_cached(tmp_path, monkeyp
     inp = ReasonInput.of("Moonlight Sonata", tags=("piano", "classical", "calm"), video_labels=("seashore",), tempo_bpm=66.0)
     pieces: list[str] = []
     j = r2.generate(inp, max_new_tokens=60, on_token=pieces.append)
-    assert j.source == REASON_SOURCE_TITLE_TAGS
+    assert j.source == R.REASON_SOURCE_FACTS  # the grounded few-shot prompt (default), labelled as such
     assert j.text and "".join(pieces) == j.text  # whole sentences, streamed as they passed
     assert "moonlight" in j.raw.lower()  # the answer starts with the title (prefill); that sentence may be dropped
     assert any(w in j.text.lower() for w in ("piano", "calm", "classical", "seashore"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.grounding import grounded_text
-from engine.reasoner import REASON_SOURCE_TITLE_TAGS, ReasonerConfig, ReasonInput, justify
+from engine.reasoner import REASON_SOURCE_FACTS, REASON_SOURCE_TITLE_TAGS, ReasonerConfig, ReasonInput, justify
 from engine.reasoner_process import ReasonerProcess, ReasonerProcessError, ReasonerSpec
 
 TINY = ReasonerSpec("random:tiny", 16, ReasonerConfig(), grounded=False)
@@ -141,7 +141,8 @@ def test_the_lite_reasoner_in_a_process_writes_grounded_sentences():
         inp = ReasonInput.of("Battle Epic", artist="Doug Kaufman", tags=("classical", "strings", "epic"), tempo_bpm=72)
         pieces: list[str] = []
         j = p.generate(inp, max_new_tokens=48, on_token=pieces.append, grounded=True)
-        assert j.text and j.first_token_s is not None
+        assert j.text and j.first_token_s is not None and j.source == REASON_SOURCE_FACTS == p.source(inp, grounded=True)
+        assert p.source(inp) == REASON_SOURCE_TITLE_TAGS  # the paper's prompt, when asked for it
         assert "".join(pieces) == j.text
         text, verdicts = grounded_text(j.text, inp.facts)  # every shown sentence passes the check again
         assert text == j.text and all(v.accepted for v in verdicts)
