@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +68,7 @@ class ReasonerSpec:
 
 def _serve(conn: Connection, spec: ReasonerSpec) -> None:
     """The child's main: load, warm up, say ready, then write reasons until told to close or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent ends it
     logging.basicConfig(level=spec.log_level, format="%(asctime)s reasoner[%(process)d] %(levelname)s %(name)s: %(message)s")
     try:
         t0 = time.perf_counter()

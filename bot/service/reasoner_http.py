@@ -5,6 +5,10 @@ this process; this module asks a server instead (`ServiceConfig.reasoner = "http
 small machine can use a larger model served elsewhere. It is text only: the server never sees the
 music token, so the prompt is `build_prompt(..., with_music=False)` (title, tags, video, feedback)
 and the reply is labelled `REASON_SOURCE_HTTP`, never claiming to have listened to the music.
+Grounded (`ServiceConfig.reasoner_grounded`, the default), the server gets the local model's
+facts-only few-shot chat instead (engine/reasoner.py `grounded_messages`: the examples, then this
+turn's facts) and the reply is labelled `REASON_SOURCE_HTTP_FACTS`; the caller checks each
+sentence against the facts before it is shown (bot/service/reasons.py).
 
 The request is `POST {base_url}/v1/chat/completions` with the system line and the prompt +
 instruction the local chat path uses, temperature 0.1 (paper 4.2) and `max_tokens`. An optional
@@ -32,11 +36,13 @@ from engine.reasoner import (
     ReasonerConfig,
     ReasonInput,
     build_prompt,
+    grounded_messages,
 )
 
 log = logging.getLogger(__name__)
 
 REASON_SOURCE_HTTP = "llm via http (title + tags)"
+REASON_SOURCE_HTTP_FACTS = "llm via http, from the facts, each sentence checked"
 CHAT_PATH = "/v1/chat/completions"  # OpenAI-compatible endpoint, under the base URL
 HTTP_TEMPERATURE = 0.1  # paper 4.2
 HTTP_MAX_TOKENS = 48  # tokens of a reason, like REASONER_MAX_NEW_TOKENS
@@ -65,10 +71,12 @@ def chat_messages(inp: ReasonInput, prompt_cfg: ReasonerConfig | None = None) ->
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"{text}\n{INSTRUCTION}"}]
 
 
-def request_body(inp: ReasonInput, cfg: HttpReasonerConfig, prompt_cfg: ReasonerConfig | None = None) -> dict[str, Any]:
+def request_body(
+    inp: ReasonInput, cfg: HttpReasonerConfig, prompt_cfg: ReasonerConfig | None = None, *, grounded: bool = False
+) -> dict[str, Any]:  # fmt: skip
     return {
         "model": cfg.model,
-        "messages": chat_messages(inp, prompt_cfg),
+        "messages": grounded_messages(inp.facts) if grounded else chat_messages(inp, prompt_cfg),
         "temperature": cfg.temperature,
         "max_tokens": cfg.max_tokens,
         "stream": False,
@@ -107,34 +115,39 @@ async def justify_http(
     *,
     timeout_s: float = HTTP_TIMEOUT_S,
     prompt_cfg: ReasonerConfig | None = None,
+    grounded: bool = False,
 ) -> Justification:
-    """Ask the server for the reason within `timeout_s` (total); on any failure `text=None` and why."""
+    """Ask the server for the reason within `timeout_s` (total); on any failure `text=None` and why.
+
+    `grounded`: the facts-only few-shot chat (module docstring); the caller checks the sentences."""
+    source = REASON_SOURCE_HTTP_FACTS if grounded else REASON_SOURCE_HTTP
     t0 = time.perf_counter()
     url = cfg.base_url.rstrip("/") + CHAT_PATH
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
         if timeout_s <= 0:
             raise TimeoutError
-        text, tokens = await asyncio.wait_for(_post(url, request_body(inp, cfg, prompt_cfg), headers, timeout_s), timeout_s)
+        text, tokens = await asyncio.wait_for(_post(url, request_body(inp, cfg, prompt_cfg, grounded=grounded), headers, timeout_s), timeout_s)
     except TimeoutError:
         log.warning("http reasoner at %s timed out after %.1f s on %r", url, timeout_s, inp.facts.title)
-        return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"timed out after {timeout_s:g} s")
+        return Justification(None, source, time.perf_counter() - t0, error=f"timed out after {timeout_s:g} s")
     except aiohttp.ClientError as e:
         log.warning("http reasoner at %s unreachable: %s", url, type(e).__name__)
-        return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"server unreachable ({type(e).__name__}: {e})")
+        return Justification(None, source, time.perf_counter() - t0, error=f"server unreachable ({type(e).__name__}: {e})")
     except Exception as e:  # noqa: BLE001 - a failed reason must not fail the reply
         log.warning("http reasoner at %s failed on %r: %s", url, inp.facts.title, e)
-        return Justification(None, REASON_SOURCE_HTTP, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+        return Justification(None, source, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
     seconds = time.perf_counter() - t0
     if not text:
-        return Justification(None, REASON_SOURCE_HTTP, seconds, error="the server answered with no text")
-    return Justification(text, REASON_SOURCE_HTTP, seconds, tokens=tokens)
+        return Justification(None, source, seconds, error="the server answered with no text")
+    return Justification(text, source, seconds, tokens=tokens)
 
 
 __all__ = [
     "CHAT_PATH",
     "HttpReasonerConfig",
     "REASON_SOURCE_HTTP",
+    "REASON_SOURCE_HTTP_FACTS",
     "chat_messages",
     "justify_http",
     "request_body",

@@ -165,21 +165,23 @@ class ReasonWriter:
     ) -> tuple[str, str]:
         """(reason, reason_source) from the OpenAI-compatible server (text only), else the tag summary saying why.
 
-        The server answers in one piece (no streaming request); grounded, its sentences go through
-        the same fact check as the local LLM's, and `on_reason_token` gets each accepted one.
+        The server answers in one piece (no streaming request); grounded, it is given the facts-only
+        few-shot chat and its sentences go through the same fact check as the local LLM's, and
+        `on_reason_token` gets each accepted one.
         """
         from bot.service.reasoner_http import HttpReasonerConfig, justify_http
         from engine.grounding import grounded_text
-        from engine.reasoner import reason_or_fallback
+        from engine.reasoner import SHOT_TERMS, reason_or_fallback
 
         cfg = HttpReasonerConfig(
             base_url=self.config.reasoner_url or "", model=self.config.reasoner_model or "",
             api_key=self.config.reasoner_api_key, max_tokens=self.config.reasoner_max_new_tokens,
         )  # fmt: skip
-        j = await justify_http(inp, cfg, timeout_s=timeout_s)
+        grounded = self.config.reasoner_grounded
+        j = await justify_http(inp, cfg, timeout_s=timeout_s, grounded=grounded)
         pieces = [j.text] if j.text else []
-        if j.text and self.config.reasoner_grounded:
-            text, verdicts = grounded_text(j.text, inp.facts)
+        if j.text and grounded:
+            text, verdicts = grounded_text(j.text, inp.facts, SHOT_TERMS)  # the examples' words are not this turn's facts
             pieces = [v.sentence for v in verdicts if v.accepted]
             if not text:
                 j = dataclasses.replace(j, text=None, error=f"none of its {len(verdicts)} sentence(s) passed the fact check")

@@ -64,6 +64,14 @@ def test_a_stop_ends_the_reason_early_and_the_next_one_is_whole(proc):
     assert j2.tokens == 5 and j2.error == ""
 
 
+def test_ctrl_c_in_the_terminal_leaves_the_child_to_its_parent(proc):
+    """Ctrl-C reaches the whole foreground process group: the child ignores it (no traceback, no lost reasoner)."""
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert proc.alive
+    assert proc.generate(INPUT, max_new_tokens=3, grounded=False).tokens == 3
+
+
 def test_a_failing_callback_stops_the_childs_reason_and_loses_nothing_after(proc):
     def broken(piece: str) -> None:
         raise ValueError("display gone")

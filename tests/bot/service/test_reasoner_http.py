@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from bot.service.conversation import ReplyKind, ServiceConfig
-from bot.service.reasoner_http import CHAT_PATH, REASON_SOURCE_HTTP, HttpReasonerConfig, justify_http
+from bot.service.reasoner_http import CHAT_PATH, REASON_SOURCE_HTTP, REASON_SOURCE_HTTP_FACTS, HttpReasonerConfig, justify_http
 from bot.settings import Settings
 from engine.profiles import Encoders
 from engine.reasoner import INSTRUCTION, SYSTEM, ReasonInput
@@ -81,6 +81,16 @@ async def test_success_sends_the_prompt_and_returns_the_text(server: FakeServer)
         f" User feedback: more upbeat; Generate Recommendation: \n{INSTRUCTION}"
     )
     assert "Authorization" not in headers
+
+
+async def test_grounded_the_server_gets_the_facts_only_few_shot_chat(server: FakeServer) -> None:
+    from engine.reasoner import grounded_messages
+
+    j = await justify_http(INP, HttpReasonerConfig(server.url, "m"), timeout_s=5.0, grounded=True)
+    assert j.text == ANSWER and j.source == REASON_SOURCE_HTTP_FACTS
+    [(body, _)] = server.requests
+    assert body["messages"] == grounded_messages(INP.facts)  # the local model's examples, then this turn's facts
+    assert body["messages"][-1]["content"].startswith("Title: Sunny Brass March\nTags: brass, happy\n")
 
 
 async def test_api_key_is_sent_as_bearer_and_never_logged(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -169,7 +179,7 @@ async def test_service_reason_comes_from_the_server_then_falls_back(server: Fake
     async def grounded_then_not(request: web.Request) -> web.StreamResponse:
         """One sentence from the facts of the prompt, then one that names things the facts don't (dropped)."""
         body = await request.json()
-        title = re.search(r"Music title: (.*?);", body["messages"][1]["content"]).group(1)  # type: ignore[union-attr]
+        title = re.search(r"^Title: (.*)$", body["messages"][-1]["content"], re.MULTILINE).group(1)  # type: ignore[union-attr]
         return web.json_response(completion(f'"{title}" is what you asked for, a happy tune. {ANSWER}'))
 
     server.behaviour = grounded_then_not
@@ -178,12 +188,12 @@ async def test_service_reason_comes_from_the_server_then_falls_back(server: Fake
         r = await e.service.start(text="happy tune", channel_id="http", user_id="u", on_reason_token=pieces.append)
         assert r.kind is ReplyKind.RECOMMENDATION and r.track is not None
         shown = f'"{r.track.title}" is what you asked for, a happy tune.'
-        assert r.track.reason == shown and r.track.reason_source == REASON_SOURCE_HTTP  # "bright brass" was dropped
+        assert r.track.reason == shown and r.track.reason_source == REASON_SOURCE_HTTP_FACTS  # "bright brass" was dropped
         assert pieces == [shown]  # the server answers in one piece; only the checked sentence is shown
         [(body, headers)] = server.requests
         assert body["model"] == "m" and body["max_tokens"] == cfg.reasoner_max_new_tokens
-        assert f"Music title: {r.track.title};" in body["messages"][1]["content"]
-        assert "User feedback: happy tune;" in body["messages"][1]["content"]
+        facts = body["messages"][-1]["content"]  # the grounded chat: the turn's facts after the examples
+        assert facts.startswith(f"Title: {r.track.title}\n") and "\nUser asked: happy tune\n" in facts
         assert headers["Authorization"] == f"Bearer {SECRET}"
 
         async def fail(request: web.Request) -> web.StreamResponse:
