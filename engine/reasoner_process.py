@@ -146,6 +146,11 @@ class ReasonerProcess:
         return self._process is not None and self._process.is_alive()
 
     @property
+    def exitcode(self) -> int | None:
+        """The child's exit status once it ended (negative: the signal that ended it); None while it runs."""
+        return None if self._process is None else self._process.exitcode
+
+    @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 

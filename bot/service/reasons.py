@@ -55,9 +55,11 @@ class ReasonWriter:
         self._reasoner: Any = None  # engine.reasoner.MusicReasoner, loaded at start-up (warm_up), else on first use
         self._reasoner_lock = threading.Lock()
         self._reasoner_executor: ThreadPoolExecutor | None = None  # one thread: generation is CPU-bound
+        self._closed = False
 
     def close(self) -> None:
-        """Stop the reasoner's thread and, in process mode, its process (idempotent)."""
+        """Stop the reasoner's thread and, in process mode, its process (idempotent); no reasoner is started after."""
+        self._closed = True
         if self._reasoner_executor is not None:
             self._reasoner_executor.shutdown(wait=False, cancel_futures=True)
         with self._reasoner_lock:
@@ -73,8 +75,10 @@ class ReasonWriter:
         else an `engine.reasoner.MusicReasoner` in this process.
         """
         with self._reasoner_lock:
+            if self._closed:
+                raise RuntimeError("the reasoner was closed (the bot is stopping)")
             if self._reasoner is not None and not getattr(self._reasoner, "alive", True):
-                log.warning("the reasoner process ended (exit code %s); starting a new one", self._reasoner._process.exitcode)
+                log.warning("the reasoner process ended (exit code %s); starting a new one", self._reasoner.exitcode)
                 self._reasoner.close()
                 self._reasoner = None
             if self._reasoner is None:

@@ -580,6 +580,9 @@ async def test_the_reasoner_process_starts_with_the_service_and_a_dead_one_is_re
     for r in (r1, r2):
         assert r.track.reason_source == REASON_SOURCE_TITLE_TAGS and "unavailable" not in r.track.reason
     assert not second.alive  # closed with the service
+    assert first.exitcode == -signal.SIGKILL and second.exitcode == 0
+    with pytest.raises(RuntimeError, match="closed"):  # a turn still in flight at shutdown starts no new process
+        e.service.reasons.get_reasoner()
 
 
 async def test_a_grounded_reason_is_written_from_the_turns_facts(data_dir: Path, tiny: Encoders) -> None:
