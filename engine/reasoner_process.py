@@ -16,6 +16,10 @@ one reason at a time. Over a `multiprocessing` pipe:
     parent -> child   ("reason", n, ReasonInput, max_new_tokens, grounded) | ("stop", n) | ("close",)
     child -> parent   ("ready", info) | ("failed", why)          once, after loading
                       ("piece", n, text)* then ("done", n, Justification) | ("error", n, why)
+                      ("log", None, (logger, level, message))    at any time
+
+The child's log records go to the parent, which logs them through its own handlers (so `serve
+--log-json` stays one JSON object per line, and its secrets are scrubbed as the parent's are).
 
 A child that dies (killed, out of memory) fails the reason being written with
 `ReasonerProcessError` (the reply gives the tag summary, saying why) and `alive` turns false, so
@@ -66,10 +70,45 @@ class ReasonerSpec:
     log_level: int = logging.WARNING
 
 
+class _PipeLogHandler(logging.Handler):
+    """The child's log records, sent to the parent as ("log", None, (logger, level, message))."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
+        super().__init__()
+        self.conn = conn
+        self.send_lock = lock  # the pipe's writers: the generating thread and this handler (not Handler.lock)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            with self.send_lock:
+                self.conn.send(("log", None, (record.name, record.levelno, message)))
+        except Exception:  # noqa: BLE001 - the parent is gone; nothing to tell
+            pass
+
+
+def _relay_log(payload: tuple[str, int, str], pid: int | None) -> None:
+    """A child's log record, logged here under its own logger name."""
+    name, level, message = payload
+    logging.getLogger(name).log(level, "[reasoner process %s] %s", pid, message)
+
+
 def _serve(conn: Connection, spec: ReasonerSpec) -> None:
     """The child's main: load, warm up, say ready, then write reasons until told to close or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent ends it
-    logging.basicConfig(level=spec.log_level, format="%(asctime)s reasoner[%(process)d] %(levelname)s %(name)s: %(message)s")
+    send_lock = threading.Lock()
+    root = logging.getLogger()
+    for h in list(root.handlers):  # a spawned child re-imports the parent's __main__, which may have configured some
+        root.removeHandler(h)
+    root.addHandler(_PipeLogHandler(conn, send_lock))
+    root.setLevel(spec.log_level)
+    logging.captureWarnings(True)
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(msg)
     try:
         t0 = time.perf_counter()
         from engine.reasoner import load_reasoner
@@ -83,9 +122,9 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
             "music": reasoner.projector is not None, "grounded_prompt": reasoner.uses_grounded_prompt(True),
         }  # fmt: skip
     except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        send(("failed", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", info))
+    send(("ready", info))
 
     requests: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
     stops: dict[int, threading.Event] = {}
@@ -111,15 +150,15 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
         _, n, inp, max_new_tokens, grounded = msg
         try:
             j = reasoner.generate(
-                inp, max_new_tokens=max_new_tokens, on_token=lambda piece, n=n: conn.send(("piece", n, piece)),
+                inp, max_new_tokens=max_new_tokens, on_token=lambda piece, n=n: send(("piece", n, piece)),
                 stop=stops[n], grounded=grounded,
             )  # fmt: skip
-            conn.send(("done", n, j))
+            send(("done", n, j))
         except (BrokenPipeError, EOFError, OSError):
             return
         except Exception as e:  # noqa: BLE001 - this reason fails, the process goes on
             log.warning("reason %d failed", n, exc_info=True)
-            conn.send(("error", n, f"{type(e).__name__}: {e}"))
+            send(("error", n, f"{type(e).__name__}: {e}"))
         finally:
             stops.pop(n, None)
 
@@ -164,12 +203,18 @@ class ReasonerProcess:
         child.close()  # the child's end lives in the child: its death closes the pipe here
         self._process, self._conn = process, parent
         try:
-            while not parent.poll(1.0):
-                if not process.is_alive():
-                    raise ReasonerProcessError(f"the reasoner process exited while loading (exit code {process.exitcode})")
-                if time.perf_counter() - t0 > self.start_timeout_s:
-                    raise ReasonerProcessError(f"the reasoner process did not load within {self.start_timeout_s:g} s")
-            kind, payload = parent.recv()
+            while True:
+                if not parent.poll(1.0):
+                    if not process.is_alive():
+                        raise ReasonerProcessError(f"the reasoner process exited while loading (exit code {process.exitcode})")
+                    if time.perf_counter() - t0 > self.start_timeout_s:
+                        raise ReasonerProcessError(f"the reasoner process did not load within {self.start_timeout_s:g} s")
+                    continue
+                msg = parent.recv()
+                if msg[0] != "log":
+                    kind, payload = msg
+                    break
+                _relay_log(msg[2], process.pid)
         except EOFError:
             process.join(5)
             self._kill()
@@ -232,6 +277,9 @@ class ReasonerProcess:
                             raise ReasonerProcessError(f"the reasoner process did not stop within {STOP_GRACE_S:g} s; it was ended")
                         continue
                     kind, m, payload = conn.recv()
+                    if kind == "log":
+                        _relay_log(payload, self.pid)
+                        continue
                     if m != n:  # the answer to an earlier, abandoned reason
                         continue
                     if kind == "piece":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -104,6 +106,16 @@ def test_a_killed_process_fails_the_reason_with_why_and_is_not_alive():
             p.generate(INPUT, max_new_tokens=2, grounded=False)
     finally:
         p.close()
+
+
+def test_the_childs_log_records_are_logged_by_the_parent(caplog):
+    """So `serve --log-json` stays JSON and the parent's secret scrubbing applies: nothing of the child's goes to stderr itself."""
+    spec = dataclasses.replace(TINY, log_level=logging.INFO)
+    with caplog.at_level(logging.INFO):
+        p = ReasonerProcess(spec).start()
+        p.close()
+    [record] = [r for r in caplog.records if r.name == "engine.reasoner" and "loaded reasoner random:tiny" in r.getMessage()]
+    assert record.levelno == logging.INFO and record.getMessage().startswith(f"[reasoner process {p.pid}] loaded reasoner")
 
 
 def test_a_model_that_cannot_load_is_reported_with_the_childs_error(tmp_path):
