@@ -109,6 +109,7 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
     def send(msg: tuple[Any, ...]) -> None:
         with send_lock:
             conn.send(msg)
+
     try:
         t0 = time.perf_counter()
         from engine.reasoner import load_reasoner
