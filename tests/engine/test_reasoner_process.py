@@ -118,6 +118,27 @@ def test_the_childs_log_records_are_logged_by_the_parent(caplog):
     assert record.levelno == logging.INFO and record.getMessage().startswith(f"[reasoner process {p.pid}] loaded reasoner")
 
 
+def test_a_trained_checkpoint_writes_with_the_music_token_in_the_process(tmp_path):
+    """LoRA + f_l load in the child; the music vector travels with the input; the label says so."""
+    import numpy as np
+
+    from engine.reasoner import REASON_SOURCE_MUSIC, MusicReasoner, tiny_llm
+
+    model, tok = tiny_llm(seed=0)
+    trained = MusicReasoner(model, tok, ReasonerConfig(), TINY.music_dim)
+    trained.attach_lora(seed=1)
+    trained.save(tmp_path / "ckpt")
+    p = ReasonerProcess(dataclasses.replace(TINY, checkpoint=tmp_path / "ckpt")).start()
+    try:
+        assert p.trained and p.info["music"]
+        inp = ReasonInput.of("Night Drive", tags=("synth",), music_vector=np.ones(TINY.music_dim, np.float32))
+        j = p.generate(inp, max_new_tokens=5, grounded=False)
+        assert j.tokens == 5 and j.error == "" and j.source == REASON_SOURCE_MUSIC == p.source(inp)
+        assert p.source(INPUT) == REASON_SOURCE_TITLE_TAGS  # no music vector: no soft token
+    finally:
+        p.close()
+
+
 def test_a_model_that_cannot_load_is_reported_with_the_childs_error(tmp_path):
     spec = ReasonerSpec(str(tmp_path / "no-such-model"), 16, ReasonerConfig(), grounded=False)
     with pytest.raises(ReasonerProcessError, match="the reasoner did not load: .*no-such-model"):
