@@ -409,7 +409,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if hasattr(base_reasoner, "info"):  # in its own process (engine/reasoner_process.py, the default)
             results["int8_decoding"] = base_reasoner.info["int8_decoding"]
         else:
-            results["int8_decoding"] = any(type(m).__name__ == "Int8DecodeLinear" for m in base_reasoner.llm.modules())
+            from engine.quantize import decodes_in_int8
+
+            results["int8_decoding"] = decodes_in_int8(base_reasoner.llm)
         results["reasoner_process"] = base.reasoner_process
         writers = {
             "grounded": ReasonWriter(config=dataclasses.replace(base, reasoner_grounded=True), engine=svc.engine, assets=svc.assets),

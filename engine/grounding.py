@@ -206,19 +206,19 @@ class FactIndex:
             facts.title, facts.artist, " ".join(facts.tags), " ".join(facts.video_labels), facts.words, facts.understood,
             tempo_word(facts.tempo_bpm), loudness_word(facts.loudness_db),
         ))  # fmt: skip
-        anchors = {fold(w) for w in words(values.replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
+        anchors = _content_words(values)
         anchors |= {"bpm", "tempo", "beat", "pace"} if facts.tempo_bpm else set()  # "at 128 BPM", "a steady pace"
         track = " ".join((facts.title, facts.artist, " ".join(facts.tags), facts.words, facts.understood))
-        video = {fold(w) for w in words(" ".join(facts.video_labels).replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
+        video = _content_words(" ".join(facts.video_labels))
         own = " ".join((
             facts.title, facts.artist, " ".join(facts.tags), " ".join(facts.video_labels), tempo_word(facts.tempo_bpm),
             loudness_word(facts.loudness_db),
         ))  # fmt: skip
         user = f"{facts.words}. {facts.understood}".replace("-", " ")
-        negated = {fold(w) for w in _negated_words(user)} - {fold(w) for w in words(own.replace("-", " "))}
+        negated = {fold(w) for w in _negated_words(user)} - _folded_words(own)
         return cls(
             frozenset(folded), phrases, frozenset(numbers), user_spoke=bool(facts.words.strip() or facts.understood.strip()),
-            anchors=frozenset(anchors | numbers), video_only=frozenset(video - {fold(w) for w in words(track.replace("-", " "))}),
+            anchors=frozenset(anchors | numbers), video_only=frozenset(video - _folded_words(track)),
             negated=frozenset(negated),
         )  # fmt: skip
 
@@ -231,7 +231,7 @@ class FactIndex:
 
     def anchored(self, sentence: str) -> bool:
         """Whether the sentence names at least one of the facts (a word of them, or one of their numbers)."""
-        found = {fold(w) for w in words(sentence.replace("-", " "))} | set(NUMBER.findall(sentence))
+        found = _folded_words(sentence) | set(NUMBER.findall(sentence))
         return bool(found & self.anchors)
 
     def misattributed(self, sentence: str) -> list[str]:
@@ -256,6 +256,16 @@ class FactIndex:
 # =================================================================================================
 # the check
 # =================================================================================================
+
+
+def _folded_words(text: str) -> set[str]:
+    """The folded words of a text, hyphenated words split ("lo-fi" -> lo, fi)."""
+    return {fold(w) for w in words(text.replace("-", " "))}
+
+
+def _content_words(text: str) -> set[str]:
+    """`_folded_words` less the stopwords and the words of two letters or fewer."""
+    return {fold(w) for w in words(text.replace("-", " ")) if fold(w) not in STOPWORDS and len(w) > 2}
 
 
 def _negated_words(text: str) -> list[str]:

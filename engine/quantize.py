@@ -73,6 +73,11 @@ class Int8DecodeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def decodes_in_int8(model: nn.Module) -> bool:
+    """Whether `quantize_for_cpu_decoding` replaced any of the model's linear layers."""
+    return any(isinstance(m, Int8DecodeLinear) for m in model.modules())
+
+
 def quantize_for_cpu_decoding(model: nn.Module) -> int:
     """Replace every `nn.Linear` of a frozen `model` in place by `Int8DecodeLinear`; returns how many.
 

@@ -144,6 +144,13 @@ class Justification:
 # =================================================================================================
 
 
+def reason_source(*, music: bool, facts_prompt: bool) -> str:
+    """What a reason was written from, for its label: the music token, the facts (grounded prompt), or title + tags."""
+    if music:
+        return REASON_SOURCE_MUSIC
+    return REASON_SOURCE_FACTS if facts_prompt else REASON_SOURCE_TITLE_TAGS
+
+
 def build_prompt(inp: ReasonInput, cfg: ReasonerConfig, *, with_music: bool) -> str:
     """The paper's prompt (module docstring); `MUSIC_SLOT` marks the soft token when `with_music`."""
     facts = inp.facts
@@ -433,10 +440,7 @@ class MusicReasoner(nn.Module):
         return self.trained and self.projector is not None and inp.music_vector is not None
 
     def source(self, inp: ReasonInput, *, grounded: bool = False) -> str:
-        """What the reason was written from, for its label: the music token, the facts (grounded prompt), or title + tags."""
-        if self.uses_music(inp):
-            return REASON_SOURCE_MUSIC
-        return REASON_SOURCE_FACTS if self.uses_grounded_prompt(grounded) else REASON_SOURCE_TITLE_TAGS
+        return reason_source(music=self.uses_music(inp), facts_prompt=self.uses_grounded_prompt(grounded))
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -813,6 +817,7 @@ __all__ = [
     "load_llm",
     "load_reasoner",
     "reason_or_fallback",
+    "reason_source",
     "smollm2_gguf",
     "tiny_llm",
 ]

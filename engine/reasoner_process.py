@@ -112,6 +112,7 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
 
     try:
         t0 = time.perf_counter()
+        from engine.quantize import decodes_in_int8
         from engine.reasoner import load_reasoner
 
         reasoner = load_reasoner(spec.llm, music_dim=spec.music_dim, checkpoint=spec.checkpoint, device=spec.device, config=spec.config)
@@ -119,7 +120,7 @@ def _serve(conn: Connection, spec: ReasonerSpec) -> None:
         warm = reasoner.warm_up(grounded=spec.grounded)
         info = {
             "pid": os.getpid(), "trained": reasoner.trained, "load_s": loaded, "warm_up_s": warm,
-            "int8_decoding": any(type(m).__name__ == "Int8DecodeLinear" for m in reasoner.llm.modules()),
+            "int8_decoding": decodes_in_int8(reasoner.llm),
             "music": reasoner.projector is not None, "grounded_prompt": reasoner.uses_grounded_prompt(True),
         }  # fmt: skip
     except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
@@ -242,11 +243,9 @@ class ReasonerProcess:
 
     def source(self, inp: ReasonInput, *, grounded: bool = False) -> str:
         """`MusicReasoner.source`, from what the child said it loaded."""
-        from engine.reasoner import REASON_SOURCE_FACTS, REASON_SOURCE_MUSIC, REASON_SOURCE_TITLE_TAGS
+        from engine.reasoner import reason_source
 
-        if self.uses_music(inp):
-            return REASON_SOURCE_MUSIC
-        return REASON_SOURCE_FACTS if grounded and self.info.get("grounded_prompt") else REASON_SOURCE_TITLE_TAGS
+        return reason_source(music=self.uses_music(inp), facts_prompt=grounded and bool(self.info.get("grounded_prompt")))
 
     def generate(
         self,
@@ -261,8 +260,7 @@ class ReasonerProcess:
         with self._lock:
             conn = self._conn
             if conn is None or not self.alive:
-                code = None if self._process is None else self._process.exitcode
-                raise ReasonerProcessError(f"the reasoner process is not running (exit code {code})")
+                raise ReasonerProcessError(f"the reasoner process is not running (exit code {self.exitcode})")
             self._next += 1
             n = self._next
             try:
@@ -312,15 +310,13 @@ class ReasonerProcess:
         self._kill()
 
     def _kill(self) -> None:
-        process, self._process = self._process, None
+        """Close the pipe and kill the child if it still runs (its exit code stays readable)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if process is not None and process.is_alive():
-            process.kill()
-            process.join(5)
-        if process is not None:
-            self._process = process  # its exit code stays readable; `alive` is false
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
 
 
 __all__ = ["ReasonerProcess", "ReasonerProcessError", "ReasonerSpec"]

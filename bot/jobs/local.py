@@ -7,7 +7,6 @@ so a job runs the same code whether a front-end or a worker runs it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -106,9 +105,7 @@ class InProcessRunner:
         return {"worker": "in-process", "pid": os.getpid()}
 
     async def close(self) -> None:
-        """The reasoner's process, if one runs (`ReasonWriter.close`, idempotent); the pool belongs to the application
-        (bot/app.py) or the service."""
-        await asyncio.to_thread(self.reasons.close)
+        """Nothing of its own: the pool and the reason writer belong to the application (bot/app.py) or the service."""
 
 
 __all__ = ["InProcessRunner"]
